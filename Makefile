@@ -1,0 +1,90 @@
+# segment_plugin — every target does its own setup. Quick start: `make demo`, `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+SYSTEM_PYTHON := /usr/bin/python3
+ENGINE_VENV   := .venv
+QGIS_VENV     := .venv-qgis
+ENGINE_PY     := $(ENGINE_VENV)/bin/python
+QGIS_PY       := $(QGIS_VENV)/bin/python
+APT_PACKAGES  := qgis python3-qgis qgis-providers python3-venv xvfb xauth zip
+QGIS_TOOLS    := pytest==9.2.0 pytest-qgis==5.0.2 ruff==0.17.5
+ENGINE_TOOLS  := pytest==9.2.0 hypothesis==6.170.15
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export QT_QPA_PLATFORM := offscreen
+# The QGIS test suite talks to the engine of this checkout.
+export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
+
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean
+
+help:
+	@echo "make demo     segment the demo raster (does its own setup)"
+	@echo "make test     engine + QGIS test suites (does its own setup)"
+	@echo "make setup    apt packages (QGIS 3.22), engine venv .venv, QGIS test venv .venv-qgis"
+	@echo "make package  dist/segment_plugin.zip for QGIS 'Install from ZIP'"
+	@echo "make lint     ruff"
+	@echo "make bench    performance figures"
+
+setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
+
+# apt: install only what is missing, so a machine that has everything is not touched.
+.setup/apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "apt: installing $$missing"; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	        --no-install-recommends $$missing; \
+	fi
+	@mkdir -p .setup && touch $@
+
+# Engine: a plain venv (no system site-packages), pinned binary wheels, the project editable.
+$(ENGINE_VENV)/.installed: .setup/apt segment_plugin/engine/requirements.txt \
+		segment_plugin/engine/constraints.txt pyproject.toml
+	@test -x $(ENGINE_PY) || $(SYSTEM_PYTHON) -m venv $(ENGINE_VENV)
+	$(ENGINE_PY) -m pip install -q --disable-pip-version-check \
+	    -c segment_plugin/engine/constraints.txt -e . $(ENGINE_TOOLS)
+	$(ENGINE_PY) -m pip check
+	@touch $@
+
+# QGIS side: system python3 with QGIS's own packages visible, plus test tools only.
+$(QGIS_VENV)/.installed: .setup/apt
+	@test -x $(QGIS_PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(QGIS_VENV)
+	$(QGIS_PY) -m pip install -q --disable-pip-version-check $(QGIS_TOOLS)
+	@touch $@
+
+test: setup
+	$(MAKE) --no-print-directory test-engine test-qgis
+
+test-engine:
+	$(ENGINE_PY) -m pytest tests/engine tests/test_layout.py
+
+test-qgis:
+	rm -rf .qgis-settings  # pytest-qgis's profile: start every run from a clean one
+	$(QGIS_PY) -m pytest tests/qgis
+
+demo: setup
+	$(ENGINE_VENV)/bin/segment-plugin info
+
+# The zip QGIS installs: one top folder segment_plugin/ holding the package, metadata.txt,
+# resources/ and LICENSE; no caches, no tests.
+package: dist/segment_plugin.zip
+
+dist/segment_plugin.zip: .setup/apt metadata.txt LICENSE $(shell git ls-files segment_plugin resources 2>/dev/null)
+	@rm -rf build/package && mkdir -p build/package dist
+	cp -r segment_plugin build/package/segment_plugin
+	cp -r resources metadata.txt LICENSE build/package/segment_plugin/
+	find build/package -name '__pycache__' -prune -exec rm -rf {} +
+	rm -f $@.tmp && cd build/package && zip -q -r -X ../../$@.tmp segment_plugin
+	mv $@.tmp $@
+	@echo "built $@ ($$(du -h $@ | cut -f1))"
+
+lint: setup
+	$(QGIS_VENV)/bin/ruff check segment_plugin tests
+	$(QGIS_VENV)/bin/ruff format --check segment_plugin tests
+
+bench: setup
+	@echo "bench: no benchmark yet (Step 2 adds tiled-inference throughput)"; exit 1
+
+clean:
+	rm -rf build dist .pytest_cache

@@ -1,0 +1,131 @@
+"""Progress reporting and cancellation: plain callables inside, adapted at the edges.
+
+Library code receives a :class:`Reporter` and calls ``progress``/``log``/``metrics``; it never knows
+whether a human terminal, the QGIS side (JSON lines) or a test is listening. The JSON-lines protocol
+is what the QGIS side parses (``segment_plugin/runner.py``); every line is one JSON object with an
+``event`` key:
+
+``start``    ``{"protocol": 1, "command": ..., "version": ..., "pid": int}`` (always first)
+``progress`` ``{"fraction": 0..1, "message": str | null}``
+``log``      ``{"level": "info" | "warning", "message": str}``
+``metrics``  ``{"values": {...}}`` (training and benchmarks)
+``result``   ``{"data": {...}}`` (paths written, reports)
+``error``    ``{"code": str, "message": str}``
+``end``      ``{"status": "ok" | "error" | "cancelled", "exit_code": int}`` (always last)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+from segment_plugin.engine.errors import CancelledError
+
+PROTOCOL_VERSION = 1
+
+
+class Reporter:
+    """Receives engine events. The base class discards them (library use, tests)."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Deliver one event; subclasses render it."""
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report overall progress in [0, 1]."""
+        self.emit("progress", fraction=round(min(max(fraction, 0.0), 1.0), 4), message=message)
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Report a human-readable message."""
+        self.emit("log", level=level, message=message)
+
+    def metrics(self, **values: Any) -> None:
+        """Report measured values (loss, IoU, throughput...)."""
+        self.emit("metrics", values=values)
+
+    def result(self, **data: Any) -> None:
+        """Report the outcome of the command (paths written, report)."""
+        self.emit("result", data=data)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN/inf are not JSON; numpy scalars are not json-serialisable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        return _jsonable(value.item())
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+class JsonLinesReporter(Reporter):
+    """Writes one JSON object per line to a private copy of stdout.
+
+    The process's fd 1 is then pointed at stderr, so that anything else that prints to stdout
+    (TensorFlow, C libraries, a stray ``print``) cannot corrupt the protocol stream.
+    """
+
+    def __init__(self) -> None:
+        sys.stdout.flush()
+        protocol_fd = os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        self._out: TextIO = os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Write the event as one line and flush it at once."""
+        line = json.dumps({"event": event, **_jsonable(fields)}, ensure_ascii=False)
+        self._out.write(line + "\n")
+        self._out.flush()
+
+
+class TextReporter(Reporter):
+    """Human output for the terminal: progress and logs on stderr, the result on stdout."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stderr
+        self._last_progress = 0.0
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Print the event for a person reading a terminal."""
+        if event == "progress":
+            now = time.monotonic()
+            if now - self._last_progress < 1.0 and fields["fraction"] < 1.0:
+                return  # one line a second is plenty for a terminal
+            self._last_progress = now
+            message = f" {fields['message']}" if fields.get("message") else ""
+            print(f"[{fields['fraction'] * 100:5.1f} %]{message}", file=self._stream)
+        elif event == "log":
+            prefix = "warning: " if fields["level"] == "warning" else ""
+            print(f"{prefix}{fields['message']}", file=self._stream)
+        elif event == "metrics":
+            text = ", ".join(f"{k}={_format_value(v)}" for k, v in fields["values"].items())
+            print(text, file=self._stream)
+        elif event == "error":
+            print(f"error: {fields['message']}", file=self._stream)
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def raise_cancelled_on_signals() -> None:
+    """Turn SIGTERM/SIGINT into :class:`CancelledError`, so `finally` blocks remove partial outputs.
+
+    The QGIS side cancels a job by sending SIGTERM to the engine's process group.
+    """
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise CancelledError(f"cancelled by signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

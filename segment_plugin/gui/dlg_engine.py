@@ -1,0 +1,239 @@
+"""Engine status and setup dialog.
+
+Shows which engine environment the plugin uses and why (environment variable, setting or the
+default ``.venv``), what the engine itself reports through the subprocess protocol (Python,
+TensorFlow, libraries, CPU/GPU), and can create a new engine environment in the background.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from segment_plugin.engine_setup import find_base_python
+from segment_plugin.plugin_files import resource_path, version
+from segment_plugin.runner import EngineResult
+from segment_plugin.settings import PluginSettings
+from segment_plugin.tasks.engine_task import EngineCommandTask
+from segment_plugin.tasks.setup_task import SetupEngineTask
+
+LOG_TAG = "Segment Plugin"
+_SHOWN_PACKAGES = ("tensorflow", "keras", "numpy", "rasterio", "shapely", "geopandas", "pyogrio")
+
+
+def default_engine_dir() -> Path:
+    """Where the dialog creates an engine: in the QGIS profile, so plugin upgrades keep it."""
+    return Path(QgsApplication.qgisSettingsDirPath()) / "segment_plugin" / "engine-venv"
+
+
+class EngineDialog(QDialog):
+    """Engine status (found/missing, Python, TensorFlow, devices) and environment creation."""
+
+    def __init__(self, parent=None, title: str = "Segment Plugin — engine") -> None:
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.setWindowIcon(QIcon(str(resource_path("icons", "segment.svg"))))
+        self.setMinimumWidth(620)
+        self._check_task: EngineCommandTask | None = None
+        self._setup_task: SetupEngineTask | None = None
+        self.last_result: EngineResult | None = None
+        self._build()
+        self._load_settings()
+
+    # ---- construction -------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        heading = QLabel(
+            f"<b>Segment Plugin {version()}</b> — land-cover segmentation. The deep-learning "
+            "engine runs in its own Python environment, outside QGIS."
+        )
+        heading.setWordWrap(True)
+        layout.addWidget(heading)
+
+        where = QGroupBox("Engine environment")
+        form = QFormLayout(where)
+        self.python_edit = QLineEdit()
+        self.python_edit.setPlaceholderText("path to the engine's python (empty: default .venv)")
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse_python)
+        row = QHBoxLayout()
+        row.addWidget(self.python_edit)
+        row.addWidget(browse)
+        form.addRow("Python:", row)
+        self.location_label = QLabel()
+        self.location_label.setWordWrap(True)
+        form.addRow("In use:", self.location_label)
+        self.check_button = QPushButton("Save and check")
+        self.check_button.clicked.connect(self._save_and_check)
+        form.addRow("", self.check_button)
+        layout.addWidget(where)
+
+        status = QGroupBox("Status (reported by the engine)")
+        self.status_form = QFormLayout(status)
+        self.state_label = QLabel()
+        self.state_label.setWordWrap(True)
+        self.status_form.addRow("Engine:", self.state_label)
+        self.value_labels: dict[str, QLabel] = {}
+        for key in ("python", *_SHOWN_PACKAGES, "devices"):
+            label = QLabel("—")
+            label.setWordWrap(True)
+            self.value_labels[key] = label
+            self.status_form.addRow(f"{key.capitalize() if key != 'python' else 'Python'}:", label)
+        layout.addWidget(status)
+
+        create = QGroupBox("Create an engine environment (pinned wheels from PyPI, about 1 GB)")
+        create_layout = QVBoxLayout(create)
+        target_row = QHBoxLayout()
+        self.target_edit = QLineEdit(str(default_engine_dir()))
+        target_row.addWidget(QLabel("Folder:"))
+        target_row.addWidget(self.target_edit)
+        self.create_button = QPushButton("Create engine environment")
+        self.create_button.clicked.connect(self._create_environment)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self._cancel_setup)
+        target_row.addWidget(self.create_button)
+        target_row.addWidget(self.cancel_button)
+        create_layout.addLayout(target_row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        create_layout.addWidget(self.progress)
+        self.log_view = QPlainTextEdit()
+        self.log_view.setReadOnly(True)
+        self.log_view.setMaximumBlockCount(2000)
+        self.log_view.setMinimumHeight(90)
+        create_layout.addWidget(self.log_view)
+        layout.addWidget(create)
+
+        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+
+    def _load_settings(self) -> None:
+        settings = PluginSettings.load()
+        self.python_edit.setText(settings.engine_python)
+        self.location_label.setText(settings.engine().describe())
+
+    # ---- status -------------------------------------------------------------------------
+    def check_engine(self) -> None:
+        """Ask the engine for its status in a background task."""
+        engine = PluginSettings.load().engine()
+        self.location_label.setText(engine.describe())
+        if self._check_task is not None:
+            return  # one check at a time
+        if not engine.exists:
+            self._show_result(
+                EngineResult("missing", None, message=f"engine not found: {engine.describe()}")
+            )
+            return
+        self.state_label.setText("checking… (starting the engine and TensorFlow)")
+        self.check_button.setEnabled(False)
+        task = EngineCommandTask("Segment Plugin: checking the engine", ["info"], engine.python)
+        task.completed.connect(self._show_result)
+        self._check_task = task
+        QgsApplication.taskManager().addTask(task)
+
+    def _show_result(self, result: EngineResult) -> None:
+        self._check_task = None
+        self.check_button.setEnabled(True)
+        self.last_result = result
+        report = result.data
+        if result.ok and report.get("ready"):
+            state = "<span style='color:#1A7F37'><b>ready</b></span>"
+        elif result.ok:
+            state = "<span style='color:#B35900'><b>incomplete</b></span>: missing " + ", ".join(
+                report.get("missing", [])
+            )
+        else:
+            state = f"<span style='color:#C62828'><b>{result.status}</b></span>: {result.message}"
+        self.state_label.setText(state)
+        packages = report.get("packages") or {}
+        self.value_labels["python"].setText(
+            f"{report['python']} — {report['executable']}" if report else "—"
+        )
+        for name in _SHOWN_PACKAGES:
+            self.value_labels[name].setText(packages.get(name) or ("missing" if report else "—"))
+        devices = report.get("devices") or []
+        self.value_labels["devices"].setText(
+            ", ".join(f"{d['type']} ({d['name']})" for d in devices) or "—"
+        )
+        level = Qgis.Info if result.ok else Qgis.Warning
+        QgsMessageLog.logMessage(f"engine status: {result.status} {result.message}", LOG_TAG, level)
+
+    def _save_and_check(self) -> None:
+        settings = PluginSettings.load()
+        settings.engine_python = self.python_edit.text().strip()
+        settings.save()
+        self.check_engine()
+
+    def _browse_python(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Engine Python", self.python_edit.text())
+        if path:
+            self.python_edit.setText(path)
+
+    # ---- setup --------------------------------------------------------------------------
+    def _create_environment(self) -> None:
+        base = find_base_python()
+        if base is None:
+            self._log("No python3 to create the environment from: set SEGMENT_PLUGIN_BASE_PYTHON.")
+            return
+        self.start_setup(Path(self.target_edit.text().strip()), base)
+
+    def start_setup(self, target: Path, base_python: Path, steps=None) -> SetupEngineTask:
+        """Create an engine environment at ``target`` in a background task."""
+        self.log_view.clear()
+        self._log(f"Creating the engine environment in {target} from {base_python}")
+        self.create_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setValue(0)
+        task = SetupEngineTask(target, base_python, steps=steps)
+        task.lineLogged.connect(self._log)
+        task.stepStarted.connect(self._log)
+        task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
+        task.completed.connect(self._setup_finished)
+        self._setup_task = task
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _cancel_setup(self) -> None:
+        if self._setup_task is not None:
+            self._setup_task.cancel()
+
+    def _setup_finished(self, ok: bool, message: str) -> None:
+        self._setup_task = None
+        self.create_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if ok:
+            self.progress.setValue(100)
+            self._log(f"Engine environment ready: {message}")
+            self.python_edit.setText(message)
+            self._save_and_check()
+        else:
+            self.progress.setValue(0)
+            self._log(f"FAILED: {message}")
+            QgsMessageLog.logMessage(f"engine setup failed: {message}", LOG_TAG, Qgis.Critical)
+
+    def _log(self, line: str) -> None:
+        self.log_view.appendPlainText(line)
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Closing the dialog cancels a running setup: no half-built environment survives."""
+        self._cancel_setup()
+        super().closeEvent(event)

@@ -1,0 +1,86 @@
+"""QGIS wiring: actions, menus, toolbar, Processing provider — and nothing else."""
+
+from __future__ import annotations
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from segment_plugin.plugin_files import resource_path
+
+MENU = "&Segment Plugin"
+
+
+class SegmentPlugin:
+    """The plugin object QGIS holds; created by :func:`segment_plugin.classFactory`."""
+
+    def __init__(self, iface) -> None:
+        self.iface = iface
+        self.actions: list[QAction] = []
+        self.toolbar = None
+        self.provider = None
+        self._dialog = None
+
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS API
+        """Register the Processing provider (QGIS calls this also for qgis_process)."""
+        from segment_plugin.processing.provider import SegmentProvider
+
+        self.provider = SegmentProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:  # noqa: N802 - QGIS API
+        """Add the actions to the Raster menu and the plugin toolbar."""
+        self.initProcessing()
+        main_window = self.iface.mainWindow()
+        icon = QIcon(str(resource_path("icons", "segment.svg")))
+        segment = QAction(icon, "Segment Layer…", main_window)
+        segment.setObjectName("segment_plugin_segment_layer")
+        segment.setToolTip("Segment the active raster layer into land-cover classes")
+        segment.triggered.connect(self.show_segment_dialog)
+        settings = QAction(
+            QgsApplication.getThemeIcon("/mActionOptions.svg"), "Engine settings…", main_window
+        )
+        settings.setObjectName("segment_plugin_engine_settings")
+        settings.triggered.connect(self.show_engine_dialog)
+        self.actions = [segment, settings]
+
+        self.toolbar = self.iface.addToolBar("Segment Plugin")
+        self.toolbar.setObjectName("segment_plugin_toolbar")
+        self.toolbar.addAction(segment)
+        for action in self.actions:
+            self.iface.addPluginToRasterMenu(MENU, action)
+
+    def unload(self) -> None:
+        """Remove everything initGui added."""
+        for action in self.actions:
+            self.iface.removePluginRasterMenu(MENU, action)
+            action.deleteLater()
+        self.actions = []
+        if self.toolbar is not None:
+            self.toolbar.deleteLater()
+            self.toolbar = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        if self._dialog is not None:
+            self._dialog.close()
+            self._dialog.deleteLater()
+            self._dialog = None
+
+    def _engine_dialog(self):
+        from segment_plugin.gui.dlg_engine import EngineDialog
+
+        if self._dialog is None:
+            self._dialog = EngineDialog(self.iface.mainWindow())
+        return self._dialog
+
+    def show_engine_dialog(self) -> None:
+        """Show the engine status/settings dialog and refresh the status."""
+        dialog = self._engine_dialog()
+        dialog.show()
+        dialog.raise_()
+        dialog.check_engine()
+
+    def show_segment_dialog(self) -> None:
+        """Segment Layer. Until the segmentation dialog exists it shows the engine's readiness."""
+        self.show_engine_dialog()

@@ -1,0 +1,1 @@
+"""The Processing provider ``segment_plugin`` and its algorithms (thin: they run the engine)."""

@@ -1,0 +1,31 @@
+"""The Processing provider: id ``segment_plugin``, one place that lists the algorithms."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from segment_plugin.plugin_files import resource_path, version
+from segment_plugin.processing.alg_engine_status import EngineStatusAlgorithm
+
+PROVIDER_ID = "segment_plugin"
+
+
+class SegmentProvider(QgsProcessingProvider):
+    """Land-cover segmentation algorithms; each runs the engine in its own process."""
+
+    def id(self) -> str:  # noqa: D102
+        return PROVIDER_ID
+
+    def name(self) -> str:  # noqa: D102
+        return "Segment Plugin"
+
+    def longName(self) -> str:  # noqa: D102, N802
+        return f"Segment Plugin {version()} (land-cover segmentation)"
+
+    def icon(self) -> QIcon:  # noqa: D102
+        return QIcon(str(resource_path("icons", "segment.svg")))
+
+    def loadAlgorithms(self) -> None:  # noqa: D102, N802
+        for algorithm in (EngineStatusAlgorithm(),):
+            self.addAlgorithm(algorithm)

@@ -1,0 +1,1 @@
+"""Background work for the GUI: QgsTask subclasses that never touch widgets."""

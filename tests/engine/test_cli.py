@@ -1,0 +1,152 @@
+"""The engine CLI and its JSON-lines protocol, through a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from segment_plugin import plugin_files
+from segment_plugin.engine import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "segment_plugin.engine", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def events(stdout: str) -> list[dict]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # every stdout line must be JSON
+
+
+def test_info_json_reports_tensorflow_and_cpu():
+    proc = run_cli("info", "--progress", "json")
+    assert proc.returncode == 0, proc.stderr
+    stream = events(proc.stdout)
+    assert stream[0] == {
+        "event": "start",
+        "protocol": 1,
+        "command": "info",
+        "version": plugin_files.version(),
+        "pid": stream[0]["pid"],
+    }
+    assert stream[0]["pid"] > 0
+    assert stream[-1] == {"event": "end", "status": "ok", "exit_code": 0}
+    (result,) = [e["data"] for e in stream if e["event"] == "result"]
+    assert result["ready"] is True
+    assert result["missing"] == []
+    assert result["packages"]["tensorflow"].startswith("2.")
+    assert result["packages"]["keras"].startswith("3.")
+    assert any(d["type"] == "CPU" for d in result["devices"])
+    assert result["executable"] == sys.executable
+
+
+def test_info_text_is_for_people():
+    proc = run_cli("info", "--no-devices")
+    assert proc.returncode == 0, proc.stderr
+    assert "segment_plugin engine" in proc.stdout
+    assert "tensorflow" in proc.stdout and "ready" in proc.stdout
+    assert not proc.stdout.lstrip().startswith("{")
+
+
+def test_version_comes_from_metadata_txt():
+    proc = run_cli("--version")
+    assert proc.stdout.strip() == plugin_files.version()
+    metadata = (ROOT / "metadata.txt").read_text()
+    assert f"version={proc.stdout.strip()}" in metadata
+
+
+def test_usage_error_is_one_message_and_exit_2():
+    proc = run_cli("no-such-command")
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stray_prints_cannot_corrupt_the_json_stream(monkeypatch, capfd):
+    """Libraries that print to stdout (Python or C level) must land on stderr in JSON mode."""
+
+    def noisy(args, reporter):
+        print("python-level noise")
+        os.write(1, b"C-level noise\n")
+        reporter.progress(0.5, "half")
+        reporter.result(answer=42)
+
+    parser = cli.build_parser()
+    original = parser.parse_args
+
+    def parse_args(argv):
+        ns = original(argv)
+        ns.handler = noisy
+        return ns
+
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", parse_args)
+    saved_stdout_fd = os.dup(1)
+    saved_stdout = sys.stdout
+    try:
+        assert cli.main(["info", "--progress", "json"]) == 0
+    finally:
+        os.dup2(saved_stdout_fd, 1)
+        os.close(saved_stdout_fd)
+        sys.stdout = saved_stdout
+    out, err = capfd.readouterr()
+    stream = events(out)
+    assert [e["event"] for e in stream] == ["start", "progress", "result", "end"]
+    assert stream[1] == {"event": "progress", "fraction": 0.5, "message": "half"}
+    assert "python-level noise" in err and "C-level noise" in err
+
+
+def test_sigterm_cancels_with_one_event_and_exit_130(tmp_path):
+    """What the QGIS side's Cancel does: SIGTERM → CancelledError → 'cancelled' end event."""
+    script = tmp_path / "slow_command.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from segment_plugin.engine import cli
+
+            def slow(args, reporter):
+                reporter.progress(0.1, "working")
+                time.sleep(60)
+
+            parser = cli.build_parser()
+            original = parser.parse_args
+            def parse_args(argv):
+                ns = original(argv)
+                ns.handler = slow
+                return ns
+            parser.parse_args = parse_args
+            cli.build_parser = lambda: parser
+            sys.exit(cli.main(["info", "--progress", "json"]))
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    seen = [json.loads(proc.stdout.readline()) for _ in range(2)]  # start, progress
+    assert seen[1]["event"] == "progress"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert time.monotonic() - started < 10
+    assert proc.returncode == 130
+    tail = events(out)
+    assert tail[0]["event"] == "error" and tail[0]["code"] == "cancelled"
+    assert tail[-1] == {"event": "end", "status": "cancelled", "exit_code": 130}

@@ -1,0 +1,74 @@
+"""Fixtures for the QGIS suite (pytest-qgis gives qgis_app, qgis_iface, qgis_new_project)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from qgis.core import QgsApplication
+
+from segment_plugin.runner import ENV_PYTHON, locate_engine
+
+ROOT = Path(__file__).resolve().parents[2]
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # /usr/bin/qgis_process passes a flag .bin rejects
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Spin the Qt event loop (tasks finish, queued signals arrive) until predicate holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        QgsApplication.processEvents()
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def engine_python() -> Path:
+    """The real engine of this checkout (make test exports SEGMENT_PLUGIN_PYTHON)."""
+    engine = locate_engine()
+    assert engine.exists, f"no engine environment ({engine.describe()}): run make setup"
+    return engine.python
+
+
+@pytest.fixture
+def missing_engine(monkeypatch, tmp_path) -> Path:
+    """Point the plugin at an engine that does not exist."""
+    missing = tmp_path / "nowhere" / "bin" / "python"
+    monkeypatch.setenv(ENV_PYTHON, str(missing))
+    return missing
+
+
+@pytest.fixture(scope="session")
+def plugin_zip() -> Path:
+    """dist/segment_plugin.zip, built by the real `make package`."""
+    subprocess.run(["make", "-s", "package"], cwd=ROOT, check=True, timeout=300)
+    return ROOT / "dist" / "segment_plugin.zip"
+
+
+@pytest.fixture
+def qgis_profile(tmp_path, plugin_zip) -> Path:
+    """A throw-away QGIS config folder with the zip installed and the plugin enabled."""
+    config = tmp_path / "qgis-config"
+    profile = config / "profiles" / "default"
+    plugins = profile / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(plugins)
+    ini = profile / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\nsegment_plugin=true\n")
+    return config
+
+
+def qgis_process(config: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run qgis_process.bin headless against a custom config folder."""
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(config))
+    return subprocess.run(
+        [QGIS_PROCESS, *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
