@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segment_plugin.plugin_files import PACKAGE_DIR
-from segment_plugin.runner import engine_environment, stream_process, venv_python
+from segment_plugin.runner import clean_environment, stream_process, venv_python
 
 REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements.txt"
 CONSTRAINTS = PACKAGE_DIR / "engine" / "constraints.txt"
@@ -90,7 +90,7 @@ def check_base_python(base_python: Path) -> str:
             capture_output=True,
             text=True,
             timeout=60,
-            env=engine_environment(),
+            env=clean_environment(),
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -57,6 +57,9 @@ class SegmentPlugin:
             action.deleteLater()
         self.actions = []
         if self.toolbar is not None:
+            # detach now: deleteLater alone leaves it in the main window until the event loop runs
+            self.iface.mainWindow().removeToolBar(self.toolbar)
+            self.toolbar.setParent(None)
             self.toolbar.deleteLater()
             self.toolbar = None
         if self.provider is not None:

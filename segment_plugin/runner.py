@@ -86,13 +86,19 @@ def locate_engine(setting_python: str | None = None) -> EngineLocation:
     return EngineLocation(None, "none")
 
 
-def engine_environment() -> dict[str, str]:
-    """The environment for the engine process: ours, minus QGIS's Python/GDAL/PROJ settings."""
+def clean_environment() -> dict[str, str]:
+    """Ours, minus QGIS's Python/GDAL/PROJ settings: for any Python that is not QGIS's."""
     env = {k: v for k, v in os.environ.items() if k not in _FOREIGN_ENV}
-    env["PYTHONPATH"] = str(PACKAGE_DIR.parent)  # engine code of the same version as the plugin
     env["PYTHONNOUSERSITE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
+    return env
+
+
+def engine_environment() -> dict[str, str]:
+    """The engine's environment: clean, with the plugin's own engine code importable."""
+    env = clean_environment()
+    env["PYTHONPATH"] = str(PACKAGE_DIR.parent)  # engine code of the same version as the plugin
     return env
 
 
@@ -148,13 +154,14 @@ def stream_process(
     command: Sequence[str],
     on_line: Callable[[str, str], None],
     is_canceled: Callable[[], bool] = lambda: False,
+    env: dict[str, str] | None = None,
 ) -> tuple[int, bool]:
     """Run ``command`` in its own process group, feeding each line to ``on_line(kind, line)``.
 
     ``kind`` is ``"out"`` or ``"err"``; lines are delivered in the calling thread. ``is_canceled``
     is polled about ten times a second, also while the process prints nothing; once true, the
-    whole process group is terminated. Returns ``(exit_code, canceled)``; raises OSError when the
-    program cannot be started.
+    whole process group is terminated. ``env`` defaults to :func:`clean_environment`. Returns
+    ``(exit_code, canceled)``; raises OSError when the program cannot be started.
     """
     process = subprocess.Popen(
         list(command),
@@ -164,7 +171,7 @@ def stream_process(
         text=True,
         encoding="utf-8",
         errors="replace",
-        env=engine_environment(),
+        env=clean_environment() if env is None else env,
         **process_group_options(),
     )
     lines: queue.Queue[tuple[str, str]] = queue.Queue()
@@ -223,7 +230,9 @@ def run_engine(
             on_output(line)
 
     try:
-        result.exit_code, canceled = stream_process(command, on_line, is_canceled)
+        result.exit_code, canceled = stream_process(
+            command, on_line, is_canceled, env=engine_environment()
+        )
     except OSError as exc:
         return EngineResult(
             "missing", None, message=f"cannot start the engine with {python}: {exc.strerror}"

@@ -7,6 +7,7 @@ TensorFlow, libraries, CPU/GPU), and can create a new engine environment in the 
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
@@ -23,6 +24,7 @@ from qgis.PyQt.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QTextBrowser,
     QVBoxLayout,
 )
 
@@ -34,7 +36,16 @@ from segment_plugin.tasks.engine_task import EngineCommandTask
 from segment_plugin.tasks.setup_task import SetupEngineTask
 
 LOG_TAG = "Segment Plugin"
-_SHOWN_PACKAGES = ("tensorflow", "keras", "numpy", "rasterio", "shapely", "geopandas", "pyogrio")
+#: Distribution name → how its authors spell it.
+_SHOWN_PACKAGES = {
+    "tensorflow": "TensorFlow",
+    "keras": "Keras",
+    "numpy": "NumPy",
+    "rasterio": "rasterio",
+    "shapely": "Shapely",
+    "geopandas": "GeoPandas",
+    "pyogrio": "pyogrio",
+}
 
 
 def default_engine_dir() -> Path:
@@ -85,16 +96,10 @@ class EngineDialog(QDialog):
         layout.addWidget(where)
 
         status = QGroupBox("Status (reported by the engine)")
-        self.status_form = QFormLayout(status)
-        self.state_label = QLabel()
-        self.state_label.setWordWrap(True)
-        self.status_form.addRow("Engine:", self.state_label)
-        self.value_labels: dict[str, QLabel] = {}
-        for key in ("python", *_SHOWN_PACKAGES, "devices"):
-            label = QLabel("—")
-            label.setWordWrap(True)
-            self.value_labels[key] = label
-            self.status_form.addRow(f"{key.capitalize() if key != 'python' else 'Python'}:", label)
+        status_layout = QVBoxLayout(status)
+        self.status_view = QTextBrowser()
+        self.status_view.setMinimumHeight(130)
+        status_layout.addWidget(self.status_view)
         layout.addWidget(status)
 
         create = QGroupBox("Create an engine environment (pinned wheels from PyPI, about 1 GB)")
@@ -143,7 +148,7 @@ class EngineDialog(QDialog):
                 EngineResult("missing", None, message=f"engine not found: {engine.describe()}")
             )
             return
-        self.state_label.setText("checking… (starting the engine and TensorFlow)")
+        self.status_view.setHtml("<i>checking… (starting the engine and TensorFlow)</i>")
         self.check_button.setEnabled(False)
         task = EngineCommandTask("Segment Plugin: checking the engine", ["info"], engine.python)
         task.completed.connect(self._show_result)
@@ -154,26 +159,7 @@ class EngineDialog(QDialog):
         self._check_task = None
         self.check_button.setEnabled(True)
         self.last_result = result
-        report = result.data
-        if result.ok and report.get("ready"):
-            state = "<span style='color:#1A7F37'><b>ready</b></span>"
-        elif result.ok:
-            state = "<span style='color:#B35900'><b>incomplete</b></span>: missing " + ", ".join(
-                report.get("missing", [])
-            )
-        else:
-            state = f"<span style='color:#C62828'><b>{result.status}</b></span>: {result.message}"
-        self.state_label.setText(state)
-        packages = report.get("packages") or {}
-        self.value_labels["python"].setText(
-            f"{report['python']} — {report['executable']}" if report else "—"
-        )
-        for name in _SHOWN_PACKAGES:
-            self.value_labels[name].setText(packages.get(name) or ("missing" if report else "—"))
-        devices = report.get("devices") or []
-        self.value_labels["devices"].setText(
-            ", ".join(f"{d['type']} ({d['name']})" for d in devices) or "—"
-        )
+        self.status_view.setHtml(status_html(result))
         level = Qgis.Info if result.ok else Qgis.Warning
         QgsMessageLog.logMessage(f"engine status: {result.status} {result.message}", LOG_TAG, level)
 
@@ -237,3 +223,27 @@ class EngineDialog(QDialog):
         """Closing the dialog cancels a running setup: no half-built environment survives."""
         self._cancel_setup()
         super().closeEvent(event)
+
+
+def status_html(result: EngineResult) -> str:
+    """The engine's report as a small HTML table: state, Python, libraries, devices."""
+    report = result.data
+    if result.ok and report.get("ready"):
+        state = "<span style='color:#1A7F37'><b>ready</b></span>"
+    elif result.ok:
+        missing = ", ".join(report.get("missing", []))
+        state = f"<span style='color:#B35900'><b>incomplete</b></span>: missing {missing}"
+    else:
+        state = (
+            f"<span style='color:#C62828'><b>{result.status}</b></span>: {escape(result.message)}"
+        )
+    rows = [("Engine", state)]
+    if report:
+        packages = report.get("packages") or {}
+        rows.append(("Python", escape(f"{report['python']} — {report['executable']}")))
+        for name, title in _SHOWN_PACKAGES.items():
+            rows.append((title, packages.get(name) or "<b>MISSING</b>"))
+        devices = report.get("devices") or []
+        rows.append(("Devices", escape(", ".join(f"{d['type']} ({d['name']})" for d in devices))))
+    cells = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"

@@ -28,6 +28,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
+def words(text: str) -> str:
+    """Text with all whitespace runs collapsed, e.g. a rendered HTML table's cells on one line."""
+    return " ".join(text.split())
+
+
 @pytest.fixture(scope="session")
 def engine_python() -> Path:
     """The real engine of this checkout (make test exports SEGMENT_PLUGIN_PYTHON)."""

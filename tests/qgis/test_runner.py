@@ -91,7 +91,9 @@ def test_cancel_reaches_grandchildren():
     """The whole process group goes: nothing the engine started may outlive a cancel."""
     lines = []
     command = ["/bin/sh", "-c", "sleep 300 & echo $!; wait"]
-    code, canceled = stream_process(command, lambda kind, line: lines.append(line), lambda: bool(lines))
+    code, canceled = stream_process(
+        command, lambda kind, line: lines.append(line), lambda: bool(lines)
+    )
     assert canceled and code != 0
     grandchild = int(lines[0])
     deadline = time.monotonic() + 5
@@ -109,7 +111,7 @@ def test_engine_error_keeps_the_message(engine_python):
 @pytest.mark.parametrize("bad", ["", "{not json", '{"no_event": 1}'])
 def test_non_protocol_lines_go_to_output(bad, tmp_path):
     script = tmp_path / "fake_python"
-    script.write_text(f"#!/bin/sh\necho '{bad}'\necho '{{\"event\": \"end\", \"status\": \"ok\"}}'\n")
+    script.write_text(f'#!/bin/sh\necho \'{bad}\'\necho \'{{"event": "end", "status": "ok"}}\'\n')
     script.chmod(0o755)
     output, events = [], []
     result = run_engine(["info"], script, on_event=events.append, on_output=output.append)

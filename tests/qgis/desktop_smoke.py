@@ -1,0 +1,56 @@
+"""Run inside the real QGIS desktop (``qgis --code``): trigger Segment Layer, report, quit.
+
+Started by test_installed_plugin.py under xvfb-run and timeout. Writes a JSON report and a PNG of
+the dialog to the folder named by SMOKE_OUT, then quits QGIS itself.
+"""
+
+import json
+import os
+import time
+from pathlib import Path
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QAction, QApplication, QDialog, QToolBar
+from qgis.utils import iface, plugins
+
+OUT = Path(os.environ["SMOKE_OUT"])
+
+
+def raster_menu_actions():
+    found = []
+    for action in iface.rasterMenu().actions():
+        if action.menu() is not None:
+            found.extend(action.menu().actions())
+    return found
+
+
+def run():
+    report = {"loaded": "segment_plugin" in plugins}
+    actions = {a.objectName(): a for a in iface.mainWindow().findChildren(QAction)}
+    segment = actions.get("segment_plugin_segment_layer")
+    toolbars = {t.objectName(): t for t in iface.mainWindow().findChildren(QToolBar)}
+    toolbar = toolbars.get("segment_plugin_toolbar")
+    report["action"] = segment is not None
+    report["in_raster_menu"] = segment in raster_menu_actions()
+    report["in_toolbar"] = toolbar is not None and segment in toolbar.actions()
+    if segment is not None:
+        segment.trigger()
+    dialogs = [
+        w for w in QApplication.topLevelWidgets() if isinstance(w, QDialog) and w.isVisible()
+    ]
+    report["dialogs"] = [d.windowTitle() for d in dialogs]
+    if dialogs:
+        dialog = dialogs[0]
+        deadline = time.monotonic() + 90
+        while dialog.last_result is None and time.monotonic() < deadline:
+            QgsApplication.processEvents()
+            time.sleep(0.05)
+        QgsApplication.processEvents()
+        report["engine_state"] = dialog.status_view.toPlainText()
+        dialog.grab().save(str(OUT / "engine_dialog.png"))
+    (OUT / "report.json").write_text(json.dumps(report))
+    QTimer.singleShot(200, iface.actionExit().trigger)
+
+
+QTimer.singleShot(1000, run)

@@ -1,0 +1,90 @@
+"""The zip a user installs: its layout, qgis_process with it, and the desktop app with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, qgis_process
+
+from segment_plugin.plugin_files import version
+
+
+def test_zip_has_one_top_folder_with_package_metadata_and_resources(plugin_zip):
+    names = zipfile.ZipFile(plugin_zip).namelist()
+    assert {n.split("/")[0] for n in names} == {"segment_plugin"}
+    for required in (
+        "segment_plugin/__init__.py",
+        "segment_plugin/metadata.txt",
+        "segment_plugin/LICENSE",
+        "segment_plugin/resources/icons/segment.svg",
+        "segment_plugin/engine/__main__.py",
+        "segment_plugin/engine/requirements.txt",
+        "segment_plugin/engine/constraints.txt",
+    ):
+        assert required in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
+
+
+def test_metadata_is_complete(plugin_zip):
+    text = zipfile.ZipFile(plugin_zip).read("segment_plugin/metadata.txt").decode()
+    keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line}
+    required = {"name", "qgisMinimumVersion", "description", "about", "version", "author"}
+    required |= {"email", "repository", "tracker", "homepage", "tags", "category", "icon"}
+    required |= {"hasProcessingProvider", "supportsQt6", "experimental"}
+    assert required <= keys
+    assert "qgisMinimumVersion=3.22" in text and "category=Raster" in text
+    assert "hasProcessingProvider=yes" in text and "supportsQt6=True" in text
+    assert f"version={version()}" in text
+
+
+def test_qgis_process_lists_the_installed_plugin_and_provider(qgis_profile):
+    plugins = qgis_process(qgis_profile, "plugins")
+    assert plugins.returncode == 0, plugins.stderr
+    assert "* segment_plugin" in plugins.stdout  # '*': loaded, implements a provider
+    listing = qgis_process(qgis_profile, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "segment_plugin:engine_status" in listing.stdout
+
+
+def test_qgis_process_runs_engine_status_from_the_installed_zip(qgis_profile, engine_python):
+    run = qgis_process(qgis_profile, "--json", "run", "segment_plugin:engine_status")
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)["results"]
+    assert results["READY"] is True, results["MESSAGE"]
+    assert results["TENSORFLOW"].startswith("2.")
+    assert "CPU" in results["DEVICES"]
+    report = json.loads(results["REPORT"])
+    assert report["engine_version"] == version()
+
+
+@pytest.mark.desktop
+def test_desktop_loads_the_zip_and_triggers_segment_layer(qgis_profile, tmp_path, engine_python):
+    out = tmp_path / "smoke"
+    out.mkdir()
+    env = dict(os.environ, SMOKE_OUT=str(out))
+    for name in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "QT_QPA_PLATFORM"):
+        env.pop(name, None)  # the desktop app draws on Xvfb with the throw-away profile
+    command = ["timeout", "180", "xvfb-run", "-a", "qgis", "--profiles-path", str(qgis_profile)]
+    command += [
+        "--nologo",
+        "--noversioncheck",
+        "--code",
+        str(Path(__file__).with_name("desktop_smoke.py")),
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["loaded"] and report["action"]
+    assert report["in_raster_menu"] and report["in_toolbar"]
+    assert report["dialogs"] == ["Segment Plugin — engine"]
+    assert "ready" in report["engine_state"]
+    png = out / "engine_dialog.png"
+    assert png.stat().st_size > 10_000
+    artifacts = ROOT / "build" / "screenshots"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (artifacts / "desktop_engine_dialog.png").write_bytes(png.read_bytes())
