@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from segment_plugin import plugin_files
 from segment_plugin.engine.errors import CancelledError, SegmentPluginError
@@ -32,6 +33,77 @@ def _cmd_info(args: argparse.Namespace, reporter: Reporter) -> None:
     reporter.result(**report)
     if args.progress == "text":
         print(format_info(report))
+
+
+def _band_list(text: str) -> tuple[int, ...]:
+    try:
+        bands = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must look like 3,2,1, got {text!r}") from None
+    if not bands:
+        raise argparse.ArgumentTypeError("no bands given")
+    return bands
+
+
+def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.inference import segment
+    from segment_plugin.engine.params import SegmentParams
+
+    params = SegmentParams(
+        input=args.input,
+        output=args.output,
+        model=args.model,
+        probabilities=args.probabilities,
+        bands=args.bands,
+        resolution=args.resolution,
+        tile=args.tile,
+        overlap=args.overlap,
+        batch=args.batch,
+        device=args.device,
+        tta=args.tta,
+        overwrite=args.overwrite,
+    )
+    result = segment(params, reporter)
+    reporter.result(**result)
+    if args.progress == "text":
+        print(
+            f"wrote {result['output']} ({result['tiles']} tiles, {result['seconds']} s, "
+            f"{result['mpx_per_s']} Mpx/s on {result['device']})"
+        )
+        areas = result["class_area_m2"]
+        for name, pixels in result["class_pixels"].items():
+            area = f"{areas[name] / 10_000:12.4f} ha" if areas else ""
+            print(f"  {name:<12} {pixels:>12} px {area}")
+
+
+def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
+    from dataclasses import asdict
+
+    from segment_plugin.engine.models.registry import list_models
+
+    listing = []
+    for origin, found in list_models():
+        if isinstance(found, Exception):
+            listing.append({"origin": origin, "error": str(found)})
+            continue
+        listing.append({"origin": origin, "path": str(found.path), "card": asdict(found.card)})
+    reporter.result(models=listing)
+    if args.progress == "text":
+        if not listing:
+            print("no models installed")
+        for entry in listing:
+            if "error" in entry:
+                print(f"[{entry['origin']}] unusable: {entry['error']}")
+                continue
+            card = entry["card"]
+            classes = ", ".join(c["name"] for c in card["classes"])
+            miou = card["metrics"].get("miou")
+            print(f"{card['name']} [{entry['origin']}] {entry['path']}")
+            print(
+                f"  bands {', '.join(card['bands'])}; classes {classes}; "
+                f"resolution {card['resolution_m'] or 'any'} m; tile {card['tile_size']}"
+                + (f"; mIoU {miou:.3f}" if miou is not None else "")
+            )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +131,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(info)
     info.set_defaults(handler=_cmd_info)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment a raster into a land-cover class raster",
+        description="Tiled, blended inference on a raster of any size; writes a class GeoTIFF "
+        "on the input's grid with a colour table and a .qml style beside it.",
+    )
+    seg.add_argument("input", type=Path, help="raster to segment (any GDAL-readable file)")
+    seg.add_argument("--output", required=True, type=Path, help="class raster to write (GeoTIFF)")
+    seg.add_argument("--model", default="landcover", help="bundled/user model name or folder")
+    seg.add_argument("--probabilities", type=Path, help="also write class probabilities (uint8)")
+    seg.add_argument("--bands", type=_band_list, help="input bands for the model, e.g. 3,2,1")
+    seg.add_argument("--resolution", type=float, help="work at this many metres per pixel")
+    seg.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    seg.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile/4)")
+    seg.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
+    seg.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_common(seg)
+    seg.set_defaults(handler=_cmd_segment)
+
+    models = commands.add_parser("models", help="list bundled and user models with their cards")
+    _add_common(models)
+    models.set_defaults(handler=_cmd_models)
     return parser
 
 

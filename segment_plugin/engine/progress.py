@@ -6,7 +6,7 @@ is what the QGIS side parses (``segment_plugin/runner.py``); every line is one J
 ``event`` key:
 
 ``start``    ``{"protocol": 1, "command": ..., "version": ..., "pid": int}`` (always first)
-``progress`` ``{"fraction": 0..1, "message": str | null}``
+``progress`` ``{"fraction": 0..1, "message": str | null, ...}`` (+ ``tiles_per_s``, ``eta_s``)
 ``log``      ``{"level": "info" | "warning", "message": str}``
 ``metrics``  ``{"values": {...}}`` (training and benchmarks)
 ``result``   ``{"data": {...}}`` (paths written, reports)
@@ -35,9 +35,10 @@ class Reporter:
     def emit(self, event: str, **fields: Any) -> None:
         """Deliver one event; subclasses render it."""
 
-    def progress(self, fraction: float, message: str | None = None) -> None:
-        """Report overall progress in [0, 1]."""
-        self.emit("progress", fraction=round(min(max(fraction, 0.0), 1.0), 4), message=message)
+    def progress(self, fraction: float, message: str | None = None, **extra: Any) -> None:
+        """Report overall progress in [0, 1]; ``extra`` adds fields such as ``eta_s``."""
+        fraction = round(min(max(fraction, 0.0), 1.0), 4)
+        self.emit("progress", fraction=fraction, message=message, **extra)
 
     def log(self, message: str, level: str = "info") -> None:
         """Report a human-readable message."""

@@ -1,0 +1,476 @@
+"""Tiled, blended, streaming inference: a raster of any size in, a class raster out.
+
+Three threads form a pipeline so the model never waits for I/O: a reader reads and normalises
+tiles (windowed reads at the model's resolution), the calling thread runs the model on batches
+and blends probabilities into a :class:`~segment_plugin.engine.tiling.RollingAccumulator`, and a
+writer turns finished rows into class codes and writes them. Memory is bounded by a couple of tile
+rows whatever the raster's size. When the model works at another ground resolution than the
+input, the pipeline runs on a resampled "working" grid and a last pass writes the result back
+on the input's grid.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segment_plugin.engine import raster_io
+from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.models.package import IGNORE_CODE, ModelCard, ModelPackage
+from segment_plugin.engine.models.registry import resolve_model
+from segment_plugin.engine.normalize import Normalizer, raster_stats
+from segment_plugin.engine.params import SegmentParams
+from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.styling import write_qml
+from segment_plugin.engine.tiling import RollingAccumulator, TileGrid, blend_window
+
+RESAMPLE_TOLERANCE = 0.05  # work at the input's resolution when within 5 % of the model's
+QUEUE_DEPTH = 3  # batches read ahead / row blocks waiting to be written
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """The grid the model runs on: the input's, or the input resampled to the model's GSD."""
+
+    height: int
+    width: int
+    fy: float  # working pixels per input pixel, vertically
+    fx: float
+
+    @property
+    def resampled(self) -> bool:
+        """Whether a final pass back to the input grid is needed."""
+        return (self.fy, self.fx) != (1.0, 1.0)
+
+    def input_window(self, row: float, col: float, height: float, width: float) -> Any:
+        """The input-grid window under a working-grid window."""
+        from rasterio.windows import Window
+
+        return Window(col / self.fx, row / self.fy, width / self.fx, height / self.fy)
+
+
+def working_grid(
+    dataset: Any, card: ModelCard, resolution: float | None, reporter: Reporter
+) -> WorkingGrid:
+    """Decide the working resolution: ``--resolution``, else the model's, else the input's."""
+    target = resolution if resolution is not None else card.resolution_m
+    same = WorkingGrid(dataset.height, dataset.width, 1.0, 1.0)
+    if target is None:
+        return same
+    size = raster_io.pixel_size_m(dataset)
+    if size is None:
+        reporter.log(
+            "the input has no CRS: its pixel size is unknown, so it is not resampled", "warning"
+        )
+        return same
+    factor_x, factor_y = size[0] / target, size[1] / target
+    if abs(factor_x - 1) <= RESAMPLE_TOLERANCE and abs(factor_y - 1) <= RESAMPLE_TOLERANCE:
+        return same
+    height = max(raster_io.MIN_SIZE, round(dataset.height * factor_y))
+    width = max(raster_io.MIN_SIZE, round(dataset.width * factor_x))
+    reporter.log(
+        f"input pixels are {size[0]:.3g}×{size[1]:.3g} m, the model works at {target:g} m: "
+        f"segmenting a {width}×{height} resampled grid, written back on the input grid"
+    )
+    return WorkingGrid(height, width, height / dataset.height, width / dataset.width)
+
+
+def select_device(device: str) -> str:
+    """The TensorFlow device to run on, e.g. ``/GPU:0``; ``auto`` takes a GPU when there is one."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "gpu" and not gpus:
+        raise InputError("--device gpu: TensorFlow sees no GPU in this engine environment")
+    return "/GPU:0" if gpus and device != "cpu" else "/CPU:0"
+
+
+class Predictor:
+    """Runs the model on batches of normalised tiles; optional flip test-time augmentation."""
+
+    def __init__(self, model: Any, device: str, tta: bool, reporter: Reporter) -> None:
+        self.model = model
+        self.device = device
+        self.tta = tta
+        self.reporter = reporter
+        self._checked = False
+        self._softmax = False
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities (n, h, w, classes) for a batch (n, h, w, bands)."""
+        import tensorflow as tf
+
+        if self.tta:
+            variants = [batch, batch[:, :, ::-1], batch[:, ::-1, :], batch[:, ::-1, ::-1]]
+            with tf.device(self.device):
+                out = np.asarray(self.model.predict_on_batch(np.concatenate(variants)))
+            n = len(batch)
+            parts = [out[i * n : (i + 1) * n] for i in range(4)]
+            parts = [parts[0], parts[1][:, :, ::-1], parts[2][:, ::-1, :], parts[3][:, ::-1, ::-1]]
+            probs = np.mean(parts, axis=0)
+        else:
+            with tf.device(self.device):
+                probs = np.asarray(self.model.predict_on_batch(batch))
+        return self._as_probabilities(probs.astype(np.float32, copy=False))
+
+    def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
+        if not self._checked:
+            self._checked = True
+            sums = out.sum(axis=-1)
+            if out.min() < -1e-3 or not np.allclose(sums, 1.0, atol=1e-2):
+                self._softmax = True
+                self.reporter.log("the model outputs logits: applying softmax", "warning")
+        if self._softmax:
+            out = np.exp(out - out.max(axis=-1, keepdims=True))
+            out /= out.sum(axis=-1, keepdims=True)
+        return out
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+class _Worker(threading.Thread):
+    """A pipeline thread that keeps its exception for the main thread to re-raise."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._work = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.error = exc
+
+
+class _Pipeline:
+    """Reader thread → model (calling thread) → writer thread, for one working grid."""
+
+    def __init__(
+        self,
+        src_path: str,
+        bands: tuple[int, ...],
+        grid: TileGrid,
+        wgrid: WorkingGrid,
+        normalizer: Normalizer,
+        batch: int,
+    ) -> None:
+        self.src_path = src_path
+        self.bands = list(bands)
+        self.grid = grid
+        self.wgrid = wgrid
+        self.normalizer = normalizer
+        self.batch = batch
+        self.codes = np.asarray(normalizer.card.class_codes, np.uint8)
+
+    # -- reader thread ---------------------------------------------------------------------
+    def _read_tile(self, src: Any, row: int, col: int) -> np.ndarray:
+        from rasterio.enums import Resampling
+
+        tile = self.grid.tile
+        h = min(tile, self.grid.height - row)
+        w = min(tile, self.grid.width - col)
+        downsample = self.wgrid.fx < 1 or self.wgrid.fy < 1
+        data = src.read(
+            self.bands,
+            window=self.wgrid.input_window(row, col, h, w),
+            out_shape=(len(self.bands), h, w),
+            resampling=Resampling.average if downsample else Resampling.bilinear,
+            masked=True,
+        )
+        values = np.where(np.ma.getmaskarray(data), self.normalizer.fill_value(), data.data)
+        if h < tile or w < tile:
+            values = np.pad(values, ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect")
+        return self.normalizer(values)
+
+    def _reader(self, out: queue.Queue, stop: threading.Event) -> None:
+        import rasterio
+
+        with rasterio.open(self.src_path) as src:
+            where: list[tuple[int, int]] = []
+            tiles: list[np.ndarray] = []
+            for row in self.grid.rows:
+                for col in self.grid.cols:
+                    if stop.is_set():
+                        return
+                    tiles.append(self._read_tile(src, row, col))
+                    where.append((row, col))
+                    if len(tiles) == self.batch:
+                        _put(out, (where, np.stack(tiles)), stop)
+                        where, tiles = [], []
+            if tiles:
+                _put(out, (where, np.stack(tiles)), stop)
+        _put(out, _DONE, stop)
+
+    # -- writer thread ---------------------------------------------------------------------
+    def _writer(
+        self,
+        rows_in: queue.Queue,
+        stop: threading.Event,
+        paths: list[Path],
+        profile: dict[str, Any],
+        counts: np.ndarray,
+    ) -> None:
+        import rasterio
+        from rasterio.windows import Window
+
+        width = self.grid.width
+        with rasterio.open(self.src_path) as src, ExitStack() as outputs:
+            classes_dst, probs_dst = _create_outputs(outputs, paths, profile, self.normalizer.card)
+            while not stop.is_set():
+                try:
+                    item = rows_in.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    return
+                start, probs = item
+                n = probs.shape[1]
+                mask = src.dataset_mask(
+                    window=self.wgrid.input_window(start, 0, n, width), out_shape=(n, width)
+                )
+                valid = mask > 0
+                classes = self.codes[probs.argmax(axis=0)]
+                classes[~valid] = IGNORE_CODE
+                counts += _count_codes(classes, self.codes)
+                window = Window(0, start, width, n)
+                classes_dst.write(classes, 1, window=window)
+                if probs_dst is not None:
+                    scaled = raster_io.as_uint8_probabilities(probs)
+                    scaled[:, ~valid] = 0
+                    probs_dst.write(scaled, window=window)
+
+    # -- the calling thread ----------------------------------------------------------------
+    def run(
+        self,
+        predict: Predictor,
+        paths: list[Path],
+        profile: dict[str, Any],
+        reporter: Reporter,
+    ) -> np.ndarray:
+        """Run the pipeline; returns pixel counts per class (card order)."""
+        grid = self.grid
+        tiles_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        rows_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        stop = threading.Event()
+        counts = np.zeros(len(self.codes), np.int64)
+        reader = _Worker(lambda: self._reader(tiles_in, stop), "segment-reader")
+        writer = _Worker(
+            lambda: self._writer(rows_out, stop, paths, profile, counts), "segment-writer"
+        )
+        accumulator = RollingAccumulator(grid, len(self.codes), blend_window(grid.tile))
+        origins = grid.rows
+        per_row = len(grid.cols)
+        finished_in_row = dict.fromkeys(origins, 0)
+        next_row = 0
+        done = 0
+        started = time.monotonic()
+        reader.start()
+        writer.start()
+        try:
+            while True:
+                item = _get(tiles_in, (reader, writer))
+                if item is _DONE:
+                    break
+                where, batch = item
+                probs = predict(batch)
+                for (row, col), tile_probs in zip(where, probs):
+                    accumulator.add(row, col, tile_probs)
+                    finished_in_row[row] += 1
+                while next_row < len(origins) and finished_in_row[origins[next_row]] == per_row:
+                    end = origins[next_row + 1] if next_row + 1 < len(origins) else grid.height
+                    rows = accumulator.pop_until(end)
+                    if rows[1].shape[1]:
+                        _put(rows_out, rows, stop)
+                    next_row += 1
+                done += len(where)
+                elapsed = time.monotonic() - started
+                rate = done / elapsed if elapsed > 0 else 0.0
+                reporter.progress(
+                    done / grid.count,
+                    f"{done}/{grid.count} tiles",
+                    tiles_per_s=round(rate, 2),
+                    eta_s=round((grid.count - done) / rate, 1) if rate else None,
+                )
+            _put(rows_out, _DONE, stop)
+            while writer.is_alive():
+                writer.join(0.2)
+        finally:
+            stop.set()
+            reader.join(10)
+            writer.join(10)
+        for worker in (reader, writer):
+            if worker.error is not None:
+                raise worker.error
+        return counts
+
+
+def _get(q: queue.Queue, workers: tuple[_Worker, ...]) -> Any:
+    """Next item; re-raise a worker's error instead of waiting forever for it."""
+    while True:
+        try:
+            return q.get(timeout=0.2)
+        except queue.Empty:
+            for worker in workers:
+                if worker.error is not None:
+                    raise worker.error from None
+                if not worker.is_alive() and worker.name.endswith("reader") and q.empty():
+                    raise RuntimeError("the tile reader stopped without finishing") from None
+
+
+def _count_codes(classes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    return np.bincount(classes.ravel(), minlength=256)[codes]
+
+
+def _create_outputs(
+    stack: ExitStack, paths: list[Path], profile: dict[str, Any], card: ModelCard
+) -> tuple[Any, Any]:
+    """Open the class raster (and the probabilities raster) for writing, fully described."""
+    import rasterio
+
+    classes_dst = stack.enter_context(
+        rasterio.open(paths[0], "w", **raster_io.output_profile(profile, 1, IGNORE_CODE))
+    )
+    raster_io.describe_classes(classes_dst, card.classes, card.name)
+    probs_dst = None
+    if len(paths) > 1:
+        probs_dst = stack.enter_context(
+            rasterio.open(
+                paths[1], "w", **raster_io.output_profile(profile, len(card.classes), None)
+            )
+        )
+        for index, info in enumerate(card.classes, start=1):
+            probs_dst.set_band_description(index, f"p({info.name}) × 255")
+    return classes_dst, probs_dst
+
+
+def _to_input_grid(
+    src: Any, working: list[Path], finals: list[Path], wgrid: WorkingGrid, card: ModelCard
+) -> np.ndarray:
+    """Write the working-grid results back on the input grid (nearest), block row by block row."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    codes = np.asarray(card.class_codes, np.uint8)
+    counts = np.zeros(len(codes), np.int64)
+    with ExitStack() as stack:
+        sources = [stack.enter_context(rasterio.open(p)) for p in working]
+        classes_dst, probs_dst = _create_outputs(stack, finals, src.profile, card)
+        for row in range(0, src.height, raster_io.OUTPUT_BLOCK):
+            n = min(raster_io.OUTPUT_BLOCK, src.height - row)
+            window = Window(0, row, src.width, n)
+            under = Window(0, row * wgrid.fy, wgrid.width, n * wgrid.fy)
+            valid = src.dataset_mask(window=window) > 0
+            classes = sources[0].read(
+                1, window=under, out_shape=(n, src.width), resampling=Resampling.nearest
+            )
+            classes[~valid] = IGNORE_CODE
+            counts += _count_codes(classes, codes)
+            classes_dst.write(classes, 1, window=window)
+            if probs_dst is not None:
+                probs = sources[1].read(
+                    window=under,
+                    out_shape=(sources[1].count, n, src.width),
+                    resampling=Resampling.nearest,
+                )
+                probs[:, ~valid] = 0
+                probs_dst.write(probs, window=window)
+    return counts
+
+
+def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Segment ``params.input`` into ``params.output`` (and optional probabilities)."""
+    reporter = reporter or Reporter()
+    started = time.monotonic()
+    package: ModelPackage = resolve_model(params.model)
+    card = package.card
+    outputs = [params.output] + ([params.probabilities] if params.probabilities else [])
+    if params.probabilities and params.probabilities.resolve() == params.output.resolve():
+        raise InputError("the probabilities raster must be another file than the class raster")
+    with ExitStack() as stack:
+        src = stack.enter_context(raster_io.open_input(params.input))
+        for path in outputs:
+            raster_io.check_output_path(path, params.input, params.overwrite)
+        bands = raster_io.resolve_bands(src, card, params.bands)
+        if src.crs is None:
+            reporter.log("the input has no CRS: the output is on its pixel grid", "warning")
+        wgrid = working_grid(src, card, params.resolution, reporter)
+        norm = card.normalization
+        stats = raster_stats(src, bands, norm.low, norm.high)
+        normalizer = Normalizer(card, stats, src.dtypes[bands[0] - 1])
+        if normalizer.warning:
+            reporter.log(normalizer.warning, "warning")
+        device = select_device(params.device)
+        model = package.load_model()
+        tile = params.tile or card.tile_size
+        overlap = params.overlap if params.overlap is not None else tile // 4
+        if overlap >= tile:
+            raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+        fixed = model.inputs[0].shape[1]
+        if fixed is not None and fixed != tile:
+            raise InputError(f"model {card.name!r} only takes {fixed}×{fixed} tiles, not {tile}")
+        grid = TileGrid(wgrid.height, wgrid.width, tile, overlap)
+        reporter.log(
+            f"model {card.name} on {device.strip('/')}, bands {list(bands)}, "
+            f"{grid.count} tiles of {tile} px, overlap {overlap}"
+        )
+        finals = stack.enter_context(raster_io.committed(outputs))
+        profile = dict(src.profile)
+        working = finals
+        if wgrid.resampled:
+            from rasterio.transform import Affine
+
+            working = [raster_io.temporary_sibling(p) for p in outputs]
+            stack.callback(lambda: [w.unlink(missing_ok=True) for w in working])
+            profile.update(
+                height=wgrid.height,
+                width=wgrid.width,
+                transform=src.transform @ Affine.scale(1 / wgrid.fx, 1 / wgrid.fy),
+            )
+        pipeline = _Pipeline(src.name, bands, grid, wgrid, normalizer, params.batch)
+        predictor = Predictor(model, device, params.tta, reporter)
+        counts = pipeline.run(predictor, working, profile, reporter)
+        if wgrid.resampled:
+            reporter.log("writing the result back on the input grid")
+            counts = _to_input_grid(src, working, finals, wgrid, card)
+        pixel = raster_io.pixel_size_m(src)
+        megapixels = src.width * src.height / 1e6
+    qml = write_qml(params.output, card.classes)
+    elapsed = time.monotonic() - started
+    class_pixels = {c.name: int(n) for c, n in zip(card.classes, counts)}
+    areas = None
+    if pixel is not None:
+        areas = {name: round(n * pixel[0] * pixel[1], 2) for name, n in class_pixels.items()}
+    reporter.progress(1.0, "done")
+    return {
+        "output": str(params.output),
+        "probabilities": str(params.probabilities) if params.probabilities else None,
+        "qml": str(qml),
+        "model": card.name,
+        "device": device,
+        "bands": list(bands),
+        "tiles": grid.count,
+        "seconds": round(elapsed, 3),
+        "mpx_per_s": round(megapixels / max(elapsed, 1e-9), 3),
+        "class_pixels": class_pixels,
+        "class_area_m2": areas,
+        "params": json.loads(params.to_json()),
+    }

@@ -1,0 +1,1 @@
+"""Model packages (``model.keras`` + ``model.json`` card), their registry and architectures."""

@@ -1,0 +1,224 @@
+"""The model package: a folder holding ``model.keras`` and ``model.json`` (the model card).
+
+The card is the contract between training and inference: which classes the output channels are,
+which input bands in which order, how to normalise them, at which ground resolution and tile
+size the model works, and how well it measured. Loading always uses Keras ``safe_mode=True``:
+a model file never gets to run code of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segment_plugin.engine.errors import DependencyError, ModelError
+
+CARD_SCHEMA_VERSION = 1
+MODEL_FILE = "model.keras"
+CARD_FILE = "model.json"
+IGNORE_CODE = 255
+NORMALIZATION_METHODS = ("scale", "meanstd", "percentile")
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """One output class: its code in the class raster, its name and colour (``#RRGGBB``)."""
+
+    code: int
+    name: str
+    color: str
+
+    def rgb(self) -> tuple[int, int, int]:
+        """The colour as an (r, g, b) tuple."""
+        value = self.color.lstrip("#")
+        return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How raw band values become model inputs.
+
+    ``scale``: ``x * scale + offset``; ``meanstd``: ``(x - mean) / std`` per band; ``percentile``:
+    per-band stretch of the ``low``..``high`` percentiles of the **whole raster** to 0..1.
+    """
+
+    method: str = "scale"
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    low: float = 2.0
+    high: float = 98.0
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything inference and users need to know about a model."""
+
+    name: str
+    classes: tuple[ClassInfo, ...]
+    bands: tuple[str, ...]
+    normalization: Normalization = field(default_factory=Normalization)
+    input_dtype: str = "uint8"
+    resolution_m: float | None = None
+    tile_size: int = 256
+    architecture: str = ""
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = CARD_SCHEMA_VERSION
+
+    @property
+    def class_codes(self) -> list[int]:
+        """Code of each output channel, in channel order."""
+        return [c.code for c in self.classes]
+
+    def to_json(self) -> str:
+        """The card as pretty JSON (what ``model.json`` holds)."""
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model card") -> ModelCard:
+        """Validate and build a card; every problem is a ModelError naming the field."""
+        try:
+            version = int(data.get("schema_version", 0))
+            if version != CARD_SCHEMA_VERSION:
+                raise ModelError(
+                    f"{source}: schema_version {version} is not supported "
+                    f"(this engine reads {CARD_SCHEMA_VERSION})"
+                )
+            classes = tuple(
+                ClassInfo(int(c["code"]), str(c["name"]), str(c["color"])) for c in data["classes"]
+            )
+            norm = Normalization(
+                **{
+                    k: tuple(v) if isinstance(v, list) else v
+                    for k, v in data.get("normalization", {}).items()
+                }
+            )
+            card = cls(
+                name=str(data["name"]),
+                classes=classes,
+                bands=tuple(str(b) for b in data["bands"]),
+                normalization=norm,
+                input_dtype=str(data.get("input_dtype", "uint8")),
+                resolution_m=None
+                if data.get("resolution_m") is None
+                else float(data["resolution_m"]),
+                tile_size=int(data.get("tile_size", 256)),
+                architecture=str(data.get("architecture", "")),
+                description=str(data.get("description", "")),
+                training=dict(data.get("training", {})),
+                metrics=dict(data.get("metrics", {})),
+                schema_version=version,
+            )
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{source} is malformed: {type(exc).__name__}: {exc}") from exc
+        card.validate(source)
+        return card
+
+    def validate(self, source: str = "model card") -> None:
+        """Check the values make sense together."""
+        codes = self.class_codes
+        if not codes:
+            raise ModelError(f"{source}: no classes")
+        if len(set(codes)) != len(codes) or any(not 0 <= c < IGNORE_CODE for c in codes):
+            raise ModelError(f"{source}: class codes must be distinct and in 0..254, got {codes}")
+        if not self.bands:
+            raise ModelError(f"{source}: no input bands")
+        norm = self.normalization
+        if norm.method not in NORMALIZATION_METHODS:
+            raise ModelError(f"{source}: unknown normalization {norm.method!r}")
+        if norm.method == "meanstd" and not (len(norm.mean) == len(norm.std) == len(self.bands)):
+            raise ModelError(f"{source}: meanstd needs one mean and one std per band")
+        if norm.method == "percentile" and not 0 <= norm.low < norm.high <= 100:
+            raise ModelError(f"{source}: percentile needs 0 <= low < high <= 100")
+        if self.tile_size < 16:
+            raise ModelError(f"{source}: tile_size {self.tile_size} is too small")
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A model folder on disk; :meth:`load_model` gives the Keras model."""
+
+    path: Path
+    card: ModelCard
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike[str]) -> ModelPackage:
+        """Read the card of the package in ``folder`` (the Keras file is loaded on demand)."""
+        path = Path(folder)
+        card_path = path / CARD_FILE
+        if not (path / MODEL_FILE).is_file() or not card_path.is_file():
+            raise ModelError(f"{path} is not a model package (needs {MODEL_FILE} and {CARD_FILE})")
+        try:
+            data = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"cannot read {card_path}: {exc}") from exc
+        return cls(path, ModelCard.from_dict(data, source=str(card_path)))
+
+    def load_model(self) -> Any:
+        """Load ``model.keras`` with ``safe_mode=True`` and check it against the card."""
+        keras = _keras()
+        try:
+            model = keras.saving.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
+        except ValueError as exc:
+            text = str(exc)
+            if "safe_mode" in text or "lambda" in text.lower():
+                raise ModelError(
+                    f"{self.path.name}: refused to load, the model contains code (a Lambda layer "
+                    "or similar) and models are loaded with safe_mode=True"
+                ) from exc
+            raise ModelError(f"{self.path.name}: cannot load {MODEL_FILE}: {text}") from exc
+        except TypeError as exc:  # unknown custom class: Keras cannot rebuild it
+            raise ModelError(
+                f"{self.path.name}: the model needs custom code that is not part of this engine "
+                f"({exc}); only standard Keras layers can be loaded"
+            ) from exc
+        except OSError as exc:
+            raise ModelError(f"{self.path.name}: cannot read {MODEL_FILE}: {exc}") from exc
+        self._check_shapes(model)
+        return model
+
+    def _check_shapes(self, model: Any) -> None:
+        in_bands = model.inputs[0].shape[-1]
+        out_classes = model.outputs[0].shape[-1]
+        if in_bands != len(self.card.bands) or out_classes != len(self.card.classes):
+            raise ModelError(
+                f"{self.path.name}: the model takes {in_bands} bands and gives {out_classes} "
+                f"classes, but its card says {len(self.card.bands)} and {len(self.card.classes)}"
+            )
+
+
+def save_package(model: Any, card: ModelCard, folder: str | os.PathLike[str]) -> ModelPackage:
+    """Write ``model.keras`` and ``model.json`` into ``folder``, each atomically."""
+    card.validate()
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    partial_model = path / f".{MODEL_FILE}.partial.keras"
+    partial_card = path / f".{CARD_FILE}.partial"
+    try:
+        model.save(partial_model)
+        partial_card.write_text(card.to_json(), encoding="utf-8")
+        os.replace(partial_model, path / MODEL_FILE)
+        os.replace(partial_card, path / CARD_FILE)
+    finally:
+        partial_model.unlink(missing_ok=True)
+        partial_card.unlink(missing_ok=True)
+    return ModelPackage(path, card)
+
+
+def _keras() -> Any:
+    from segment_plugin.engine.info import quiet_tensorflow_logs
+
+    quiet_tensorflow_logs()
+    try:
+        import keras
+    except ImportError as exc:
+        raise DependencyError(f"Keras is not installed in this engine environment: {exc}") from exc
+    return keras

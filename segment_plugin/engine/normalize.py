@@ -1,0 +1,97 @@
+"""Model-input normalisation with statistics of the whole raster, never of one tile.
+
+A per-tile stretch gives every tile its own colours — a seam generator. So statistics (band
+percentiles and means) come from one decimated read of the whole raster (GDAL uses overviews when
+the file has them) before tiling starts, and every tile is normalised with the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.models.package import ModelCard
+
+STATS_MAX_SIDE = 1024  # the decimated read for statistics is at most this many pixels a side
+#: Value range of the dtype a model was trained on (what its normalisation expects).
+DTYPE_RANGE = {"uint8": (0.0, 255.0), "uint16": (0.0, 65535.0), "float32": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Whole-raster statistics of the bands the model reads (in model band order)."""
+
+    low: np.ndarray  # per-band low percentile
+    high: np.ndarray  # per-band high percentile
+    mean: np.ndarray  # per-band mean (fills nodata pixels)
+    valid_fraction: float
+
+
+def raster_stats(dataset: Any, bands: tuple[int, ...], low: float, high: float) -> BandStats:
+    """Percentiles and means of ``bands`` over the whole raster, from one decimated read."""
+    scale = min(1.0, STATS_MAX_SIDE / max(dataset.width, dataset.height))
+    shape = (
+        len(bands),
+        max(1, round(dataset.height * scale)),
+        max(1, round(dataset.width * scale)),
+    )
+    data = dataset.read(list(bands), out_shape=shape, masked=True)
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    fraction = float(valid.mean())
+    if not valid.any():
+        raise InputError(f"{dataset.name} holds only nodata pixels: nothing to segment")
+    values = data.data[:, valid].astype(np.float64)
+    lows, highs = np.percentile(values, [low, high], axis=1)
+    return BandStats(lows, highs, values.mean(axis=1), fraction)
+
+
+class Normalizer:
+    """Turns raw tiles (bands, h, w) into model input (h, w, bands) float32, as the card says."""
+
+    def __init__(self, card: ModelCard, stats: BandStats, input_dtype: str) -> None:
+        self.card = card
+        self.stats = stats
+        norm = card.normalization
+        self.warning: str | None = None
+        # A model trained on uint8 imagery fed with uint16 (or float) imagery would see values
+        # far outside its training range: stretch the whole raster into the model's range first.
+        self._restretch = norm.method != "percentile" and input_dtype != card.input_dtype
+        if self._restretch:
+            lo, hi = DTYPE_RANGE.get(card.input_dtype, (0.0, 255.0))
+            self._target = (lo, hi)
+            self.warning = (
+                f"the input is {input_dtype} but model {card.name!r} was trained on "
+                f"{card.input_dtype}: bands are stretched from their {norm.low:g}-{norm.high:g} "
+                f"percentiles of the whole raster to {lo:g}..{hi:g}"
+            )
+        n = len(card.bands)
+        self._fill = stats.mean.astype(np.float32).reshape(n, 1, 1)
+        span = np.maximum(stats.high - stats.low, 1e-6)
+        self._low = stats.low.astype(np.float32).reshape(n, 1, 1)
+        self._span = span.astype(np.float32).reshape(n, 1, 1)
+
+    def fill_value(self) -> np.ndarray:
+        """Per-band value put into nodata pixels before normalising (the band mean)."""
+        return self._fill
+
+    def __call__(self, tile: np.ndarray) -> np.ndarray:
+        """Normalise one tile (bands, h, w) → (h, w, bands) float32."""
+        x = tile.astype(np.float32, copy=False)
+        norm = self.card.normalization
+        if norm.method == "percentile":
+            x = np.clip((x - self._low) / self._span, 0.0, 1.0)
+        else:
+            if self._restretch:
+                lo, hi = self._target
+                x = lo + np.clip((x - self._low) / self._span, 0.0, 1.0) * (hi - lo)
+            if norm.method == "scale":
+                x = x * np.float32(norm.scale) + np.float32(norm.offset)
+            else:  # meanstd
+                n = len(self.card.bands)
+                mean = np.asarray(norm.mean, np.float32).reshape(n, 1, 1)
+                std = np.asarray(norm.std, np.float32).reshape(n, 1, 1)
+                x = (x - mean) / std
+        return np.ascontiguousarray(np.moveaxis(x, 0, -1))

@@ -1,0 +1,134 @@
+"""Engine fixtures: a tiny real Keras model package and GeoTIFFs written by code."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import rasterio  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+
+from segment_plugin.engine.models.package import (  # noqa: E402
+    ClassInfo,
+    ModelCard,
+    Normalization,
+    save_package,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+RASTERS = SHARED / "rasters"
+DEMO = RASTERS / "demo_nl_gorinchem_rgb_25cm.tif"
+
+LANDCOVER_CLASSES = (
+    ClassInfo(0, "background", "#F5F5DC"),
+    ClassInfo(1, "building", "#D7191C"),
+    ClassInfo(2, "woodland", "#1A9641"),
+    ClassInfo(3, "water", "#2B83BA"),
+    ClassInfo(4, "road", "#FDAE61"),
+)
+
+
+def shared_raster(name: str) -> Path:
+    path = RASTERS / name
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared/data is absent)")
+    return path
+
+
+def tiny_card(**changes) -> ModelCard:
+    card = ModelCard(
+        name="tiny",
+        classes=LANDCOVER_CLASSES,
+        bands=("red", "green", "blue"),
+        normalization=Normalization("scale", scale=1 / 255),
+        input_dtype="uint8",
+        resolution_m=None,
+        tile_size=64,
+        architecture="tiny-test-cnn",
+        description="random-weight CNN for tests",
+    )
+    return replace(card, **changes)
+
+
+def build_tiny_model(bands: int = 3, classes: int = 5):
+    """A small fully-convolutional softmax model with fixed random weights (5 px receptive field)."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((None, None, bands))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(classes, 1, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    save_package(build_tiny_model(), tiny_card(), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_half_metre(tmp_path_factory) -> Path:
+    """The same network, declared to work at 0.5 m: inputs at other resolutions get resampled."""
+    folder = tmp_path_factory.mktemp("models") / "tiny05"
+    save_package(build_tiny_model(), tiny_card(name="tiny05", resolution_m=0.5), folder)
+    return folder
+
+
+def scene(height: int, width: int, bands: int = 3, seed: int = 0) -> np.ndarray:
+    """A synthetic 'orthophoto': smooth colour fields plus blocks and noise, uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    data = np.empty((bands, height, width), np.float32)
+    for b in range(bands):
+        fx, fy, phase = rng.uniform(0.01, 0.06), rng.uniform(0.01, 0.06), rng.uniform(0, 6)
+        data[b] = 120 + 90 * np.sin(xx * fx + phase) * np.cos(yy * fy)
+    for _ in range(12):
+        y, x = rng.integers(0, height - 8), rng.integers(0, width - 8)
+        h, w = rng.integers(4, max(5, height // 4)), rng.integers(4, max(5, width // 4))
+        data[:, y : y + h, x : x + w] = rng.uniform(0, 255, (bands, 1, 1))
+    data += rng.normal(0, 6, data.shape)
+    return np.clip(data, 0, 255).astype(np.uint8)
+
+
+def write_raster(
+    path: Path,
+    data: np.ndarray,
+    crs: str | None = "EPSG:28992",
+    transform=None,
+    nodata=None,
+    colorinterp=None,
+    descriptions=None,
+) -> Path:
+    bands, height, width = data.shape
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": bands,
+        "dtype": data.dtype.name,
+        "transform": transform or from_origin(120000.0, 430000.0, 0.25, 0.25),
+        "nodata": nodata,
+    }
+    if crs:
+        profile["crs"] = crs
+    if bands == 4 and colorinterp and colorinterp[-1].name == "alpha":
+        profile["photometric"] = "RGB"
+        profile["alpha"] = "YES"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if colorinterp:
+            dst.colorinterp = colorinterp
+        for i, text in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, text)
+    return path

@@ -1,0 +1,212 @@
+"""Tiled inference: seams, geometry, nodata, resampling, outputs, on synthetic and real rasters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import DEMO, LANDCOVER_CLASSES, scene, shared_raster, write_raster
+from rasterio.enums import ColorInterp
+from rasterio.transform import from_origin
+
+from segment_plugin.engine.inference import segment
+from segment_plugin.engine.models.package import ModelPackage
+from segment_plugin.engine.normalize import Normalizer, raster_stats
+from segment_plugin.engine.params import SegmentParams
+from segment_plugin.engine.progress import Reporter
+
+CODES = {c.code for c in LANDCOVER_CLASSES} | {255}
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.events = []
+
+    def emit(self, event, **fields):
+        self.events.append((event, fields))
+
+    def logs(self):
+        return [f["message"] for e, f in self.events if e == "log"]
+
+
+def run(tmp_path, raster, model, name="classes.tif", **kwargs):
+    reporter = Recorder()
+    params = SegmentParams(input=raster, output=tmp_path / name, model=str(model), **kwargs)
+    result = segment(params, reporter)
+    return result, reporter
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile, ds
+
+
+def single_pass_classes(raster, model_dir):
+    """The model on the whole image at once: the reference a seam-free tiling must reproduce."""
+    package = ModelPackage.open(model_dir)
+    model = package.load_model()
+    with rasterio.open(raster) as src:
+        stats = raster_stats(src, (1, 2, 3), 2, 98)
+        x = Normalizer(package.card, stats, "uint8")(src.read([1, 2, 3]))
+    probs = model.predict_on_batch(x[None])[0]
+    return np.asarray(package.card.class_codes)[probs.argmax(-1)]
+
+
+def test_tiled_output_matches_single_pass(tmp_path, tiny_model):
+    raster = write_raster(tmp_path / "in.tif", scene(150, 200))  # non-square, fits one tile
+    reference = single_pass_classes(raster, tiny_model)
+    result, _ = run(tmp_path, raster, tiny_model, tile=48, overlap=16, batch=3)
+    classes, _, _ = read(result["output"])
+    assert result["tiles"] > 12
+    agreement = (classes == reference).mean()
+    assert agreement >= 0.995, agreement
+    assert len(np.unique(classes)) >= 3  # a real, varied prediction, not one class
+
+
+def test_output_grid_style_and_metadata(tmp_path, tiny_model):
+    transform = from_origin(121000.0, 431000.0, 0.25, 0.25)
+    raster = write_raster(tmp_path / "in.tif", scene(90, 130), transform=transform)
+    result, reporter = run(tmp_path, raster, tiny_model, probabilities=tmp_path / "p.tif")
+    classes, profile, _ = read(result["output"])
+    with rasterio.open(raster) as src, rasterio.open(result["output"]) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        assert out.dtypes == ("uint8",) and out.nodata == 255
+        assert out.colormap(1)[1][:3] == (0xD7, 0x19, 0x1C)
+        assert out.descriptions[0] == "land-cover class"
+        tags = out.tags()
+        assert [c["name"] for c in json.loads(tags["CLASSES"])][:2] == ["background", "building"]
+        assert tags["CLASS_3"] == "water" and tags["MODEL"] == "tiny"
+    assert set(np.unique(classes)) <= CODES
+    qml = (tmp_path / "classes.qml").read_text()
+    assert 'type="paletted"' in qml and 'label="woodland"' in qml and "#1a9641" in qml
+    with rasterio.open(tmp_path / "p.tif") as probs:
+        assert probs.count == 5 and probs.descriptions[1].startswith("p(building)")
+        p = probs.read().astype(int)
+    assert np.abs(p.sum(axis=0) - 255).max() <= 5  # uint8-scaled probabilities sum to ~255
+    winners = np.asarray([c.code for c in LANDCOVER_CLASSES])[p.argmax(axis=0)]
+    assert (winners == classes).mean() > 0.97
+    assert sum(result["class_pixels"].values()) == 90 * 130
+    assert result["class_area_m2"]["background"] == pytest.approx(
+        result["class_pixels"]["background"] * 0.0625, abs=0.01
+    )
+    progress = [f for e, f in reporter.events if e == "progress"]
+    assert progress[-1]["fraction"] == 1.0
+    assert any("tiles_per_s" in f and "eta_s" in f for f in progress)
+
+
+def test_nodata_value_becomes_255_and_only_there(tmp_path, tiny_model):
+    data = scene(100, 100)
+    data[:, 10:40, 20:70] = 0
+    raster = write_raster(tmp_path / "in.tif", data, nodata=0)
+    result, _ = run(tmp_path, raster, tiny_model)
+    classes, _, _ = read(result["output"])
+    nodata = (data == 0).all(axis=0)
+    assert (classes[nodata] == 255).all()
+    assert (classes[~nodata] != 255).all()
+
+
+def test_alpha_band_masks_like_nodata(tmp_path, tiny_model):
+    data = np.concatenate([scene(80, 96), np.full((1, 80, 96), 255, np.uint8)])
+    data[3, :, :30] = 0
+    interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    raster = write_raster(tmp_path / "rgba.tif", data, colorinterp=interp)
+    result, _ = run(tmp_path, raster, tiny_model)
+    classes, _, _ = read(result["output"])
+    assert result["bands"] == [1, 2, 3]
+    assert (classes[:, :30] == 255).all() and (classes[:, 30:] != 255).all()
+
+
+def test_resampled_run_writes_on_the_input_grid(tmp_path, tiny_model, tiny_model_half_metre):
+    raster = write_raster(tmp_path / "in.tif", scene(160, 120))  # 0.25 m pixels
+    result, reporter = run(tmp_path, raster, tiny_model_half_metre)
+    assert any("the model works at 0.5 m" in m for m in reporter.logs())
+    with rasterio.open(raster) as src, rasterio.open(result["output"]) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        classes = out.read(1)
+    native, _ = run(tmp_path, raster, tiny_model, name="native.tif")
+    agreement = (classes == read(native["output"])[0]).mean()
+    assert agreement > 0.8, agreement  # same network, half the resolution: mostly the same
+    assert not list(tmp_path.glob(".*partial*"))  # working-grid temporaries are gone
+
+
+def test_geographic_crs_input(tmp_path, tiny_model_half_metre):
+    # ~0.34 m × 0.56 m pixels at 52° N: metres are measured on the ellipsoid
+    transform = from_origin(4.99, 51.84, 0.000005, 0.000005)
+    raster = write_raster(
+        tmp_path / "wgs84.tif", scene(96, 80), crs="EPSG:4326", transform=transform
+    )
+    result, reporter = run(tmp_path, raster, tiny_model_half_metre)
+    assert any("input pixels are 0.345×0.556 m" in m for m in reporter.logs()), reporter.logs()
+    with rasterio.open(raster) as src, rasterio.open(result["output"]) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+    # textbook WGS84 lengths of one degree at the raster's centre latitude
+    a, e2 = 6378137.0, 0.00669437999014
+    phi = np.radians(51.84 - 48 * 0.000005)
+    w = 1 - e2 * np.sin(phi) ** 2
+    metres_per_deg_lon = np.pi / 180 * a * np.cos(phi) / np.sqrt(w)
+    metres_per_deg_lat = np.pi / 180 * a * (1 - e2) / w**1.5
+    expected = 96 * 80 * (0.000005 * metres_per_deg_lon) * (0.000005 * metres_per_deg_lat)
+    assert sum(result["class_area_m2"].values()) == pytest.approx(expected, rel=0.002)
+
+
+def test_no_crs_is_allowed_with_a_warning(tmp_path, tiny_model):
+    raster = write_raster(tmp_path / "plain.tif", scene(64, 64), crs=None)
+    result, reporter = run(tmp_path, raster, tiny_model)
+    assert any("no CRS" in m for m in reporter.logs())
+    with rasterio.open(result["output"]) as out:
+        assert out.crs is None and out.shape == (64, 64)
+    assert result["class_area_m2"] is None
+
+
+def test_tta_agrees_with_plain_inference(tmp_path, tiny_model):
+    raster = write_raster(tmp_path / "in.tif", scene(100, 90))
+    plain, _ = run(tmp_path, raster, tiny_model, name="plain.tif")
+    tta, _ = run(tmp_path, raster, tiny_model, name="tta.tif", tta=True)
+    assert (read(plain["output"])[0] == read(tta["output"])[0]).mean() > 0.9
+
+
+def test_bands_by_description_and_uint16_restretch(tmp_path, tiny_model):
+    rgb = scene(70, 70).astype(np.uint16) * 8
+    nir = np.full((1, 70, 70), 3000, np.uint16)
+    data = np.concatenate([rgb[2:3], rgb[1:2], rgb[0:1], nir])  # B, G, R, NIR
+    raster = write_raster(tmp_path / "bgrn.tif", data, descriptions=["blue", "green", "red", "nir"])
+    result, reporter = run(tmp_path, raster, tiny_model)
+    assert result["bands"] == [3, 2, 1]
+    assert any("is uint16 but model 'tiny' was trained on uint8" in m for m in reporter.logs())
+    reference = write_raster(tmp_path / "rgb8.tif", (rgb // 8).astype(np.uint8))
+    ref, _ = run(tmp_path, reference, tiny_model, name="ref.tif")
+    # the same picture as uint8 RGB gives mostly the same classes after the whole-raster stretch
+    assert (read(result["output"])[0] == read(ref["output"])[0]).mean() > 0.6
+
+
+@pytest.mark.parametrize(
+    "name", ["demo_nl_gorinchem_rgb_25cm.tif", "riotiler_pix4d_rgba_nodata_35cm.tif"]
+)
+def test_real_rasters_keep_their_grid(tmp_path, tiny_model, name):
+    raster = shared_raster(name)
+    result, _ = run(tmp_path, raster, tiny_model, tile=128, batch=8)
+    with rasterio.open(raster) as src, rasterio.open(result["output"]) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        mask = src.dataset_mask()
+        classes = out.read(1)
+    assert ((classes == 255) == (mask == 0)).all()
+    assert result["mpx_per_s"] > 0
+
+
+def test_spacenet_uint16_bgrn_with_explicit_bands(tmp_path, tiny_model):
+    raster = shared_raster("spacenet_rotterdam_ms_bgrn_1m_uint16.tif")
+    result, reporter = run(tmp_path, raster, tiny_model, bands=(3, 2, 1))
+    assert result["bands"] == [3, 2, 1]
+    assert any("uint16" in m for m in reporter.logs())
+    assert read(result["output"])[0].shape == (300, 300)
+
+
+def test_params_round_trip_and_are_reported(tmp_path, tiny_model):
+    params = SegmentParams(input="a.tif", output="b.tif", bands=[3, 2, 1], tile=128, tta=True)
+    again = SegmentParams.from_json(params.to_json())
+    assert again == params and again.bands == (3, 2, 1)
+    if DEMO.exists():
+        result, _ = run(tmp_path, DEMO, tiny_model, tile=256)
+        assert result["params"]["tile"] == 256 and result["params"]["job"] == "segment"
