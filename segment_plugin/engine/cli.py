@@ -22,7 +22,7 @@ from segment_plugin.engine.progress import (
     JsonLinesReporter,
     Reporter,
     TextReporter,
-    raise_cancelled_on_signals,
+    cancel_on_signals,
 )
 
 Command = Callable[[argparse.Namespace, Reporter], None]
@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failed(reporter: Reporter, exc: SegmentPluginError) -> int:
+    reporter.emit("error", code=exc.code, message=str(exc))
+    status = "cancelled" if isinstance(exc, CancelledError) else "error"
+    reporter.emit("end", status=status, exit_code=exc.exit_code)
+    return exc.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the process exit code (0 ok, 2 bad input, 3 missing, 130 cancel)."""
     args = build_parser().parse_args(argv)
@@ -170,16 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         version=plugin_files.version(),
         pid=os.getpid(),
     )
-    raise_cancelled_on_signals()
+    cancel_on_signals(reporter.cancel)
     handler: Command = args.handler
     try:
         handler(args, reporter)
     except SegmentPluginError as exc:
-        reporter.emit("error", code=exc.code, message=str(exc))
-        status = "cancelled" if isinstance(exc, CancelledError) else "error"
-        reporter.emit("end", status=status, exit_code=exc.exit_code)
-        return exc.exit_code
-    except Exception as exc:  # a bug: one clear line, the traceback only on request
+        return _failed(reporter, exc)
+    except Exception as exc:
+        if reporter.cancel.is_set():  # a library failing because we interrupted it
+            return _failed(reporter, CancelledError("cancelled"))
+        # a bug: one clear line, the traceback only on request
         if args.debug:
             traceback.print_exc()
         message = f"internal error ({type(exc).__name__}: {exc}); rerun with --debug for details"

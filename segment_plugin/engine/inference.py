@@ -266,7 +266,6 @@ class _Pipeline:
         reporter: Reporter,
     ) -> np.ndarray:
         """Run the pipeline; returns pixel counts per class (card order)."""
-        grid = self.grid
         tiles_in: queue.Queue = queue.Queue(QUEUE_DEPTH)
         rows_out: queue.Queue = queue.Queue(QUEUE_DEPTH)
         stop = threading.Event()
@@ -275,40 +274,11 @@ class _Pipeline:
         writer = _Worker(
             lambda: self._writer(rows_out, stop, paths, profile, counts), "segment-writer"
         )
-        accumulator = RollingAccumulator(grid, len(self.codes), blend_window(grid.tile))
-        origins = grid.rows
-        per_row = len(grid.cols)
-        finished_in_row = dict.fromkeys(origins, 0)
-        next_row = 0
-        done = 0
-        started = time.monotonic()
         reader.start()
         writer.start()
         try:
-            while True:
-                item = _get(tiles_in, (reader, writer))
-                if item is _DONE:
-                    break
-                where, batch = item
-                probs = predict(batch)
-                for (row, col), tile_probs in zip(where, probs):
-                    accumulator.add(row, col, tile_probs)
-                    finished_in_row[row] += 1
-                while next_row < len(origins) and finished_in_row[origins[next_row]] == per_row:
-                    end = origins[next_row + 1] if next_row + 1 < len(origins) else grid.height
-                    rows = accumulator.pop_until(end)
-                    if rows[1].shape[1]:
-                        _put(rows_out, rows, stop)
-                    next_row += 1
-                done += len(where)
-                elapsed = time.monotonic() - started
-                rate = done / elapsed if elapsed > 0 else 0.0
-                reporter.progress(
-                    done / grid.count,
-                    f"{done}/{grid.count} tiles",
-                    tiles_per_s=round(rate, 2),
-                    eta_s=round((grid.count - done) / rate, 1) if rate else None,
-                )
+            with reporter.cancel.checkpoints():
+                self._loop(predict, tiles_in, rows_out, stop, (reader, writer), reporter)
             _put(rows_out, _DONE, stop)
             while writer.is_alive():
                 writer.join(0.2)
@@ -320,6 +290,50 @@ class _Pipeline:
             if worker.error is not None:
                 raise worker.error
         return counts
+
+    def _loop(
+        self,
+        predict: Predictor,
+        tiles_in: queue.Queue,
+        rows_out: queue.Queue,
+        stop: threading.Event,
+        workers: tuple[_Worker, _Worker],
+        reporter: Reporter,
+    ) -> None:
+        """Model calls and blending; the cancel token is checked between batches."""
+        grid = self.grid
+        accumulator = RollingAccumulator(grid, len(self.codes), blend_window(grid.tile))
+        origins = grid.rows
+        per_row = len(grid.cols)
+        finished_in_row = dict.fromkeys(origins, 0)
+        next_row = 0
+        done = 0
+        started = time.monotonic()
+        while True:
+            reporter.cancel.check()
+            item = _get(tiles_in, workers)
+            if item is _DONE:
+                break
+            where, batch = item
+            probs = predict(batch)
+            for (row, col), tile_probs in zip(where, probs):
+                accumulator.add(row, col, tile_probs)
+                finished_in_row[row] += 1
+            while next_row < len(origins) and finished_in_row[origins[next_row]] == per_row:
+                end = origins[next_row + 1] if next_row + 1 < len(origins) else grid.height
+                rows = accumulator.pop_until(end)
+                if rows[1].shape[1]:
+                    _put(rows_out, rows, stop)
+                next_row += 1
+            done += len(where)
+            elapsed = time.monotonic() - started
+            rate = done / elapsed if elapsed > 0 else 0.0
+            reporter.progress(
+                done / grid.count,
+                f"{done}/{grid.count} tiles",
+                tiles_per_s=round(rate, 2),
+                eta_s=round((grid.count - done) / rate, 1) if rate else None,
+            )
 
 
 def _get(q: queue.Queue, workers: tuple[_Worker, ...]) -> Any:

@@ -21,7 +21,10 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 from segment_plugin.engine.errors import CancelledError
@@ -29,8 +32,52 @@ from segment_plugin.engine.errors import CancelledError
 PROTOCOL_VERSION = 1
 
 
+class CancelToken:
+    """Set when the job should stop (SIGTERM from QGIS's Cancel, Ctrl+C, a dialog's button).
+
+    Long loops call :meth:`check` at safe points (between batches) inside :meth:`checkpoints`;
+    outside such sections a signal raises :class:`CancelledError` at once (see
+    :func:`cancel_on_signals`), so slow start-up work such as importing TensorFlow stops too.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._checkpoint_depth = 0
+
+    def set(self) -> None:
+        """Ask the job to stop."""
+        self._event.set()
+
+    def is_set(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._event.is_set()
+
+    def check(self) -> None:
+        """Raise CancelledError if a stop was asked for."""
+        if self._event.is_set():
+            raise CancelledError("cancelled")
+
+    @property
+    def at_checkpoint_only(self) -> bool:
+        """Whether the running code checks the token itself."""
+        return self._checkpoint_depth > 0
+
+    @contextmanager
+    def checkpoints(self) -> Iterator[None]:
+        """Within this block, signals only set the token; the code calls :meth:`check`."""
+        self._checkpoint_depth += 1
+        try:
+            yield
+        finally:
+            self._checkpoint_depth -= 1
+        self.check()
+
+
 class Reporter:
-    """Receives engine events. The base class discards them (library use, tests)."""
+    """Receives engine events and carries the job's cancel token. The base discards events."""
+
+    def __init__(self) -> None:
+        self.cancel = CancelToken()
 
     def emit(self, event: str, **fields: Any) -> None:
         """Deliver one event; subclasses render it."""
@@ -76,6 +123,7 @@ class JsonLinesReporter(Reporter):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         sys.stdout.flush()
         protocol_fd = os.dup(1)
         os.dup2(2, 1)
@@ -93,6 +141,7 @@ class TextReporter(Reporter):
     """Human output for the terminal: progress and logs on stderr, the result on stdout."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
         self._stream = stream or sys.stderr
         self._last_progress = 0.0
 
@@ -119,14 +168,18 @@ def _format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def raise_cancelled_on_signals() -> None:
-    """Turn SIGTERM/SIGINT into :class:`CancelledError`, so `finally` blocks remove partial outputs.
+def cancel_on_signals(token: CancelToken) -> None:
+    """SIGTERM/SIGINT set ``token``; outside checkpoint sections they also raise at once.
 
-    The QGIS side cancels a job by sending SIGTERM to the engine's process group.
+    The QGIS side cancels a job by sending SIGTERM to the engine's process group. Raising from a
+    signal handler inside library code (TensorFlow wraps exceptions raised in its calls) is not
+    safe, hence checkpoints in the long loops.
     """
 
     def handler(signum: int, _frame: Any) -> None:
-        raise CancelledError(f"cancelled by signal {signal.Signals(signum).name}")
+        token.set()
+        if not token.at_checkpoint_only:
+            raise CancelledError(f"cancelled by signal {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

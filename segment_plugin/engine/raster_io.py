@@ -116,8 +116,12 @@ def check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"the output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise OutputError(f"the output folder {folder} is not writable")
+    probe = temporary_sibling(path)
+    try:  # os.access says yes to root even on read-only file systems: really try
+        probe.touch()
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder}: {exc.strerror}") from exc
+    probe.unlink()
 
 
 def temporary_sibling(path: Path) -> Path:

@@ -59,7 +59,7 @@ def tiny_card(**changes) -> ModelCard:
 
 
 def build_tiny_model(bands: int = 3, classes: int = 5):
-    """A small fully-convolutional softmax model with fixed random weights (5 px receptive field)."""
+    """A small fully-convolutional softmax CNN, fixed random weights, 5 px receptive field."""
     import keras
 
     keras.utils.set_random_seed(7)

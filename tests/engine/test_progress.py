@@ -12,6 +12,7 @@ from segment_plugin.engine.progress import Reporter, TextReporter, _jsonable
 
 class Recorder(Reporter):
     def __init__(self):
+        super().__init__()
         self.events = []
 
     def emit(self, event, **fields):

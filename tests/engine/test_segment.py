@@ -22,6 +22,7 @@ CODES = {c.code for c in LANDCOVER_CLASSES} | {255}
 
 class Recorder(Reporter):
     def __init__(self):
+        super().__init__()
         self.events = []
 
     def emit(self, event, **fields):

@@ -1,0 +1,74 @@
+"""The model package contract: card validation, safe loading, registry."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from conftest import build_tiny_model, tiny_card
+
+from segment_plugin.engine import cli
+from segment_plugin.engine.errors import ModelError
+from segment_plugin.engine.models.package import ModelCard, ModelPackage, save_package
+from segment_plugin.engine.models.registry import ENV_USER_MODELS, list_models, resolve_model
+
+
+def test_save_open_load_round_trip(tmp_path):
+    package = save_package(build_tiny_model(), tiny_card(), tmp_path / "m")
+    opened = ModelPackage.open(tmp_path / "m")
+    assert opened.card == package.card
+    model = opened.load_model()
+    assert model.outputs[0].shape[-1] == 5
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.keras"]
+
+
+def test_safe_mode_refuses_a_lambda_layer(tmp_path):
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    outputs = keras.layers.Conv2D(5, 1, activation="softmax")(x)
+    save_package(keras.Model(inputs, outputs), tiny_card(), tmp_path / "evil")
+    with pytest.raises(ModelError, match="safe_mode=True"):
+        ModelPackage.open(tmp_path / "evil").load_model()
+
+
+def test_card_must_match_the_network(tmp_path):
+    save_package(build_tiny_model(bands=4), tiny_card(), tmp_path / "m")
+    with pytest.raises(ModelError, match="takes 4 bands and gives 5 classes, but its card says 3"):
+        ModelPackage.open(tmp_path / "m").load_model()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"schema_version": 99}, "schema_version 99 is not supported"),
+        ({"classes": []}, "no classes"),
+        ({"classes": [{"code": 255, "name": "x", "color": "#000000"}]}, "codes must be distinct"),
+        ({"normalization": {"method": "magic"}}, "unknown normalization"),
+        ({"normalization": {"method": "meanstd", "mean": [1], "std": [1]}}, "one mean and one std"),
+        ({"bands": None}, "malformed"),
+    ],
+)
+def test_bad_cards_are_refused_by_name(change, message):
+    data = json.loads(tiny_card().to_json())
+    data.update(change)
+    with pytest.raises(ModelError, match=message):
+        ModelCard.from_dict(data)
+
+
+def test_registry_finds_user_models_by_name(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(ENV_USER_MODELS, str(tmp_path))
+    save_package(build_tiny_model(), replace(tiny_card(), name="mine"), tmp_path / "mine")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "model.json").write_text("{not json")
+    assert resolve_model("mine").card.name == "mine"
+    origins = {(o, getattr(p, "card", None) and p.card.name) for o, p in list_models()}
+    assert ("user", "mine") in origins
+    assert any(isinstance(p, ModelError) for _, p in list_models())
+    with pytest.raises(ModelError, match=r"unknown model 'other' \(known models: .*mine"):
+        resolve_model("other")
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "mine [user]" in out and "unusable" in out

@@ -1,0 +1,181 @@
+"""Bad input to `segment-plugin segment`: one clear line, exit code != 0, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT, scene, write_raster
+
+from segment_plugin.engine import cli
+
+
+@pytest.fixture
+def rgb(tmp_path):
+    return write_raster(tmp_path / "rgb.tif", scene(64, 64))
+
+
+def segment_cli(capsys, *args):
+    code = cli.main(["segment", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.err.strip().splitlines()
+
+
+def assert_one_error(code, lines, expected, exit_code=2):
+    assert code == exit_code
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, lines
+    assert expected in errors[0], errors[0]
+    assert not any("Traceback" in line for line in lines)
+
+
+def no_outputs(folder):
+    return not [p for p in folder.iterdir() if p.name.startswith(("out", ".out"))]
+
+
+def test_missing_file(capsys, tmp_path, tiny_model):
+    code, lines = segment_cli(
+        capsys, tmp_path / "nope.tif", "--output", tmp_path / "out.tif", "--model", tiny_model
+    )
+    assert_one_error(code, lines, "input not found")
+
+
+def test_not_a_raster(capsys, tmp_path, tiny_model):
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not an image")
+    code, lines = segment_cli(capsys, text, "--output", tmp_path / "out.tif", "--model", tiny_model)
+    assert_one_error(code, lines, "is not a raster GDAL can read")
+    assert no_outputs(tmp_path)
+
+
+def test_band_out_of_range(capsys, tmp_path, rgb, tiny_model):
+    code, lines = segment_cli(
+        capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, "--bands", "1,2,5"
+    )
+    assert_one_error(code, lines, "band 5 is out of range: the input has bands 1..3")
+
+
+def test_wrong_number_of_bands_listed(capsys, tmp_path, rgb, tiny_model):
+    code, lines = segment_cli(
+        capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, "--bands", "1,2"
+    )
+    assert_one_error(code, lines, "--bands lists 2 bands but model 'tiny' takes 3")
+
+
+def test_fewer_bands_than_the_model_needs(capsys, tmp_path, tiny_model):
+    pan = write_raster(tmp_path / "pan.tif", scene(64, 64, bands=1))
+    code, lines = segment_cli(capsys, pan, "--output", tmp_path / "out.tif", "--model", tiny_model)
+    assert_one_error(code, lines, "has 1 usable band(s) but model 'tiny' needs 3")
+
+
+def test_all_nodata(capsys, tmp_path, tiny_model):
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((3, 32, 32), np.uint8), nodata=0)
+    code, lines = segment_cli(
+        capsys, empty, "--output", tmp_path / "out.tif", "--model", tiny_model
+    )
+    assert_one_error(code, lines, "holds only nodata pixels")
+    assert no_outputs(tmp_path)
+
+
+def test_one_pixel_raster(capsys, tmp_path, tiny_model):
+    dot = write_raster(tmp_path / "dot.tif", np.full((3, 1, 1), 9, np.uint8))
+    code, lines = segment_cli(capsys, dot, "--output", tmp_path / "out.tif", "--model", tiny_model)
+    assert_one_error(code, lines, "is 1×1 pixels; at least 4×4 are needed")
+
+
+def test_unwritable_output_folder(capsys, rgb, tiny_model):
+    code, lines = segment_cli(capsys, rgb, "--output", "/proc/out.tif", "--model", tiny_model)
+    assert_one_error(code, lines, "cannot write in /proc")
+
+
+def test_missing_output_folder(capsys, tmp_path, rgb, tiny_model):
+    code, lines = segment_cli(
+        capsys, rgb, "--output", tmp_path / "no" / "out.tif", "--model", tiny_model
+    )
+    assert_one_error(code, lines, "does not exist")
+
+
+def test_output_is_input(capsys, rgb, tiny_model):
+    before = rgb.read_bytes()
+    code, lines = segment_cli(capsys, rgb, "--output", rgb, "--model", tiny_model, "--overwrite")
+    assert_one_error(code, lines, "is the input raster")
+    assert rgb.read_bytes() == before
+
+
+def test_existing_output_needs_overwrite(capsys, tmp_path, rgb, tiny_model):
+    out = tmp_path / "out.tif"
+    out.write_text("keep me")
+    code, lines = segment_cli(capsys, rgb, "--output", out, "--model", tiny_model)
+    assert_one_error(code, lines, "exists; pass --overwrite")
+    assert out.read_text() == "keep me"
+    code, _ = segment_cli(capsys, rgb, "--output", out, "--model", tiny_model, "--overwrite")
+    assert code == 0 and out.read_bytes()[:2] in (b"II", b"MM")
+
+
+def test_unknown_model(capsys, tmp_path, rgb):
+    code, lines = segment_cli(
+        capsys, rgb, "--output", tmp_path / "out.tif", "--model", "no-such-model"
+    )
+    assert_one_error(code, lines, "unknown model 'no-such-model'")
+
+
+def test_overlap_not_smaller_than_tile(capsys, tmp_path, rgb, tiny_model):
+    code, lines = segment_cli(
+        capsys,
+        rgb,
+        "--output",
+        tmp_path / "out.tif",
+        "--model",
+        tiny_model,
+        "--tile",
+        "32",
+        "--overlap",
+        "32",
+    )
+    assert_one_error(code, lines, "overlap (32) must be smaller than the tile (32)")
+
+
+def test_gpu_requested_without_gpu(capsys, tmp_path, rgb, tiny_model):
+    code, lines = segment_cli(
+        capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, "--device", "gpu"
+    )
+    assert_one_error(code, lines, "TensorFlow sees no GPU")
+    assert no_outputs(tmp_path)
+
+
+def test_cancel_leaves_no_partial_file(tmp_path, tiny_model):
+    """SIGTERM mid-run (what QGIS's Cancel sends): exit 130, no output and no temporary file."""
+    raster = write_raster(tmp_path / "big.tif", np.tile(scene(128, 128), (1, 8, 8)))
+    out = tmp_path / "out.tif"
+    command = [
+        sys.executable,
+        "-m",
+        "segment_plugin.engine",
+        "segment",
+        str(raster),
+        "--output",
+        str(out),
+    ]
+    command += ["--model", str(tiny_model), "--tile", "64", "--batch", "1", "--progress", "json"]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and 0 < event["fraction"] < 0.5:
+            break
+    else:
+        pytest.fail("no progress before the end")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest = [json.loads(line) for line in proc.stdout]
+    assert proc.wait(30) == 130
+    assert time.monotonic() - started < 10
+    assert rest[-1] == {"event": "end", "status": "cancelled", "exit_code": 130}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
