@@ -83,8 +83,10 @@ lint: setup
 	$(QGIS_VENV)/bin/ruff check segment_plugin tests
 	$(QGIS_VENV)/bin/ruff format --check segment_plugin tests
 
+# Performance figures as JSON (needs ../shared/data; builds 5k and 20k rasters under build/bench).
 bench: setup
-	@echo "bench: no benchmark yet (Step 2 adds tiled-inference throughput)"; exit 1
+	@mkdir -p build/bench
+	$(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench.json
 
 clean:
 	rm -rf build dist .pytest_cache

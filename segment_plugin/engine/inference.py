@@ -438,6 +438,11 @@ def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str
         overlap = params.overlap if params.overlap is not None else tile // 4
         if overlap >= tile:
             raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+        if tile % card.input_multiple:
+            raise InputError(
+                f"model {card.name!r} needs tile sizes that are multiples of "
+                f"{card.input_multiple}, not {tile}"
+            )
         fixed = model.inputs[0].shape[1]
         if fixed is not None and fixed != tile:
             raise InputError(f"model {card.name!r} only takes {fixed}×{fixed} tiles, not {tile}")

@@ -211,3 +211,34 @@ def test_params_round_trip_and_are_reported(tmp_path, tiny_model):
     if DEMO.exists():
         result, _ = run(tmp_path, DEMO, tiny_model, tile=256)
         assert result["params"]["tile"] == 256 and result["params"]["job"] == "segment"
+
+
+def test_vrt_input(tmp_path, tiny_model):
+    source = write_raster(tmp_path / "src.tif", scene(80, 60))
+    bands = "".join(
+        f"""<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>
+        <SourceFilename relativeToVRT="1">src.tif</SourceFilename><SourceBand>{b}</SourceBand>
+        </SimpleSource></VRTRasterBand>"""
+        for b in (1, 2, 3)
+    )
+    with rasterio.open(source) as src:
+        gt = ", ".join(str(v) for v in src.transform.to_gdal())
+        srs = src.crs.to_wkt()
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="60" rasterYSize="80"><SRS>{srs}</SRS>'
+        f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>"
+    )
+    from_vrt, _ = run(tmp_path, vrt, tiny_model, name="vrt.tif")
+    from_tif, _ = run(tmp_path, source, tiny_model, name="tif.tif")
+    assert (read(from_vrt["output"])[0] == read(from_tif["output"])[0]).all()
+
+
+@pytest.mark.parametrize("dtype", ["int16", "float32"])
+def test_other_dtypes_are_stretched(tmp_path, tiny_model, dtype):
+    data = (scene(64, 80).astype(np.float32) * 3.7 - 200).astype(dtype)
+    raster = write_raster(tmp_path / f"{dtype}.tif", data)
+    result, reporter = run(tmp_path, raster, tiny_model)
+    assert any(f"the input is {dtype}" in m for m in reporter.logs())
+    classes = read(result["output"])[0]
+    assert (classes != 255).all() and len(np.unique(classes)) >= 2

@@ -65,6 +65,7 @@ class ModelCard:
     input_dtype: str = "uint8"
     resolution_m: float | None = None
     tile_size: int = 256
+    input_multiple: int = 1  # tile sizes must be multiples of this (2**depth for a U-Net)
     architecture: str = ""
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
@@ -109,6 +110,7 @@ class ModelCard:
                 if data.get("resolution_m") is None
                 else float(data["resolution_m"]),
                 tile_size=int(data.get("tile_size", 256)),
+                input_multiple=int(data.get("input_multiple", 1)),
                 architecture=str(data.get("architecture", "")),
                 description=str(data.get("description", "")),
                 training=dict(data.get("training", {})),
@@ -140,6 +142,10 @@ class ModelCard:
             raise ModelError(f"{source}: percentile needs 0 <= low < high <= 100")
         if self.tile_size < 16:
             raise ModelError(f"{source}: tile_size {self.tile_size} is too small")
+        if self.input_multiple < 1 or self.tile_size % self.input_multiple:
+            raise ModelError(
+                f"{source}: tile_size {self.tile_size} is not a multiple of {self.input_multiple}"
+            )
 
 
 @dataclass(frozen=True)

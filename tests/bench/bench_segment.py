@@ -1,0 +1,238 @@
+"""`make bench`: measured figures for tiled inference, printed as one JSON object.
+
+(a) overhead = end-to-end ``segment`` wall ÷ model-only ``predict_on_batch`` wall on the same tiles;
+(b) peak RSS of a whole ``segment-plugin segment`` process on a 5k×5k and a 20k×20k RGB raster;
+(c) Mpx/s; (d) seams: agreement with a single-pass prediction for Hann blending, plain averaging
+and no overlap. Big rasters are made from real imagery: the 1000×1000 Gorinchem 25 cm orthophoto
+from ../shared/data repeated on a grid, every other copy mirrored so neighbours meet edge to edge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+ROOT = Path(__file__).resolve().parents[2]
+WORK = ROOT / "build" / "bench"
+DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+TILE, OVERLAP, BATCH = 256, 64, 4
+
+from segment_plugin.engine.inference import segment  # noqa: E402
+from segment_plugin.engine.models.architectures import build_model, input_multiple  # noqa: E402
+from segment_plugin.engine.models.package import ModelPackage, Normalization, save_package  # noqa: E402
+from segment_plugin.engine.models.registry import bundled_models_dir  # noqa: E402
+from segment_plugin.engine.normalize import Normalizer, raster_stats  # noqa: E402
+from segment_plugin.engine.params import SegmentParams  # noqa: E402
+from segment_plugin.engine.tiling import RollingAccumulator, TileGrid, blend_window  # noqa: E402
+
+
+def bench_model() -> tuple[Path, str]:
+    """The bundled model when there is one, else the default architecture with random weights."""
+    bundled = bundled_models_dir() / "landcover"
+    if (bundled / "model.json").exists():
+        return bundled, "bundled landcover model"
+    folder = WORK / "model"
+    if not (folder / "model.json").exists():
+        import keras
+
+        keras.utils.set_random_seed(0)
+        from dataclasses import replace
+
+        sys.path.insert(0, str(ROOT / "tests" / "engine"))
+        from conftest import tiny_card
+
+        card = replace(
+            tiny_card(name="bench"),
+            architecture="separable_unet",
+            tile_size=TILE,
+            input_multiple=input_multiple(),
+            normalization=Normalization("scale", scale=1 / 255),
+        )
+        save_package(build_model("separable_unet", 3, 5), card, folder)
+    return folder, "separable_unet, random weights (no bundled model yet)"
+
+
+def mosaic(size: int) -> Path:
+    """A size×size RGB GeoTIFF tiled from the demo orthophoto (mirrored copies), written by rows."""
+    path = WORK / f"mosaic_{size}.tif"
+    if path.exists():
+        return path
+    with rasterio.open(DEMO) as src:
+        image = src.read()
+        profile = src.profile
+    h, w = image.shape[1:]
+    row_of_copies = np.concatenate(
+        [image if i % 2 == 0 else image[:, :, ::-1] for i in range(-(-size // w))], axis=2
+    )[:, :, :size]
+    profile.update(
+        width=size,
+        height=size,
+        driver="GTiff",
+        compress="deflate",
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        photometric="RGB",
+        BIGTIFF="YES",
+    )
+    profile.pop("jpeg_quality", None)
+    tmp = path.with_suffix(".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for k, row in enumerate(range(0, size, h)):
+            band = row_of_copies if k % 2 == 0 else row_of_copies[:, ::-1, :]
+            n = min(h, size - row)
+            dst.write(band[:, :n], window=Window(0, row, size, n))
+    os.replace(tmp, path)
+    return path
+
+
+def model_only_seconds(raster: Path, package: ModelPackage) -> tuple[float, int]:
+    """predict_on_batch wall time on exactly the tiles segment() makes (read beforehand)."""
+    model = package.load_model()
+    with rasterio.open(raster) as src:
+        stats = raster_stats(src, (1, 2, 3), 2, 98)
+        normalizer = Normalizer(package.card, stats, "uint8")
+        grid = TileGrid(src.height, src.width, TILE, OVERLAP)
+        tiles = [
+            normalizer(src.read([1, 2, 3], window=Window(c, r, TILE, TILE)))
+            for r in grid.rows
+            for c in grid.cols
+        ]
+    batches = [np.stack(tiles[i : i + BATCH]) for i in range(0, len(tiles), BATCH)]
+    model.predict_on_batch(batches[0])  # warm-up: tracing is not throughput
+    started = time.perf_counter()
+    for batch in batches:
+        model.predict_on_batch(batch)
+    return time.perf_counter() - started, len(tiles)
+
+
+def segment_in_process(raster: Path, model: Path) -> float:
+    out = WORK / f"classes_{raster.stem}.tif"
+    params = SegmentParams(
+        raster, out, model=str(model), tile=TILE, overlap=OVERLAP, batch=BATCH, overwrite=True
+    )
+    started = time.perf_counter()
+    segment(params)
+    return time.perf_counter() - started
+
+
+def segment_process(raster: Path, model: Path) -> dict:
+    """A whole CLI run in its own process: wall time, peak RSS (from wait4), its result."""
+    out = WORK / f"classes_{raster.stem}.tif"
+    command = [
+        sys.executable,
+        "-m",
+        "segment_plugin.engine",
+        "segment",
+        str(raster),
+        "--output",
+        str(out),
+        "--model",
+        str(model),
+        "--tile",
+        str(TILE),
+        "--overlap",
+        str(OVERLAP),
+        "--batch",
+        str(BATCH),
+        "--overwrite",
+        "--progress",
+        "json",
+    ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines = proc.stdout.read().splitlines()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    result = next(json.loads(x)["data"] for x in lines if '"event": "result"' in x)
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "mpx_per_s": round(result["mpx_per_s"], 3),
+        "exit_status": status,
+    }
+
+
+def seam_agreement(package: ModelPackage, tile: int = 128) -> dict:
+    """Tiled vs single-pass argmax on the demo raster, for three ways of merging tiles."""
+    model = package.load_model()
+    with rasterio.open(DEMO) as src:
+        image = src.read([1, 2, 3])
+        stats = raster_stats(src, (1, 2, 3), 2, 98)
+    normalizer = Normalizer(package.card, stats, "uint8")
+    x = normalizer(image)
+    size = (min(x.shape[0], x.shape[1]) // 16) * 16
+    x = x[:size, :size]
+    reference = model.predict_on_batch(x[None])[0].argmax(-1)
+    results = {}
+    for name, overlap, window in (
+        ("hann_blend_overlap_32", 32, blend_window(tile)),
+        ("plain_average_overlap_32", 32, np.ones((tile, tile), np.float32)),
+        ("no_overlap", 0, np.ones((tile, tile), np.float32)),
+    ):
+        grid = TileGrid(size, size, tile, overlap)
+        acc = RollingAccumulator(grid, len(package.card.classes), window)
+        for r in grid.rows:
+            for c in grid.cols:
+                acc.add(r, c, model.predict_on_batch(x[None, r : r + tile, c : c + tile])[0])
+        _, probs = acc.pop_until(size)
+        results[name] = round(float((probs.argmax(0) == reference).mean()), 5)
+    return results
+
+
+def main() -> None:
+    if not DEMO.exists():
+        print(json.dumps({"error": f"{DEMO} is missing: the bench needs ../shared/data"}))
+        sys.exit(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    model_dir, model_note = bench_model()
+    package = ModelPackage.open(model_dir)
+    small, large = mosaic(5000), mosaic(20000)
+    model_s, tiles = model_only_seconds(small, package)
+    end_to_end_s = segment_in_process(small, model_dir)
+    run_small = segment_process(small, model_dir)
+    run_large = segment_process(large, model_dir)
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "model": model_note,
+        "tile": TILE,
+        "overlap": OVERLAP,
+        "batch": BATCH,
+        "layout": "demo_nl_gorinchem_rgb_25cm.tif (1000x1000) repeated on a grid, every other "
+        "copy mirrored; EPSG:28992 25 cm grid; deflate GeoTIFF",
+        "overhead": {
+            "raster": "5000x5000",
+            "tiles": tiles,
+            "model_only_s": round(model_s, 2),
+            "end_to_end_s": round(end_to_end_s, 2),
+            "ratio": round(end_to_end_s / model_s, 3),
+            "goal": "<= 1.15",
+        },
+        "peak_rss": {
+            "5000x5000": run_small,
+            "20000x20000": run_large,
+            "ratio_20k_over_5k": round(run_large["peak_rss_mb"] / run_small["peak_rss_mb"], 3),
+            "goal": "ratio <= 1.3 and <= 2500 MB",
+        },
+        "mpx_per_s_end_to_end": run_large["mpx_per_s"],
+        "mpx_per_s_model_only": round(tiles * TILE * TILE / 1e6 / model_s, 3),
+        "seams_agreement_with_single_pass": seam_agreement(package),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
