@@ -106,6 +106,37 @@ def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
             )
 
 
+def _cmd_vectorize(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.params import VectorizeParams
+    from segment_plugin.engine.vectorize import vectorize
+
+    params = VectorizeParams(
+        input=args.input,
+        output=args.output,
+        classes=args.classes,
+        min_area=args.min_area,
+        simplify=args.simplify,
+        smooth=args.smooth,
+        layer=args.layer,
+        overwrite=args.overwrite,
+    )
+    result = vectorize(params, reporter)
+    reporter.result(**result)
+    if args.progress == "text":
+        print(f"wrote {result['features']} polygons to {result['output']} ({result['seconds']} s)")
+        for name, entry in result["classes"].items():
+            print(f"  {name:<12} {entry['features']:>8} polygons {entry['area_m2'] / 1e4:12.4f} ha")
+
+
+def _cmd_export_rle(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.rle_export import export_rle
+
+    result = export_rle(args.input, args.output, args.counts, args.overwrite)
+    reporter.result(**result)
+    if args.progress == "text":
+        print(f"wrote {len(result['classes'])} class masks to {result['output']}")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -152,6 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(seg)
     seg.set_defaults(handler=_cmd_segment)
+
+    vec = commands.add_parser(
+        "vectorize",
+        help="class raster → polygons (shapefile or GeoPackage)",
+        description="One polygon per connected class region, along pixel edges; attributes "
+        "class_id, class, area_m2, perim_m. Streams by strips of rows.",
+    )
+    vec.add_argument("input", type=Path, help="class raster (one band of integer codes)")
+    vec.add_argument("--output", required=True, type=Path, help="OUT.shp or OUT.gpkg")
+    vec.add_argument("--classes", type=_band_list, help="class ids to keep, e.g. 1,2 (default all)")
+    vec.add_argument("--min-area", type=float, help="minimum mapping unit in m² (sieve first)")
+    vec.add_argument(
+        "--simplify", type=float, help="simplify by this many metres, keeping topology"
+    )
+    vec.add_argument("--smooth", action="store_true", help="3×3 majority filter first")
+    vec.add_argument("--layer", help="GeoPackage layer name (default: the file name)")
+    vec.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_common(vec)
+    vec.set_defaults(handler=_cmd_vectorize)
+
+    rle = commands.add_parser("export-rle", help="class raster → COCO run-length masks (JSON)")
+    rle.add_argument("input", type=Path, help="class raster")
+    rle.add_argument("--output", required=True, type=Path, help="masks.json")
+    rle.add_argument(
+        "--counts",
+        choices=("string", "list"),
+        default="string",
+        help="COCO compressed string (default) or the plain list of run lengths",
+    )
+    rle.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_common(rle)
+    rle.set_defaults(handler=_cmd_export_rle)
 
     models = commands.add_parser("models", help="list bundled and user models with their cards")
     _add_common(models)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from segment_plugin.engine import raster_io
+from segment_plugin.engine import outputs, raster_io
 from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.models.package import IGNORE_CODE, ModelCard, ModelPackage
 from segment_plugin.engine.models.registry import resolve_model
@@ -232,8 +232,8 @@ class _Pipeline:
         from rasterio.windows import Window
 
         width = self.grid.width
-        with rasterio.open(self.src_path) as src, ExitStack() as outputs:
-            classes_dst, probs_dst = _create_outputs(outputs, paths, profile, self.normalizer.card)
+        with rasterio.open(self.src_path) as src, ExitStack() as opened:
+            classes_dst, probs_dst = _create_outputs(opened, paths, profile, self.normalizer.card)
             while not stop.is_set():
                 try:
                     item = rows_in.get(timeout=0.2)
@@ -242,20 +242,20 @@ class _Pipeline:
                 if item is _DONE:
                     return
                 start, probs = item
-                n = probs.shape[1]
+                n = probs.shape[0]
                 mask = src.dataset_mask(
                     window=self.wgrid.input_window(start, 0, n, width), out_shape=(n, width)
                 )
                 valid = mask > 0
-                classes = self.codes[probs.argmax(axis=0)]
+                classes = self.codes[probs.argmax(axis=-1)]
                 classes[~valid] = IGNORE_CODE
                 counts += _count_codes(classes, self.codes)
                 window = Window(0, start, width, n)
                 classes_dst.write(classes, 1, window=window)
                 if probs_dst is not None:
                     scaled = raster_io.as_uint8_probabilities(probs)
-                    scaled[:, ~valid] = 0
-                    probs_dst.write(scaled, window=window)
+                    scaled[~valid] = 0
+                    probs_dst.write(np.moveaxis(scaled, -1, 0), window=window)
 
     # -- the calling thread ----------------------------------------------------------------
     def run(
@@ -304,8 +304,6 @@ class _Pipeline:
         grid = self.grid
         accumulator = RollingAccumulator(grid, len(self.codes), blend_window(grid.tile))
         origins = grid.rows
-        per_row = len(grid.cols)
-        finished_in_row = dict.fromkeys(origins, 0)
         next_row = 0
         done = 0
         started = time.monotonic()
@@ -313,18 +311,16 @@ class _Pipeline:
             reporter.cancel.check()
             item = _get(tiles_in, workers)
             if item is _DONE:
-                break
+                _put(rows_out, accumulator.pop_until(grid.height), stop)  # the last tile row
+                return
             where, batch = item
             probs = predict(batch)
             for (row, col), tile_probs in zip(where, probs):
+                # tiles come in row order: the first tile of a new tile row closes the previous
+                while origins[next_row] < row:
+                    _put(rows_out, accumulator.pop_until(origins[next_row + 1]), stop)
+                    next_row += 1
                 accumulator.add(row, col, tile_probs)
-                finished_in_row[row] += 1
-            while next_row < len(origins) and finished_in_row[origins[next_row]] == per_row:
-                end = origins[next_row + 1] if next_row + 1 < len(origins) else grid.height
-                rows = accumulator.pop_until(end)
-                if rows[1].shape[1]:
-                    _put(rows_out, rows, stop)
-                next_row += 1
             done += len(where)
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
@@ -416,13 +412,13 @@ def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str
     started = time.monotonic()
     package: ModelPackage = resolve_model(params.model)
     card = package.card
-    outputs = [params.output] + ([params.probabilities] if params.probabilities else [])
+    targets = [params.output] + ([params.probabilities] if params.probabilities else [])
     if params.probabilities and params.probabilities.resolve() == params.output.resolve():
         raise InputError("the probabilities raster must be another file than the class raster")
     with ExitStack() as stack:
         src = stack.enter_context(raster_io.open_input(params.input))
-        for path in outputs:
-            raster_io.check_output_path(path, params.input, params.overwrite)
+        for path in targets:
+            outputs.check_output_path(path, params.input, params.overwrite)
         bands = raster_io.resolve_bands(src, card, params.bands)
         if src.crs is None:
             reporter.log("the input has no CRS: the output is on its pixel grid", "warning")
@@ -451,13 +447,13 @@ def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str
             f"model {card.name} on {device.strip('/')}, bands {list(bands)}, "
             f"{grid.count} tiles of {tile} px, overlap {overlap}"
         )
-        finals = stack.enter_context(raster_io.committed(outputs))
+        finals = stack.enter_context(outputs.committed(targets))
         profile = dict(src.profile)
         working = finals
         if wgrid.resampled:
             from rasterio.transform import Affine
 
-            working = [raster_io.temporary_sibling(p) for p in outputs]
+            working = [outputs.temporary_sibling(p) for p in targets]
             stack.callback(lambda: [w.unlink(missing_ok=True) for w in working])
             profile.update(
                 height=wgrid.height,

@@ -9,17 +9,45 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from segment_plugin.engine.errors import InputError
 
 PARAMS_SCHEMA_VERSION = 1
 DEVICES = ("auto", "cpu", "gpu")
+_P = TypeVar("_P", bound="JobParams")
+
+
+class JobParams:
+    """JSON round trip shared by every job's parameters (``JOB`` names the job)."""
+
+    JOB: ClassVar[str] = ""
+
+    def to_json(self) -> str:
+        """The parameters as JSON, with the schema version and the job name."""
+        data: dict[str, Any] = {"schema_version": PARAMS_SCHEMA_VERSION, "job": self.JOB}
+        for key, value in asdict(self).items():  # type: ignore[call-overload]
+            data[key] = str(value) if isinstance(value, Path) else value
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls: type[_P], text: str) -> _P:
+        """Read parameters written by :meth:`to_json`."""
+        data = json.loads(text)
+        if (
+            data.pop("schema_version", None) != PARAMS_SCHEMA_VERSION
+            or data.pop("job", None) != cls.JOB
+        ):
+            raise InputError(f"not a {cls.JOB} parameter file of this engine version")
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
-class SegmentParams:
+class SegmentParams(JobParams):
     """``segment-plugin segment``: raster in, class raster (and probabilities) out."""
+
+    JOB: ClassVar[str] = "segment"
 
     input: Path
     output: Path
@@ -52,21 +80,30 @@ class SegmentParams:
         if self.resolution is not None and not self.resolution > 0:
             raise InputError(f"resolution must be positive, got {self.resolution}")
 
-    def to_json(self) -> str:
-        """The parameters as JSON, with the schema version."""
-        data: dict[str, Any] = {"schema_version": PARAMS_SCHEMA_VERSION, "job": "segment"}
-        for key, value in asdict(self).items():
-            data[key] = str(value) if isinstance(value, Path) else value
-        return json.dumps(data, indent=2)
 
-    @classmethod
-    def from_json(cls, text: str) -> SegmentParams:
-        """Read parameters written by :meth:`to_json`."""
-        data = json.loads(text)
-        if (
-            data.pop("schema_version", None) != PARAMS_SCHEMA_VERSION
-            or data.pop("job", None) != "segment"
-        ):
-            raise InputError("not a segment parameter file of this engine version")
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+@dataclass
+class VectorizeParams(JobParams):
+    """``segment-plugin vectorize``: class raster in, polygons (shapefile/GeoPackage) out."""
+
+    JOB: ClassVar[str] = "vectorize"
+
+    input: Path
+    output: Path
+    classes: tuple[int, ...] | None = None  # None: every class present
+    min_area: float | None = None  # m²: regions smaller than this take their neighbour's class
+    simplify: float | None = None  # metres: topology-preserving simplification tolerance
+    smooth: bool = False  # 3×3 majority filter before polygonising
+    layer: str | None = None  # GeoPackage layer name; None: the file's stem
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.input = Path(self.input)
+        self.output = Path(self.output)
+        if self.classes is not None:
+            self.classes = tuple(int(c) for c in self.classes)
+        if self.output.suffix.lower() not in (".shp", ".gpkg"):
+            raise InputError(f"the output must be a .shp or .gpkg file, got {self.output.name}")
+        if self.min_area is not None and self.min_area < 0:
+            raise InputError(f"min-area must not be negative, got {self.min_area}")
+        if self.simplify is not None and self.simplify < 0:
+            raise InputError(f"simplify must not be negative, got {self.simplify}")

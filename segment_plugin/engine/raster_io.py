@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segment_plugin.engine.errors import DependencyError, InputError, OutputError
+from segment_plugin.engine.errors import DependencyError, InputError
 from segment_plugin.engine.models.package import IGNORE_CODE, ClassInfo, ModelCard
 
 MIN_SIZE = 4  # pixels; smaller rasters cannot be tiled or reflect-padded meaningfully
@@ -31,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - reported by `segment-plugin inf
     raise DependencyError(f"rasterio is not installed in this engine environment: {exc}") from exc
 
 
-def open_input(path: str | os.PathLike[str]) -> Any:
+def open_input(path: str | os.PathLike[str], min_size: int = MIN_SIZE) -> Any:
     """Open a raster for reading, or raise one clear InputError."""
     path = Path(path)
     if not path.exists():
@@ -40,10 +38,10 @@ def open_input(path: str | os.PathLike[str]) -> Any:
         dataset = rasterio.open(path)
     except RasterioIOError as exc:
         raise InputError(f"{path} is not a raster GDAL can read ({exc})") from exc
-    if dataset.width < MIN_SIZE or dataset.height < MIN_SIZE:
+    if dataset.width < min_size or dataset.height < min_size:
         size = f"{dataset.width}×{dataset.height}"
         dataset.close()
-        raise InputError(f"{path} is {size} pixels; at least {MIN_SIZE}×{MIN_SIZE} are needed")
+        raise InputError(f"{path} is {size} pixels; at least {min_size}×{min_size} are needed")
     return dataset
 
 
@@ -107,36 +105,14 @@ def pixel_size_m(dataset: Any) -> tuple[float, float] | None:
     return abs(dx), abs(dy)
 
 
-def check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:
-    """Refuse an output that is the input, exists (without overwrite) or cannot be written."""
-    if path.resolve() == input_path.resolve():
-        raise OutputError(f"the output {path} is the input raster; choose another file")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} exists; pass --overwrite to replace it")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"the output folder {folder} does not exist")
-    probe = temporary_sibling(path)
-    try:  # os.access says yes to root even on read-only file systems: really try
-        probe.touch()
-    except OSError as exc:
-        raise OutputError(f"cannot write in {folder}: {exc.strerror}") from exc
-    probe.unlink()
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A hidden name in the same folder (same file system, so the final rename is atomic)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix or '.tif'}")
-
-
 def output_profile(
-    dataset_profile: dict[str, Any], count: int, nodata: int | None
+    dataset_profile: dict[str, Any], count: int, nodata: int | None, dtype: str = "uint8"
 ) -> dict[str, Any]:
-    """Tiled, deflate-compressed uint8 GeoTIFF on the given grid."""
+    """Tiled, deflate-compressed GeoTIFF (uint8 unless told) on the given grid."""
     width, height = dataset_profile["width"], dataset_profile["height"]
     profile = {
         "driver": "GTiff",
-        "dtype": "uint8",
+        "dtype": dtype,
         "count": count,
         "width": width,
         "height": height,
@@ -162,20 +138,6 @@ def describe_classes(dst: Any, classes: Sequence[ClassInfo], model_name: str) ->
         MODEL=model_name,
         **{f"CLASS_{c.code}": c.name for c in classes},
     )
-
-
-@contextmanager
-def committed(paths: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary names for ``paths``; renamed to them only if the block succeeds, else deleted."""
-    temps = [temporary_sibling(p) for p in paths]
-    try:
-        yield temps
-        for temp, final in zip(temps, paths):
-            os.replace(temp, final)
-    finally:
-        for temp in temps:
-            for leftover in (temp, temp.with_name(temp.name + ".aux.xml")):
-                leftover.unlink(missing_ok=True)
 
 
 def as_uint8_probabilities(probs: np.ndarray) -> np.ndarray:

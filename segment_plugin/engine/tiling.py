@@ -67,43 +67,46 @@ class TileGrid:
 
 
 class RollingAccumulator:
-    """Weighted sums of probabilities for the rows still open; finished rows are handed out."""
+    """Weighted sums of probabilities for the rows still open; finished rows are handed out.
+
+    One preallocated buffer of ``tile`` rows, in the model's (rows, width, classes) layout so a
+    tile is added in place without reordering. After a tile row, the rows above the next tile
+    row's origin are final: they are handed out and the overlap rows move to the top. Memory is
+    ``tile × width × classes`` floats whatever the raster's height.
+    """
 
     def __init__(self, grid: TileGrid, classes: int, window: np.ndarray) -> None:
         self.grid = grid
         self.classes = classes
-        self.window = window
-        self.start = 0  # first grid row held
-        self.sums = np.zeros((classes, 0, grid.width), np.float32)
-        self.weights = np.zeros((0, grid.width), np.float32)
-
-    def _ensure(self, end: int) -> None:
-        held = self.start + self.weights.shape[0]
-        if end > held:
-            extra = end - held
-            self.sums = np.concatenate(
-                [self.sums, np.zeros((self.classes, extra, self.grid.width), np.float32)], axis=1
-            )
-            self.weights = np.concatenate(
-                [self.weights, np.zeros((extra, self.grid.width), np.float32)], axis=0
-            )
+        self.window = window[:, :, None]
+        self.start = 0  # grid row held in buffer row 0
+        rows = min(grid.tile, grid.height)
+        self.sums = np.zeros((rows, grid.width, classes), np.float32)
+        self.weights = np.zeros((rows, grid.width, 1), np.float32)
+        self._scratch = np.empty((grid.tile, grid.tile, classes), np.float32)
 
     def add(self, row: int, col: int, probs: np.ndarray) -> None:
         """Add one tile's probabilities (tile, tile, classes), cropped to the grid."""
         h = min(self.grid.tile, self.grid.height - row)
         w = min(self.grid.tile, self.grid.width - col)
-        self._ensure(row + h)
-        weight = self.window[:h, :w]
         r = row - self.start
-        self.sums[:, r : r + h, col : col + w] += np.moveaxis(probs[:h, :w, :], -1, 0) * weight
+        if r < 0 or r + h > self.sums.shape[0]:
+            raise ValueError(f"tile at row {row} is outside the open rows (from {self.start})")
+        weight = self.window[:h, :w]
+        scratch = self._scratch[:h, :w]
+        np.multiply(probs[:h, :w], weight, out=scratch)
+        self.sums[r : r + h, col : col + w] += scratch
         self.weights[r : r + h, col : col + w] += weight
 
     def pop_until(self, row: int) -> tuple[int, np.ndarray]:
-        """Hand out finished rows before ``row``: (first row, probabilities (classes, n, width))."""
-        n = max(0, min(row, self.start + self.weights.shape[0]) - self.start)
+        """Hand out finished rows before ``row``: (first row, probabilities (n, width, classes))."""
+        n = max(0, min(row - self.start, self.sums.shape[0]))
         start = self.start
-        probs = self.sums[:, :n] / self.weights[:n]
-        self.sums = self.sums[:, n:].copy()
-        self.weights = self.weights[n:].copy()
+        probs = self.sums[:n] / self.weights[:n]
+        keep = self.sums.shape[0] - n
+        self.sums[:keep] = self.sums[n:]  # the overlap rows move up (numpy handles the overlap)
+        self.weights[:keep] = self.weights[n:]
+        self.sums[keep:] = 0
+        self.weights[keep:] = 0
         self.start += n
         return start, probs

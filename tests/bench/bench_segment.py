@@ -172,7 +172,7 @@ def seam_agreement(package: ModelPackage, tile: int = 128) -> dict:
     x = normalizer(image)
     size = (min(x.shape[0], x.shape[1]) // 16) * 16
     x = x[:size, :size]
-    reference = model.predict_on_batch(x[None])[0].argmax(-1)
+    reference = np.asarray(model.predict_on_batch(x[None])[0])
     results = {}
     for name, overlap, window in (
         ("hann_blend_overlap_32", 32, blend_window(tile)),
@@ -185,7 +185,10 @@ def seam_agreement(package: ModelPackage, tile: int = 128) -> dict:
             for c in grid.cols:
                 acc.add(r, c, model.predict_on_batch(x[None, r : r + tile, c : c + tile])[0])
         _, probs = acc.pop_until(size)
-        results[name] = round(float((probs.argmax(0) == reference).mean()), 5)
+        results[name] = {
+            "argmax_agreement": round(float((probs.argmax(-1) == reference.argmax(-1)).mean()), 5),
+            "mean_abs_prob_diff": round(float(np.abs(probs - reference).mean()), 6),
+        }
     return results
 
 

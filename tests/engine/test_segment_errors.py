@@ -103,7 +103,7 @@ def test_missing_output_folder(capsys, tmp_path, rgb, tiny_model):
 def test_output_is_input(capsys, rgb, tiny_model):
     before = rgb.read_bytes()
     code, lines = segment_cli(capsys, rgb, "--output", rgb, "--model", tiny_model, "--overwrite")
-    assert_one_error(code, lines, "is the input raster")
+    assert_one_error(code, lines, "is the input")
     assert rgb.read_bytes() == before
 
 

@@ -1,0 +1,309 @@
+"""Class raster → clean class polygons (shapefile or GeoPackage), streaming by strips of rows.
+
+Polygons follow pixel edges (``rasterio.features.shapes``, 4-connectivity), one feature per
+connected region, so neighbouring classes share their boundaries exactly and the area of a class
+is its pixel count × pixel area. Rows are read in strips; a polygon that touches a strip's border
+may continue in the next strip, so it is carried over and merged (union) with what it touches
+there; a region is written once it can no longer grow. The result equals vectorising the whole
+raster at once, with memory bounded by the strip and the regions crossing its border.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segment_plugin.engine import outputs, raster_io
+from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.params import VectorizeParams
+from segment_plugin.engine.postprocess import majority_filter, sieve_strip
+from segment_plugin.engine.progress import Reporter
+
+STRIP_ROWS = 1024
+WRITE_BATCH = 5000
+SHAPEFILE_LIMIT = 2_000_000_000  # bytes: a shapefile's .shp/.dbf cannot pass 2 GB
+FIELDS = ("class_id", "class", "area_m2", "perim_m")  # ≤ 10 characters: shapefile-safe
+
+
+def class_names(dataset: Any) -> dict[int, str]:
+    """Class names from a class raster's metadata (written by ``segment``), else {}."""
+    tags = dataset.tags()
+    names: dict[int, str] = {}
+    try:
+        for entry in json.loads(tags.get("CLASSES", "[]")):
+            names[int(entry["code"])] = str(entry["name"])
+    except (ValueError, KeyError, TypeError):
+        names = {}
+    for key, value in tags.items():
+        if key.startswith("CLASS_") and key[6:].isdigit():
+            names.setdefault(int(key[6:]), value)
+    return names
+
+
+def open_class_raster(path: Path) -> Any:
+    """Open a one-band integer raster, or raise a clear InputError."""
+    dataset = raster_io.open_input(path, min_size=1)
+    dtype = np.dtype(dataset.dtypes[0])
+    if dataset.count != 1 or not np.issubdtype(dtype, np.integer):
+        what = f"{dataset.count} bands" if dataset.count != 1 else f"{dtype} values"
+        dataset.close()
+        raise InputError(
+            f"{path} is not a class raster ({what}); a class raster has one band of integer codes"
+        )
+    return dataset
+
+
+def _selected_mask(data: np.ndarray, nodata: int | None, selected: np.ndarray | None) -> np.ndarray:
+    mask = np.ones(data.shape, bool) if nodata is None else data != nodata
+    if selected is not None:
+        mask &= np.isin(data, selected)
+    return mask
+
+
+def polygonize(
+    dataset: Any,
+    selected: np.ndarray | None,
+    reporter: Reporter,
+    strip_rows: int = STRIP_ROWS,
+) -> Iterator[tuple[int, Any]]:
+    """Finished regions as (class code, polygon in pixel coordinates), strip by strip."""
+    from rasterio.features import shapes
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+    from shapely.geometry import shape
+    from shapely.ops import unary_union
+
+    height, width, nodata = dataset.height, dataset.width, dataset.nodata
+    nodata = None if nodata is None else int(nodata)
+    carried: dict[int, list[Any]] = {}
+    for row in range(0, height, strip_rows):
+        reporter.cancel.check()
+        n = min(strip_rows, height - row)
+        bottom = row + n
+        last = bottom >= height
+        data = dataset.read(1, window=Window(0, row, width, n))
+        mask = _selected_mask(data, nodata, selected)
+        still_open: dict[int, list[Any]] = defaultdict(list)
+        meets_carried: dict[int, list[Any]] = defaultdict(list)
+        for geometry, value in shapes(
+            data, mask=mask, connectivity=4, transform=Affine.translation(0, row)
+        ):
+            code = int(value)
+            polygon = shape(geometry)
+            _, top_y, _, bottom_y = polygon.bounds
+            if row > 0 and top_y == row and code in carried:
+                meets_carried[code].append(polygon)
+            elif not last and bottom_y == bottom:
+                still_open[code].append(polygon)
+            else:
+                yield code, polygon
+        for code, previous in carried.items():
+            merged = unary_union(previous + meets_carried.pop(code, []))
+            for part in getattr(merged, "geoms", [merged]):
+                if not last and part.bounds[3] == bottom:
+                    still_open[code].append(part)
+                else:
+                    yield code, part
+        carried = dict(still_open)
+        reporter.progress(bottom / height, f"polygonised {bottom}/{height} rows")
+
+
+class _Measure:
+    """Area (m²) and perimeter (m) of world-coordinate polygons in the raster's CRS."""
+
+    def __init__(self, crs: Any) -> None:
+        self.geod = None
+        self.factor = 1.0
+        if crs is not None and crs.is_geographic:
+            from pyproj import CRS
+
+            self.geod = CRS(crs.to_wkt()).get_geod()
+        elif crs is not None and crs.linear_units_factor:
+            self.factor = crs.linear_units_factor[1]
+
+    def __call__(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import shapely
+
+        if self.geod is None:
+            return shapely.area(geoms) * self.factor**2, shapely.length(geoms) * self.factor
+        measured = [self.geod.geometry_area_perimeter(g) for g in geoms]
+        return np.abs([m[0] for m in measured]), np.asarray([m[1] for m in measured])
+
+
+def _to_world(polygons: list[Any], transform: Any) -> np.ndarray:
+    import shapely
+
+    matrix = np.array([[transform.a, transform.d], [transform.b, transform.e]])
+    offset = np.array([transform.c, transform.f])
+    return shapely.transform(np.asarray(polygons, dtype=object), lambda xy: xy @ matrix + offset)
+
+
+def _metres_per_map_unit(dataset: Any) -> float:
+    """For tolerances in metres: metres per CRS unit (per degree of latitude if geographic)."""
+    crs = dataset.crs
+    if crs is None:
+        return 1.0
+    if crs.is_geographic:
+        return 111_320.0
+    return crs.linear_units_factor[1] if crs.linear_units_factor else 1.0
+
+
+def _cleaned_copy(dataset: Any, params: VectorizeParams, temp: Path, reporter: Reporter) -> Path:
+    """Smoothed and/or sieved copy of the class raster, strip by strip with exact halos."""
+    import rasterio
+    from rasterio.windows import Window
+
+    nodata = None if dataset.nodata is None else int(dataset.nodata)
+    size_px = 0
+    if params.min_area:
+        pixel = raster_io.pixel_size_m(dataset)
+        pixel_area = pixel[0] * pixel[1] if pixel else 1.0
+        size_px = max(1, math.ceil(params.min_area / pixel_area))
+        reporter.log(f"minimum mapping unit {params.min_area:g} m² = {size_px} pixels")
+    sieve_halo = size_px if size_px > 1 else 0
+    smooth_halo = 1 if params.smooth else 0
+    height, width = dataset.height, dataset.width
+    profile = raster_io.output_profile(dataset.profile, 1, nodata, dtype=dataset.dtypes[0])
+    with rasterio.open(temp, "w", **profile) as dst:
+        for row in range(0, height, STRIP_ROWS):
+            reporter.cancel.check()
+            n = min(STRIP_ROWS, height - row)
+            start = max(0, row - sieve_halo - smooth_halo)
+            end = min(height, row + n + sieve_halo + smooth_halo)
+            data = dataset.read(1, window=Window(0, start, width, end - start))
+            if params.smooth:
+                data = majority_filter(data, nodata)
+                cut_top = smooth_halo if start > 0 else 0  # rows smoothed without neighbours
+                cut_bottom = smooth_halo if end < height else 0
+                data = data[cut_top : data.shape[0] - cut_bottom]
+                start += cut_top
+            if sieve_halo or size_px == 1:
+                data = sieve_strip(data, max(size_px, 1), nodata)
+            dst.write(data[row - start : row - start + n], 1, window=Window(0, row, width, n))
+            reporter.progress(0.3 * (row + n) / height, "cleaning the class raster")
+    return temp
+
+
+def _writer_options(path: Path, params: VectorizeParams) -> dict[str, Any]:
+    if path.suffix.lower() == ".shp":
+        return {"driver": "ESRI Shapefile", "encoding": "UTF-8"}
+    return {"driver": "GPKG", "layer": params.layer or params.output.stem}
+
+
+def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Write one polygon per connected class region of ``params.input`` to ``params.output``."""
+    import geopandas as gpd
+    import shapely
+
+    reporter = reporter or Reporter()
+    started = time.monotonic()
+    with ExitStack() as stack:
+        src = stack.enter_context(open_class_raster(params.input))
+        outputs.check_output_path(params.output, params.input, params.overwrite)
+        names = class_names(src)
+        selected = None
+        if params.classes:
+            unknown = [c for c in params.classes if names and c not in names]
+            if unknown:
+                known = ", ".join(f"{code} {name}" for code, name in sorted(names.items()))
+                raise InputError(f"unknown class id(s) {unknown}; this raster has {known}")
+            selected = np.asarray(params.classes)
+        if src.crs is None:
+            reporter.log("the raster has no CRS: areas and lengths are in pixel units", "warning")
+        final = stack.enter_context(outputs.committed([params.output]))[0]
+        source = src
+        if params.smooth or params.min_area:
+            temp = outputs.temporary_sibling(params.output.with_suffix(".tif"))
+            stack.callback(temp.unlink, missing_ok=True)
+            cleaned = _cleaned_copy(src, params, temp, reporter)
+            source = stack.enter_context(raster_io.open_input(cleaned, min_size=1))
+        measure = _Measure(src.crs)
+        options = _writer_options(final, params)
+        is_shapefile = options["driver"] == "ESRI Shapefile"
+        crs = src.crs
+        counts: dict[int, int] = defaultdict(int)
+        areas: dict[int, float] = defaultdict(float)
+        written = 0
+        shapefile_bytes = 0
+        warned = False
+        pending: list[tuple[int, Any]] = []
+        collected: list[tuple[int, Any]] = []  # only when simplifying (needs the whole coverage)
+
+        def flush(batch: list[tuple[int, Any]], world: np.ndarray | None = None) -> None:
+            nonlocal written, shapefile_bytes, warned
+            codes = np.asarray([code for code, _ in batch], np.int32)
+            geoms = world if world is not None else _to_world([p for _, p in batch], src.transform)
+            area, perimeter = measure(geoms)
+            frame = gpd.GeoDataFrame(
+                {
+                    "class_id": codes,
+                    "class": [names.get(int(c), f"class {c}") for c in codes],
+                    "area_m2": np.round(area, 3),
+                    "perim_m": np.round(perimeter, 3),
+                },
+                geometry=geoms,
+                crs=crs,
+            )
+            frame.to_file(final, engine="pyogrio", append=written > 0, **options)
+            for code, value in zip(codes, area):
+                counts[int(code)] += 1
+                areas[int(code)] += float(value)
+            written += len(batch)
+            if is_shapefile:
+                shapefile_bytes += int(shapely.get_num_coordinates(geoms).sum()) * 16 + 56 * len(
+                    batch
+                )
+                if shapefile_bytes > SHAPEFILE_LIMIT and not warned:
+                    warned = True
+                    reporter.log(
+                        "the shapefile passes 2 GB, more than the format can hold: "
+                        "write a GeoPackage (.gpkg) instead",
+                        "warning",
+                    )
+
+        for item in polygonize(source, selected, reporter):
+            if params.simplify:
+                collected.append(item)
+                continue
+            pending.append(item)
+            if len(pending) >= WRITE_BATCH:
+                flush(pending)
+                pending = []
+        if params.simplify and collected:
+            world = _to_world([p for _, p in collected], src.transform)
+            tolerance = params.simplify / _metres_per_map_unit(src)
+            reporter.log(f"simplifying {len(collected)} polygons (tolerance {params.simplify:g} m)")
+            simplified = shapely.coverage_simplify(world, tolerance, simplify_boundary=True)
+            for begin in range(0, len(collected), WRITE_BATCH):
+                chunk = slice(begin, begin + WRITE_BATCH)
+                flush(collected[chunk], simplified[chunk])
+        elif pending:
+            flush(pending)
+        if written == 0:
+            what = f"of class(es) {list(params.classes)}" if params.classes else "with a class"
+            raise InputError(f"{params.input} has no pixels {what}: nothing to vectorise")
+    elapsed = time.monotonic() - started
+    reporter.progress(1.0, "done")
+    return {
+        "output": str(params.output),
+        "layer": options.get("layer"),
+        "features": written,
+        "classes": {
+            names.get(code, f"class {code}"): {
+                "class_id": code,
+                "features": counts[code],
+                "area_m2": round(areas[code], 3),
+            }
+            for code in sorted(counts)
+        },
+        "seconds": round(elapsed, 3),
+        "params": json.loads(params.to_json()),
+    }

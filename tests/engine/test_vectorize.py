@@ -1,0 +1,257 @@
+"""Class raster → polygons: exact areas, shared edges, strips = whole, cleaning, formats, errors."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from conftest import LANDCOVER_CLASSES, write_raster
+from rasterio.features import shapes
+from rasterio.transform import from_origin
+
+from segment_plugin.engine import cli
+from segment_plugin.engine.params import VectorizeParams
+from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.vectorize import open_class_raster, polygonize, vectorize
+
+CLASSES_TAG = json.dumps(
+    [{"code": c.code, "name": c.name, "color": c.color} for c in LANDCOVER_CLASSES]
+)
+PIXEL = 0.5  # metres
+
+
+def class_scene(height=120, width=150, seed=3, nodata_box=True) -> np.ndarray:
+    """Blocky land cover with speckle, a ring with a hole, and a nodata corner."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 5, (height // 10 + 1, width // 10 + 1))
+    data = np.kron(coarse, np.ones((10, 10), int))[:height, :width].astype(np.uint8)
+    speckle = rng.random((height, width)) < 0.03
+    data[speckle] = rng.integers(0, 5, speckle.sum())
+    data[30:60, 40:80] = 3  # water ring ...
+    data[40:50, 55:65] = 1  # ... with a building inside: a hole
+    if nodata_box:
+        data[:15, -25:] = 255
+    return data
+
+
+def class_raster(path, data, crs="EPSG:28992", transform=None, nodata=255):
+    path = write_raster(
+        path,
+        data[None],
+        crs=crs,
+        nodata=nodata,
+        transform=transform or from_origin(150000.0, 420000.0, PIXEL, PIXEL),
+    )
+    with rasterio.open(path, "r+") as ds:
+        ds.update_tags(CLASSES=CLASSES_TAG)
+    return path
+
+
+def run(tmp_path, raster, name="out.gpkg", **kwargs):
+    params = VectorizeParams(input=raster, output=tmp_path / name, **kwargs)
+    return vectorize(params, Reporter()), gpd.read_file(tmp_path / name)
+
+
+def footprint(data, nodata=255):
+    valid = (data != nodata).astype(np.uint8)
+    transform = from_origin(150000.0, 420000.0, PIXEL, PIXEL)
+    parts = [
+        shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid == 1, transform=transform)
+    ]
+    return shapely.union_all(parts)
+
+
+def test_areas_equal_pixel_counts_and_edges_are_shared(tmp_path):
+    data = class_scene()
+    result, frame = run(tmp_path, class_raster(tmp_path / "c.tif", data))
+    assert frame.geometry.is_valid.all()
+    assert set(frame.columns) >= {"class_id", "class", "area_m2", "perim_m", "geometry"}
+    for code in range(5):
+        expected = (data == code).sum() * PIXEL * PIXEL
+        got = frame.loc[frame.class_id == code].geometry.area.sum()
+        assert got == pytest.approx(expected, rel=1e-4)
+        assert frame.loc[frame.class_id == code, "area_m2"].sum() == pytest.approx(
+            expected, rel=1e-4
+        )
+    union = shapely.union_all(frame.geometry.values)
+    assert frame.geometry.area.sum() == pytest.approx(union.area, rel=1e-9)  # no overlaps
+    assert union.symmetric_difference(footprint(data)).area < 1e-6  # no gaps, no nodata
+    assert (frame["class"][frame.class_id == 3] == "water").all()
+    assert result["features"] == len(frame)
+
+
+def test_holes_are_preserved(tmp_path):
+    data = class_scene()
+    _, frame = run(tmp_path, class_raster(tmp_path / "c.tif", data))
+    ring = frame[
+        (frame.class_id == 3)
+        & frame.geometry.contains(shapely.Point(150000 + 60 * PIXEL, 420000 - 45 * PIXEL))
+    ]
+    assert ring.empty  # the building inside is not water ...
+    water = frame[frame.class_id == 3]
+    assert any(len(g.interiors) > 0 for g in water.geometry)  # ... it is a hole in the water
+
+
+@pytest.mark.parametrize("strip_rows", [1, 7, 32])
+def test_strips_give_the_same_polygons_as_the_whole_raster(tmp_path, strip_rows):
+    data = class_scene(nodata_box=False)
+    raster = class_raster(tmp_path / "c.tif", data)
+    with open_class_raster(raster) as src:
+        whole = list(polygonize(src, None, Reporter(), strip_rows=src.height))
+        strips = list(polygonize(src, None, Reporter(), strip_rows=strip_rows))
+
+    def key(items):
+        return sorted((code, round(p.area, 6), tuple(np.round(p.bounds, 6))) for code, p in items)
+
+    assert key(strips) == key(whole)
+    for code in range(5):
+        a = shapely.union_all([p for c, p in whole if c == code])
+        b = shapely.union_all([p for c, p in strips if c == code])
+        assert a.symmetric_difference(b).area == 0
+
+
+def test_geographic_raster_gives_metres(tmp_path):
+    data = class_scene(60, 80, nodata_box=False)
+    transform = from_origin(4.99, 51.84, 0.00001, 0.00001)
+    result, frame = run(
+        tmp_path, class_raster(tmp_path / "g.tif", data, crs="EPSG:4326", transform=transform)
+    )
+    a, e2 = 6378137.0, 0.00669437999014
+    phi = np.radians(51.84 - 30 * 0.00001)
+    w = 1 - e2 * np.sin(phi) ** 2
+    pixel_area = (0.00001 * np.pi / 180) ** 2 * a * np.cos(phi) / np.sqrt(w) * a * (1 - e2) / w**1.5
+    assert frame.area_m2.sum() == pytest.approx(60 * 80 * pixel_area, rel=1e-3)
+
+
+def test_shapefile_with_prj_cpg_and_short_fields(tmp_path):
+    data = class_scene()
+    result, frame = run(tmp_path, class_raster(tmp_path / "c.tif", data), name="out.shp")
+    for ext in (".shp", ".shx", ".dbf", ".prj", ".cpg"):
+        assert (tmp_path / f"out{ext}").exists(), ext
+    assert (tmp_path / "out.cpg").read_text().strip().upper() in ("UTF-8", "UTF8")
+    assert all(len(c) <= 10 for c in frame.columns)
+    assert frame.crs.to_epsg() == 28992
+    assert sorted(frame["class"].unique()) == sorted({c.name for c in LANDCOVER_CLASSES})
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+
+def test_geopackage_layer_name(tmp_path):
+    _, _ = run(
+        tmp_path, class_raster(tmp_path / "c.tif", class_scene()), name="o.gpkg", layer="landcover"
+    )
+    import pyogrio
+
+    assert [row[0] for row in pyogrio.list_layers(tmp_path / "o.gpkg")] == ["landcover"]
+
+
+def test_class_selection(tmp_path):
+    _, frame = run(tmp_path, class_raster(tmp_path / "c.tif", class_scene()), classes=(1, 3))
+    assert set(frame.class_id) == {1, 3}
+
+
+def test_min_area_sieves_small_regions_and_keeps_the_total(tmp_path):
+    data = class_scene(nodata_box=False)
+    raster = class_raster(tmp_path / "c.tif", data)
+    _, plain = run(tmp_path, raster, name="plain.gpkg")
+    _, sieved = run(tmp_path, raster, name="sieved.gpkg", min_area=4.0)  # 16 pixels
+    assert sieved.geometry.area.min() >= 4.0
+    assert len(sieved) < len(plain)
+    assert sieved.geometry.area.sum() == pytest.approx(data.size * PIXEL * PIXEL)
+
+
+def test_sieve_by_strips_matches_a_whole_raster_sieve(tmp_path, monkeypatch):
+    from rasterio.features import sieve
+
+    from segment_plugin.engine import vectorize as module
+
+    data = class_scene(nodata_box=False)
+    expected = sieve(data, size=16, connectivity=4)
+    monkeypatch.setattr(module, "STRIP_ROWS", 16)
+    raster = class_raster(tmp_path / "c.tif", data)
+    with open_class_raster(raster) as src:
+        params = VectorizeParams(input=raster, output=tmp_path / "x.gpkg", min_area=4.0)
+        cleaned = module._cleaned_copy(src, params, tmp_path / "clean.tif", Reporter())
+    with rasterio.open(cleaned) as ds:
+        assert (ds.read(1) == expected).mean() > 0.999
+
+
+def test_smoothing_removes_speckle(tmp_path):
+    data = class_scene(nodata_box=False)
+    raster = class_raster(tmp_path / "c.tif", data)
+    _, plain = run(tmp_path, raster, name="plain.gpkg")
+    _, smooth = run(tmp_path, raster, name="smooth.gpkg", smooth=True)
+    assert len(smooth) < 0.6 * len(plain)
+    assert smooth.geometry.area.sum() == pytest.approx(data.size * PIXEL * PIXEL)
+
+
+def test_simplify_keeps_a_clean_coverage(tmp_path):
+    data = class_scene()
+    raster = class_raster(tmp_path / "c.tif", data)
+    _, plain = run(tmp_path, raster, name="plain.gpkg", smooth=True)
+    _, simple = run(tmp_path, raster, name="simple.gpkg", smooth=True, simplify=1.0)
+    assert simple.geometry.is_valid.all() and len(simple) == len(plain)
+    vertices = lambda f: shapely.get_num_coordinates(f.geometry.values).sum()  # noqa: E731
+    assert vertices(simple) < vertices(plain)
+    union = shapely.union_all(simple.geometry.values)
+    assert simple.geometry.area.sum() == pytest.approx(union.area, rel=1e-6)  # no overlaps
+    holes = union.area - shapely.union_all(plain.geometry.values).area
+    assert abs(holes) < 0.02 * union.area  # outer boundary moves a little, no gaps open inside
+    assert all(len(p.interiors) == 0 for p in getattr(union, "geoms", [union]) if p.area > 50)
+
+
+def vectorize_cli(capsys, *args):
+    code = cli.main(["vectorize", *map(str, args)])
+    return code, [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")
+    ]
+
+
+def test_float_raster_is_refused(capsys, tmp_path):
+    raster = write_raster(
+        tmp_path / "f.tif", np.random.default_rng(0).random((1, 20, 20)).astype("float32")
+    )
+    code, errors = vectorize_cli(capsys, raster, "--output", tmp_path / "o.shp")
+    assert code == 2 and errors == [
+        f"error: {raster} is not a class raster (float32 values); "
+        "a class raster has one band of integer codes"
+    ]
+
+
+def test_empty_raster_is_refused_and_nothing_is_left(capsys, tmp_path):
+    raster = class_raster(tmp_path / "e.tif", np.full((20, 20), 255, np.uint8))
+    code, errors = vectorize_cli(capsys, raster, "--output", tmp_path / "o.shp")
+    assert code == 2 and "has no pixels with a class" in errors[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tif"]
+
+
+def test_unknown_class_ids(capsys, tmp_path):
+    raster = class_raster(tmp_path / "c.tif", class_scene())
+    code, errors = vectorize_cli(
+        capsys, raster, "--output", tmp_path / "o.gpkg", "--classes", "1,9"
+    )
+    assert (
+        code == 2
+        and "unknown class id(s) [9]; this raster has 0 background, 1 building" in errors[0]
+    )
+
+
+def test_existing_output_and_unwritable_folder(capsys, tmp_path):
+    raster = class_raster(tmp_path / "c.tif", class_scene())
+    (tmp_path / "o.shp").write_text("old")
+    code, errors = vectorize_cli(capsys, raster, "--output", tmp_path / "o.shp")
+    assert code == 2 and "exists; pass --overwrite" in errors[0]
+    assert (tmp_path / "o.shp").read_text() == "old"
+    code, errors = vectorize_cli(capsys, raster, "--output", "/proc/o.gpkg")
+    assert code == 2 and "cannot write in /proc" in errors[0]
+    code, _ = vectorize_cli(capsys, raster, "--output", tmp_path / "o.shp", "--overwrite")
+    assert code == 0 and len(gpd.read_file(tmp_path / "o.shp")) > 10
+
+
+def test_wrong_output_format(capsys, tmp_path):
+    raster = class_raster(tmp_path / "c.tif", class_scene())
+    code, errors = vectorize_cli(capsys, raster, "--output", tmp_path / "o.kml")
+    assert code == 2 and "must be a .shp or .gpkg file" in errors[0]
