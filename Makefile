@@ -86,8 +86,8 @@ lint: setup
 # Performance figures as JSON (needs ../shared/data; builds 5k and 20k rasters under build/bench).
 bench: setup
 	@mkdir -p build/bench
-	$(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench_segment.json
-	$(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
+	set -o pipefail; $(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench_segment.json
+	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 
 clean:
 	rm -rf build dist .pytest_cache

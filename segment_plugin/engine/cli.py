@@ -54,6 +54,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
         output=args.output,
         model=args.model,
         probabilities=args.probabilities,
+        vector=args.vector,
         bands=args.bands,
         resolution=args.resolution,
         tile=args.tile,
@@ -74,6 +75,8 @@ def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
         for name, pixels in result["class_pixels"].items():
             area = f"{areas[name] / 10_000:12.4f} ha" if areas else ""
             print(f"  {name:<12} {pixels:>12} px {area}")
+        if "vector" in result:
+            print(f"wrote {result['vector']['features']} polygons to {result['vector']['output']}")
 
 
 def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
@@ -173,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--output", required=True, type=Path, help="class raster to write (GeoTIFF)")
     seg.add_argument("--model", default="landcover", help="bundled/user model name or folder")
     seg.add_argument("--probabilities", type=Path, help="also write class probabilities (uint8)")
+    seg.add_argument("--vector", type=Path, help="also write class polygons (.shp or .gpkg)")
     seg.add_argument("--bands", type=_band_list, help="input bands for the model, e.g. 3,2,1")
     seg.add_argument("--resolution", type=float, help="work at this many metres per pixel")
     seg.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")

@@ -29,7 +29,7 @@ from segment_plugin.engine.models.package import IGNORE_CODE, ModelCard, ModelPa
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
-from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.progress import Reporter, ScaledReporter
 from segment_plugin.engine.styling import write_qml
 from segment_plugin.engine.tiling import RollingAccumulator, TileGrid, blend_window
 
@@ -407,8 +407,21 @@ def _to_input_grid(
 
 
 def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Segment ``params.input`` into ``params.output`` (and optional probabilities)."""
+    """Segment ``params.input`` into ``params.output`` (and optional probabilities, polygons)."""
     reporter = reporter or Reporter()
+    if params.vector is None:
+        return _segment(params, reporter)
+    from segment_plugin.engine.params import VectorizeParams
+    from segment_plugin.engine.vectorize import vectorize
+
+    outputs.check_output_path(params.vector, params.input, params.overwrite)
+    result = _segment(params, ScaledReporter(reporter, 0.0, 0.85))
+    vector = VectorizeParams(params.output, params.vector, overwrite=params.overwrite)
+    result["vector"] = vectorize(vector, ScaledReporter(reporter, 0.85, 1.0))
+    return result
+
+
+def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
     started = time.monotonic()
     package: ModelPackage = resolve_model(params.model)
     card = package.card

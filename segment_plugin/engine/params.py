@@ -53,6 +53,7 @@ class SegmentParams(JobParams):
     output: Path
     model: str = "landcover"
     probabilities: Path | None = None
+    vector: Path | None = None  # also polygonise the classes into this .shp/.gpkg
     bands: tuple[int, ...] | None = None  # 1-based input band per model band; None: from the card
     resolution: float | None = None  # metres per pixel to work at; None: the model's
     tile: int | None = None  # None: the model card's tile size
@@ -67,6 +68,10 @@ class SegmentParams(JobParams):
         self.output = Path(self.output)
         if self.probabilities is not None:
             self.probabilities = Path(self.probabilities)
+        if self.vector is not None:
+            self.vector = Path(self.vector)
+            if self.vector.suffix.lower() not in (".shp", ".gpkg"):
+                raise InputError(f"--vector must be a .shp or .gpkg file, got {self.vector.name}")
         if self.bands is not None:
             self.bands = tuple(int(b) for b in self.bands)
         if self.device not in DEVICES:

@@ -115,6 +115,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class ScaledReporter(Reporter):
+    """Passes events on, mapping progress 0..1 onto ``low..high`` of the parent's (job phases)."""
+
+    def __init__(self, parent: Reporter, low: float, high: float) -> None:
+        super().__init__()
+        self.parent = parent
+        self.cancel = parent.cancel
+        self.low, self.high = low, high
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Forward the event; progress fractions are rescaled."""
+        if event == "progress":
+            fields["fraction"] = round(self.low + (self.high - self.low) * fields["fraction"], 4)
+        self.parent.emit(event, **fields)
+
+
 class JsonLinesReporter(Reporter):
     """Writes one JSON object per line to a private copy of stdout.
 

@@ -10,6 +10,7 @@ raster at once, with memory bounded by the strip and the regions crossing its bo
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import time
@@ -68,6 +69,69 @@ def _selected_mask(data: np.ndarray, nodata: int | None, selected: np.ndarray | 
     return mask
 
 
+def _edge_intervals(polygon: Any, y: float) -> list[tuple[float, float]]:
+    """Where a polygon's exterior runs along the horizontal line ``y``: [(x0, x1), ...]."""
+    xy = np.asarray(polygon.exterior.coords)
+    on_line = (xy[:-1, 1] == y) & (xy[1:, 1] == y)
+    x0, x1 = xy[:-1, 0][on_line], xy[1:, 0][on_line]
+    return list(zip(np.minimum(x0, x1).tolist(), np.maximum(x0, x1).tolist()))
+
+
+class _Regions:
+    """Pieces of regions cut by strip borders, grouped by a union-find until the region closes.
+
+    Geometry is unioned once per region, when it can no longer grow: repeatedly unioning a region
+    that spans many strips would cost its size again at every strip.
+    """
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.pieces: dict[int, list[Any]] = {}  # root → pieces
+        self.code: list[int] = []
+
+    def add(self, code: int, polygon: Any) -> int:
+        index = len(self.parent)
+        self.parent.append(index)
+        self.code.append(code)
+        self.pieces[index] = [polygon]
+        return index
+
+    def find(self, index: int) -> int:
+        while self.parent[index] != index:
+            self.parent[index] = self.parent[self.parent[index]]
+            index = self.parent[index]
+        return index
+
+    def join(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.pieces[ra].extend(self.pieces.pop(rb))
+
+    def close(self, root: int) -> tuple[int, Any]:
+        import shapely
+
+        pieces = self.pieces.pop(root)
+        if len(pieces) == 1:
+            return self.code[root], pieces[0]
+        # pieces share exact pixel edges; simplify(0) drops the vertices left where they met
+        return self.code[root], shapely.simplify(shapely.union_all(pieces), 0)
+
+
+def _connect(
+    regions: _Regions, above: list[tuple[int, list]], below: list[tuple[int, list]]
+) -> None:
+    """Join pieces of one class whose border edges overlap over a length (4-connectivity)."""
+    spans = sorted((x0, x1, piece) for piece, intervals in above for x0, x1 in intervals)
+    starts = [span[0] for span in spans]
+    for piece, intervals in below:
+        for x0, x1 in intervals:
+            k = bisect.bisect_left(starts, x1) - 1  # spans starting before x1 …
+            while k >= 0 and spans[k][1] > x0:  # … that end after x0: an overlap, not a corner
+                regions.join(spans[k][2], piece)
+                k -= 1
+
+
 def polygonize(
     dataset: Any,
     selected: np.ndarray | None,
@@ -79,11 +143,11 @@ def polygonize(
     from rasterio.transform import Affine
     from rasterio.windows import Window
     from shapely.geometry import shape
-    from shapely.ops import unary_union
 
     height, width, nodata = dataset.height, dataset.width, dataset.nodata
     nodata = None if nodata is None else int(nodata)
-    carried: dict[int, list[Any]] = {}
+    regions = _Regions()
+    open_below: dict[int, list[tuple[int, list]]] = {}  # code → pieces on the last border
     for row in range(0, height, strip_rows):
         reporter.cancel.check()
         n = min(strip_rows, height - row)
@@ -91,28 +155,35 @@ def polygonize(
         last = bottom >= height
         data = dataset.read(1, window=Window(0, row, width, n))
         mask = _selected_mask(data, nodata, selected)
-        still_open: dict[int, list[Any]] = defaultdict(list)
-        meets_carried: dict[int, list[Any]] = defaultdict(list)
+        at_top: dict[int, list[tuple[int, list]]] = defaultdict(list)
+        at_bottom: dict[int, list[tuple[int, list]]] = defaultdict(list)
+        was_open = [p for pieces in open_below.values() for p, _ in pieces]
         for geometry, value in shapes(
             data, mask=mask, connectivity=4, transform=Affine.translation(0, row)
         ):
             code = int(value)
             polygon = shape(geometry)
             _, top_y, _, bottom_y = polygon.bounds
-            if row > 0 and top_y == row and code in carried:
-                meets_carried[code].append(polygon)
-            elif not last and bottom_y == bottom:
-                still_open[code].append(polygon)
-            else:
-                yield code, polygon
-        for code, previous in carried.items():
-            merged = unary_union(previous + meets_carried.pop(code, []))
-            for part in getattr(merged, "geoms", [merged]):
-                if not last and part.bounds[3] == bottom:
-                    still_open[code].append(part)
-                else:
-                    yield code, part
-        carried = dict(still_open)
+            touches_top = row > 0 and top_y == row and code in open_below
+            touches_bottom = not last and bottom_y == bottom
+            if not touches_top and not touches_bottom:
+                yield code, polygon  # a whole region inside this strip
+                continue
+            piece = regions.add(code, polygon)
+            if touches_top:
+                at_top[code].append((piece, _edge_intervals(polygon, row)))
+            if touches_bottom:
+                at_bottom[code].append((piece, _edge_intervals(polygon, bottom)))
+            elif not touches_top:
+                yield regions.close(piece)
+        for code, below in at_top.items():
+            _connect(regions, open_below[code], below)
+        # roots only after joining: a region may have grown through this strip
+        still_open = {regions.find(p) for pieces in at_bottom.values() for p, _ in pieces}
+        touched = was_open + [p for pieces in at_top.values() for p, _ in pieces]
+        for root in sorted({regions.find(p) for p in touched} - still_open):
+            yield regions.close(root)
+        open_below = dict(at_bottom)
         reporter.progress(bottom / height, f"polygonised {bottom}/{height} rows")
 
 

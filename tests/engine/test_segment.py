@@ -242,3 +242,27 @@ def test_other_dtypes_are_stretched(tmp_path, tiny_model, dtype):
     assert any(f"the input is {dtype}" in m for m in reporter.logs())
     classes = read(result["output"])[0]
     assert (classes != 255).all() and len(np.unique(classes)) >= 2
+
+
+def test_vector_option_writes_polygons_of_the_classes(tmp_path, tiny_model):
+    import geopandas as gpd
+
+    raster = write_raster(tmp_path / "in.tif", scene(96, 96))
+    result, reporter = run(tmp_path, raster, tiny_model, vector=tmp_path / "classes.gpkg")
+    polygons = gpd.read_file(tmp_path / "classes.gpkg")
+    assert len(polygons) == result["vector"]["features"] > 0
+    by_class = polygons.groupby("class").area_m2.sum()
+    for name, area in result["class_area_m2"].items():
+        assert by_class.get(name, 0.0) == pytest.approx(area, abs=0.01)
+    fractions = [f["fraction"] for e, f in reporter.events if e == "progress"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # one bar for both phases
+
+
+def test_vector_output_is_checked_before_the_run(tmp_path, tiny_model):
+    from segment_plugin.engine.errors import OutputError
+
+    raster = write_raster(tmp_path / "in.tif", scene(64, 64))
+    (tmp_path / "p.shp").write_text("old")
+    with pytest.raises(OutputError, match="exists"):
+        run(tmp_path, raster, tiny_model, vector=tmp_path / "p.shp")
+    assert not (tmp_path / "classes.tif").exists()

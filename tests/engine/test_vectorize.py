@@ -255,3 +255,23 @@ def test_wrong_output_format(capsys, tmp_path):
     raster = class_raster(tmp_path / "c.tif", class_scene())
     code, errors = vectorize_cli(capsys, raster, "--output", tmp_path / "o.kml")
     assert code == 2 and "must be a .shp or .gpkg file" in errors[0]
+
+
+def test_shapefile_size_warning(tmp_path, monkeypatch):
+    from segment_plugin.engine import vectorize as module
+
+    class Logs(Reporter):
+        def __init__(self):
+            super().__init__()
+            self.warnings = []
+
+        def emit(self, event, **fields):
+            if event == "log" and fields["level"] == "warning":
+                self.warnings.append(fields["message"])
+
+    monkeypatch.setattr(module, "SHAPEFILE_LIMIT", 10_000)
+    raster = class_raster(tmp_path / "c.tif", class_scene())
+    logs = Logs()
+    vectorize(VectorizeParams(input=raster, output=tmp_path / "o.shp"), logs)
+    assert len(logs.warnings) == 1
+    assert "passes 2 GB" in logs.warnings[0] and "GeoPackage (.gpkg)" in logs.warnings[0]
