@@ -8,15 +8,20 @@ commands with ``--progress json``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
+from typing import TypeVar
 
 from segment_plugin import plugin_files
 from segment_plugin.engine.errors import CancelledError, SegmentPluginError
 from segment_plugin.engine.info import engine_info, format_info
+from segment_plugin.engine.models.architectures import ARCHITECTURES
+from segment_plugin.engine.params import LOSS_NAMES
 from segment_plugin.engine.progress import (
     PROTOCOL_VERSION,
     JsonLinesReporter,
@@ -26,6 +31,7 @@ from segment_plugin.engine.progress import (
 )
 
 Command = Callable[[argparse.Namespace, Reporter], None]
+P = TypeVar("P")
 
 
 def _cmd_info(args: argparse.Namespace, reporter: Reporter) -> None:
@@ -33,6 +39,11 @@ def _cmd_info(args: argparse.Namespace, reporter: Reporter) -> None:
     reporter.result(**report)
     if args.progress == "text":
         print(format_info(report))
+
+
+def params_from_args(cls: type[P], args: argparse.Namespace) -> P:
+    """The job's parameter object from the parsed flags (flag names = field names)."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 def _band_list(text: str) -> tuple[int, ...]:
@@ -49,22 +60,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.inference import segment
     from segment_plugin.engine.params import SegmentParams
 
-    params = SegmentParams(
-        input=args.input,
-        output=args.output,
-        model=args.model,
-        probabilities=args.probabilities,
-        vector=args.vector,
-        bands=args.bands,
-        resolution=args.resolution,
-        tile=args.tile,
-        overlap=args.overlap,
-        batch=args.batch,
-        device=args.device,
-        tta=args.tta,
-        overwrite=args.overwrite,
-    )
-    result = segment(params, reporter)
+    result = segment(params_from_args(SegmentParams, args), reporter)
     reporter.result(**result)
     if args.progress == "text":
         print(
@@ -113,17 +109,7 @@ def _cmd_vectorize(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.params import VectorizeParams
     from segment_plugin.engine.vectorize import vectorize
 
-    params = VectorizeParams(
-        input=args.input,
-        output=args.output,
-        classes=args.classes,
-        min_area=args.min_area,
-        simplify=args.simplify,
-        smooth=args.smooth,
-        layer=args.layer,
-        overwrite=args.overwrite,
-    )
-    result = vectorize(params, reporter)
+    result = vectorize(params_from_args(VectorizeParams, args), reporter)
     reporter.result(**result)
     if args.progress == "text":
         print(f"wrote {result['features']} polygons to {result['output']} ({result['seconds']} s)")
@@ -138,6 +124,29 @@ def _cmd_export_rle(args: argparse.Namespace, reporter: Reporter) -> None:
     reporter.result(**result)
     if args.progress == "text":
         print(f"wrote {len(result['classes'])} class masks to {result['output']}")
+
+
+def _cmd_train(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.params import TrainParams
+    from segment_plugin.engine.training.train import train
+
+    result = train(params_from_args(TrainParams, args), reporter)
+    reporter.result(**result)
+    if args.progress == "text":
+        print(
+            f"best model (epoch {result['best_epoch']}, val mIoU {result['val_miou']:.4f}) "
+            f"in {result['output']}"
+        )
+
+
+def _cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.evaluate import evaluate
+    from segment_plugin.engine.params import EvaluateParams
+
+    result = evaluate(params_from_args(EvaluateParams, args), reporter)
+    reporter.result(**result)
+    if args.progress == "text":  # the contract: one JSON object on stdout
+        print(json.dumps(result))
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +228,55 @@ def build_parser() -> argparse.ArgumentParser:
     rle.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_common(rle)
     rle.set_defaults(handler=_cmd_export_rle)
+
+    tr = commands.add_parser(
+        "train",
+        help="train or fine-tune a model on image/mask pairs",
+        description="Patches from image/mask pair folders (<name>.jpg + <name>_mask.png); the best "
+        "model by validation mIoU is written as a model package; resumable with --resume.",
+    )
+    tr.add_argument("--images", action="append", required=True, type=Path, help="pairs folder")
+    tr.add_argument("--val-images", type=Path, help="validation pairs folder (default: a split)")
+    tr.add_argument("--output", required=True, type=Path, help="model package folder to write")
+    start = tr.add_mutually_exclusive_group()
+    start.add_argument("--base-model", help="fine-tune this model (name or folder)")
+    start.add_argument("--arch", default="separable_unet", choices=ARCHITECTURES)
+    tr.add_argument("--classes", type=Path, help="classes.json (needed for a new model)")
+    tr.add_argument("--bands", type=int, help="use the first N bands of the images")
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--patch", type=int, default=256, help="patch size: 128, 256 or 512")
+    tr.add_argument("--batch", type=int, default=8)
+    tr.add_argument("--steps-per-epoch", type=int)
+    tr.add_argument("--learning-rate", type=float, default=1e-3)
+    tr.add_argument("--loss", default="ce+dice", choices=LOSS_NAMES)
+    tr.add_argument(
+        "--class-weights", default="median_frequency", choices=("median_frequency", "none")
+    )
+    tr.add_argument("--freeze-encoder", action="store_true")
+    tr.add_argument("--no-augment", dest="augment", action="store_false")
+    tr.add_argument("--val-fraction", type=float, default=0.2)
+    tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")
+    tr.add_argument("--patience", type=int, default=5, help="early stopping (epochs)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--name", help="model name in its card (default: the folder's name)")
+    tr.add_argument("--resume", action="store_true", help="continue from the last epoch")
+    tr.add_argument("--overwrite", action="store_true")
+    _add_common(tr)
+    tr.set_defaults(handler=_cmd_train)
+
+    ev = commands.add_parser(
+        "evaluate",
+        help="measure a model on reference labels (prints one JSON object)",
+    )
+    ev.add_argument("--model", default="landcover", help="model name or folder")
+    ev.add_argument("--images", type=Path, help="folder of image/mask pairs")
+    ev.add_argument("--raster", type=Path, help="raster to segment …")
+    ev.add_argument("--reference", type=Path, help="… and its reference class raster")
+    ev.add_argument("--report", type=Path, help="also write an HTML report")
+    ev.add_argument("--tile", type=int)
+    ev.add_argument("--overwrite", action="store_true")
+    _add_common(ev)
+    ev.set_defaults(handler=_cmd_evaluate)
 
     models = commands.add_parser("models", help="list bundled and user models with their cards")
     _add_common(models)

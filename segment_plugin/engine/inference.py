@@ -95,6 +95,25 @@ def select_device(device: str) -> str:
     return "/GPU:0" if gpus and device != "cpu" else "/CPU:0"
 
 
+def mixed_precision_copy(model: Any) -> Any:
+    """The model rebuilt to compute in float16 (weights kept), its softmax head in float32.
+
+    On GPUs with tensor cores this roughly doubles throughput; probabilities stay float32.
+    """
+    import keras
+
+    head = model.layers[-1].name
+
+    def rebuild(layer: Any) -> Any:
+        config = layer.get_config()
+        config["dtype"] = "float32" if layer.name == head else "mixed_float16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=rebuild)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 class Predictor:
     """Runs the model on batches of normalised tiles; optional flip test-time augmentation."""
 
@@ -303,24 +322,19 @@ class _Pipeline:
         """Model calls and blending; the cancel token is checked between batches."""
         grid = self.grid
         accumulator = RollingAccumulator(grid, len(self.codes), blend_window(grid.tile))
-        origins = grid.rows
-        next_row = 0
         done = 0
         started = time.monotonic()
         while True:
             reporter.cancel.check()
             item = _get(tiles_in, workers)
             if item is _DONE:
-                _put(rows_out, accumulator.pop_until(grid.height), stop)  # the last tile row
+                _put(rows_out, accumulator.finish(), stop)
                 return
             where, batch = item
             probs = predict(batch)
             for (row, col), tile_probs in zip(where, probs):
-                # tiles come in row order: the first tile of a new tile row closes the previous
-                while origins[next_row] < row:
-                    _put(rows_out, accumulator.pop_until(origins[next_row + 1]), stop)
-                    next_row += 1
-                accumulator.add(row, col, tile_probs)
+                for finished in accumulator.add_in_order(row, col, tile_probs):
+                    _put(rows_out, finished, stop)
             done += len(where)
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
@@ -330,6 +344,37 @@ class _Pipeline:
                 tiles_per_s=round(rate, 2),
                 eta_s=round((grid.count - done) / rate, 1) if rate else None,
             )
+
+
+def predict_array(
+    model: Any, normalizer: Normalizer, image: np.ndarray, tile: int, overlap: int, batch: int = 4
+) -> np.ndarray:
+    """Channel indices (h, w) for an in-memory image (bands, h, w).
+
+    The same tiling and blending as :func:`segment`, for evaluation and validation.
+    """
+    height, width = image.shape[1:]
+    grid = TileGrid(height, width, tile, overlap)
+    classes = model.outputs[0].shape[-1]
+    accumulator = RollingAccumulator(grid, classes, blend_window(tile))
+    out = np.empty((height, width), np.uint8)
+    tiles = []
+    for row in grid.rows:
+        for col in grid.cols:
+            values = image[:, row : row + tile, col : col + tile]
+            h, w = values.shape[1:]
+            if h < tile or w < tile:
+                values = np.pad(values, ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect")
+            tiles.append((row, col, normalizer(values)))
+    for start in range(0, len(tiles), batch):
+        chunk = tiles[start : start + batch]
+        probs = np.asarray(model.predict_on_batch(np.stack([t[2] for t in chunk])))
+        for (row, col, _), tile_probs in zip(chunk, probs):
+            for first, rows in accumulator.add_in_order(row, col, tile_probs):
+                out[first : first + rows.shape[0]] = rows.argmax(-1)
+    first, rows = accumulator.finish()
+    out[first : first + rows.shape[0]] = rows.argmax(-1)
+    return out
 
 
 def _get(q: queue.Queue, workers: tuple[_Worker, ...]) -> Any:
@@ -443,6 +488,9 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
             reporter.log(normalizer.warning, "warning")
         device = select_device(params.device)
         model = package.load_model()
+        if device.startswith("/GPU"):
+            model = mixed_precision_copy(model)
+            reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
         tile = params.tile or card.tile_size
         overlap = params.overlap if params.overlap is not None else tile // 4
         if overlap >= tile:

@@ -43,9 +43,16 @@ def raster_stats(dataset: Any, bands: tuple[int, ...], low: float, high: float) 
     fraction = float(valid.mean())
     if not valid.any():
         raise InputError(f"{dataset.name} holds only nodata pixels: nothing to segment")
-    values = data.data[:, valid].astype(np.float64)
+    return band_stats(data.data[:, valid], low, high, fraction)
+
+
+def band_stats(
+    values: np.ndarray, low: float, high: float, valid_fraction: float = 1.0
+) -> BandStats:
+    """Statistics of (bands, pixels) values, e.g. a sample of one image or of many."""
+    values = values.astype(np.float64)
     lows, highs = np.percentile(values, [low, high], axis=1)
-    return BandStats(lows, highs, values.mean(axis=1), fraction)
+    return BandStats(lows, highs, values.mean(axis=1), valid_fraction)
 
 
 class Normalizer:

@@ -18,6 +18,15 @@ DEVICES = ("auto", "cpu", "gpu")
 _P = TypeVar("_P", bound="JobParams")
 
 
+def _plain(value: Any) -> Any:
+    """Paths as strings, tuples as lists: what JSON holds."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 class JobParams:
     """JSON round trip shared by every job's parameters (``JOB`` names the job)."""
 
@@ -27,7 +36,7 @@ class JobParams:
         """The parameters as JSON, with the schema version and the job name."""
         data: dict[str, Any] = {"schema_version": PARAMS_SCHEMA_VERSION, "job": self.JOB}
         for key, value in asdict(self).items():  # type: ignore[call-overload]
-            data[key] = str(value) if isinstance(value, Path) else value
+            data[key] = _plain(value)
         return json.dumps(data, indent=2)
 
     @classmethod
@@ -112,3 +121,82 @@ class VectorizeParams(JobParams):
             raise InputError(f"min-area must not be negative, got {self.min_area}")
         if self.simplify is not None and self.simplify < 0:
             raise InputError(f"simplify must not be negative, got {self.simplify}")
+
+
+LOSS_NAMES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
+
+
+@dataclass
+class TrainParams(JobParams):
+    """``segment-plugin train``: labelled chips in, a model package out."""
+
+    JOB: ClassVar[str] = "train"
+
+    images: tuple[Path, ...]
+    output: Path
+    val_images: Path | None = None  # None: a share of the training images, split by image
+    base_model: str | None = None  # fine-tune this model package
+    arch: str = "separable_unet"
+    classes: Path | None = None  # classes.json; default: the base model's classes
+    bands: int | None = None  # default: the base model's, else the images'
+    epochs: int = 20
+    patch: int = 256
+    batch: int = 8
+    steps_per_epoch: int | None = None  # None: about one pass over the training pixels
+    learning_rate: float = 1e-3
+    loss: str = "ce+dice"
+    class_weights: str = "median_frequency"  # or "none"
+    freeze_encoder: bool = False
+    augment: bool = True
+    val_fraction: float = 0.2
+    max_ignore: float = 0.5
+    patience: int = 5
+    seed: int = 0
+    name: str | None = None  # model name in its card; default: the output folder's name
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.images = tuple(Path(p) for p in self.images)
+        self.output = Path(self.output)
+        if self.val_images is not None:
+            self.val_images = Path(self.val_images)
+        if self.classes is not None:
+            self.classes = Path(self.classes)
+        if not self.images:
+            raise InputError("no --images folder given")
+        if self.loss not in LOSS_NAMES:
+            raise InputError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        if self.class_weights not in ("median_frequency", "none"):
+            raise InputError("class-weights must be median_frequency or none")
+        if self.patch not in (128, 256, 512) and self.patch % 16:
+            raise InputError(f"patch must be a multiple of 16 (128, 256, 512), got {self.patch}")
+        if self.epochs < 1 or self.batch < 1:
+            raise InputError("epochs and batch must be at least 1")
+        if not 0 < self.val_fraction < 1:
+            raise InputError(f"val-fraction must be between 0 and 1, got {self.val_fraction}")
+
+
+@dataclass
+class EvaluateParams(JobParams):
+    """``segment-plugin evaluate``: a model against reference labels."""
+
+    JOB: ClassVar[str] = "evaluate"
+
+    model: str = "landcover"
+    images: Path | None = None  # a folder of image/mask pairs …
+    raster: Path | None = None  # … or a raster and
+    reference: Path | None = None  # … its reference class raster
+    report: Path | None = None  # also write an HTML report
+    tile: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("images", "raster", "reference", "report"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, Path(value))
+        if (self.images is None) == (self.raster is None):
+            raise InputError("give either --images DIR or --raster R --reference REF")
+        if self.raster is not None and self.reference is None:
+            raise InputError("--raster needs --reference (the reference class raster)")

@@ -84,6 +84,8 @@ class RollingAccumulator:
         self.sums = np.zeros((rows, grid.width, classes), np.float32)
         self.weights = np.zeros((rows, grid.width, 1), np.float32)
         self._scratch = np.empty((grid.tile, grid.tile, classes), np.float32)
+        self._origins = grid.rows
+        self._next_row = 0  # index of the tile row being filled
 
     def add(self, row: int, col: int, probs: np.ndarray) -> None:
         """Add one tile's probabilities (tile, tile, classes), cropped to the grid."""
@@ -97,6 +99,19 @@ class RollingAccumulator:
         np.multiply(probs[:h, :w], weight, out=scratch)
         self.sums[r : r + h, col : col + w] += scratch
         self.weights[r : r + h, col : col + w] += weight
+
+    def add_in_order(self, row: int, col: int, probs: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add a tile of a row-ordered stream; returns the rows its tile row's start finished."""
+        finished = []
+        while self._origins[self._next_row] < row:  # the first tile of a new tile row
+            finished.append(self.pop_until(self._origins[self._next_row + 1]))
+            self._next_row += 1
+        self.add(row, col, probs)
+        return finished
+
+    def finish(self) -> tuple[int, np.ndarray]:
+        """The rows still open, once every tile was added."""
+        return self.pop_until(self.grid.height)
 
     def pop_until(self, row: int) -> tuple[int, np.ndarray]:
         """Hand out finished rows before ``row``: (first row, probabilities (n, width, classes))."""

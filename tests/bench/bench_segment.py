@@ -182,11 +182,13 @@ def seam_agreement(package: ModelPackage, tile: int = 128) -> dict:
         grid = TileGrid(size, size, tile, overlap)
         acc = RollingAccumulator(grid, len(package.card.classes), window)
         probs = np.zeros(reference.shape, np.float32)
-        for i, r in enumerate(grid.rows):
+        for r in grid.rows:
             for c in grid.cols:
-                acc.add(r, c, model.predict_on_batch(x[None, r : r + tile, c : c + tile])[0])
-            start, rows = acc.pop_until(grid.rows[i + 1] if i + 1 < len(grid.rows) else size)
-            probs[start : start + rows.shape[0]] = rows
+                tile_probs = model.predict_on_batch(x[None, r : r + tile, c : c + tile])[0]
+                for start, rows in acc.add_in_order(r, c, tile_probs):
+                    probs[start : start + rows.shape[0]] = rows
+        start, rows = acc.finish()
+        probs[start : start + rows.shape[0]] = rows
         results[name] = {
             "argmax_agreement": round(float((probs.argmax(-1) == reference.argmax(-1)).mean()), 5),
             "mean_abs_prob_diff": round(float(np.abs(probs - reference).mean()), 6),

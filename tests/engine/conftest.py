@@ -21,6 +21,7 @@ from segment_plugin.engine.models.package import (  # noqa: E402
     Normalization,
     save_package,
 )
+from segment_plugin.engine.progress import Reporter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -132,3 +133,17 @@ def write_raster(
         for i, text in enumerate(descriptions or [], start=1):
             dst.set_band_description(i, text)
     return path
+
+
+class Recorder(Reporter):
+    """A reporter that keeps every event, for assertions."""
+
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def emit(self, event, **fields):
+        self.events.append((event, fields))
+
+    def logs(self):
+        return [f["message"] for e, f in self.events if e == "log"]

@@ -6,17 +6,9 @@ import io
 import math
 
 import numpy as np
+from conftest import Recorder
 
-from segment_plugin.engine.progress import Reporter, TextReporter, _jsonable
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        super().__init__()
-        self.events = []
-
-    def emit(self, event, **fields):
-        self.events.append((event, fields))
+from segment_plugin.engine.progress import TextReporter, _jsonable
 
 
 def test_progress_is_clamped_to_unit_interval():

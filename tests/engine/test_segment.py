@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from conftest import DEMO, LANDCOVER_CLASSES, scene, shared_raster, write_raster
+from conftest import DEMO, LANDCOVER_CLASSES, Recorder, scene, shared_raster, write_raster
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
@@ -15,21 +15,8 @@ from segment_plugin.engine.inference import segment
 from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
-from segment_plugin.engine.progress import Reporter
 
 CODES = {c.code for c in LANDCOVER_CLASSES} | {255}
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        super().__init__()
-        self.events = []
-
-    def emit(self, event, **fields):
-        self.events.append((event, fields))
-
-    def logs(self):
-        return [f["message"] for e, f in self.events if e == "log"]
 
 
 def run(tmp_path, raster, model, name="classes.tif", **kwargs):
@@ -266,3 +253,42 @@ def test_vector_output_is_checked_before_the_run(tmp_path, tiny_model):
     with pytest.raises(OutputError, match="exists"):
         run(tmp_path, raster, tiny_model, vector=tmp_path / "p.shp")
     assert not (tmp_path / "classes.tif").exists()
+
+
+def test_mixed_precision_copy_keeps_weights_and_predictions():
+    """What --device gpu runs: float16 compute, float32 probabilities, same answer."""
+    from conftest import build_tiny_model
+
+    from segment_plugin.engine.inference import mixed_precision_copy
+
+    model = build_tiny_model()
+    mixed = mixed_precision_copy(model)
+    assert mixed.layers[1].compute_dtype == "float16"
+    assert mixed.layers[-1].compute_dtype == "float32"
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    a, b = model.predict_on_batch(x), np.asarray(mixed.predict_on_batch(x))
+    assert b.dtype == np.float32
+    assert np.abs(a - b).max() < 5e-3
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.98
+
+
+@pytest.mark.parametrize(
+    "normalization",
+    [
+        {"method": "percentile", "low": 2.0, "high": 98.0},
+        {"method": "meanstd", "mean": [120.0, 120.0, 120.0], "std": [60.0, 60.0, 60.0]},
+    ],
+)
+def test_other_normalizations(tmp_path, normalization):
+    """Percentile stretch (whole-raster statistics: tiled equals single pass) and mean/std."""
+    from conftest import build_tiny_model, tiny_card
+
+    from segment_plugin.engine.models.package import Normalization, save_package
+
+    card = tiny_card(normalization=Normalization(**normalization))
+    save_package(build_tiny_model(), card, tmp_path / "m")
+    raster = write_raster(tmp_path / "in.tif", scene(120, 100) // 2 + 40)  # low-contrast input
+    result, _ = run(tmp_path, raster, tmp_path / "m", tile=32, overlap=8)
+    classes = read(result["output"])[0]
+    reference = single_pass_classes(raster, tmp_path / "m")
+    assert (classes == reference).mean() >= 0.995

@@ -228,3 +228,20 @@ def _keras() -> Any:
     except ImportError as exc:
         raise DependencyError(f"Keras is not installed in this engine environment: {exc}") from exc
     return keras
+
+
+def read_classes_json(path: os.PathLike[str] | str) -> tuple[ClassInfo, ...]:
+    """Classes from a ``classes.json`` (``{"classes": [{code, name, colour|color}]}`` or a list)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        entries = data["classes"] if isinstance(data, dict) else data
+        classes = tuple(
+            ClassInfo(int(c["code"]), str(c["name"]), str(c.get("color") or c.get("colour")))
+            for c in entries
+            if int(c["code"]) != IGNORE_CODE
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot read classes from {path}: {exc}") from exc
+    if not classes:
+        raise ModelError(f"{path} lists no classes")
+    return classes

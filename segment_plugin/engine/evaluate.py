@@ -1,0 +1,155 @@
+"""``segment-plugin evaluate``: a model against reference labels → mIoU, per-class IoU, matrix.
+
+Either a folder of image/mask pairs (each image predicted with the same tiling and blending as
+``segment``) or a raster + its reference class raster (segmented with ``segment`` into a
+temporary file, then compared window by window). ``--report`` adds an HTML page with the
+confusion matrix drawn as an SVG heat map (no plotting library needed).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segment_plugin.engine import outputs
+from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.models.registry import resolve_model
+from segment_plugin.engine.normalize import Normalizer, band_stats
+from segment_plugin.engine.params import EvaluateParams, SegmentParams
+from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.training import metrics
+from segment_plugin.engine.training.chips import code_lookup, pairs_folder
+
+
+def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, Any]:
+    from segment_plugin.engine.inference import predict_array
+
+    package = resolve_model(params.model)
+    card = package.card
+    model = package.load_model()
+    scenes = pairs_folder(params.images, card.class_codes, len(card.bands))
+    tile = params.tile or card.tile_size
+    matrix = np.zeros((len(card.classes),) * 2, np.int64)
+    for k, scene in enumerate(scenes):
+        reporter.cancel.check()
+        norm = card.normalization
+        pixels = scene.image.reshape(scene.image.shape[0], -1)
+        stats = band_stats(pixels, norm.low, norm.high)  # the whole image, as segment does
+        normalizer = Normalizer(card, stats, str(scene.image.dtype))
+        size = min(tile, *scene.labels.shape)
+        size -= size % card.input_multiple
+        predicted = predict_array(model, normalizer, scene.image, size, size // 4)
+        matrix += metrics.confusion_matrix(scene.labels, predicted, len(card.classes))
+        reporter.progress((k + 1) / len(scenes), f"{scene.name}")
+    return matrix, card
+
+
+def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, Any]:
+    import rasterio
+
+    from segment_plugin.engine.inference import segment
+
+    card = resolve_model(params.model).card
+    with rasterio.open(params.reference) as ref, rasterio.open(params.raster) as src:
+        if (ref.crs, ref.transform, ref.shape) != (src.crs, src.transform, src.shape):
+            raise InputError(f"{params.reference} is not on the grid of {params.raster}")
+    lookup = code_lookup(card.class_codes)
+    with tempfile.TemporaryDirectory(prefix="segment-evaluate-") as tmp:
+        predicted_path = Path(tmp) / "predicted.tif"
+        segment(
+            SegmentParams(params.raster, predicted_path, model=params.model, tile=params.tile),
+            reporter,
+        )
+        matrix = np.zeros((len(card.classes),) * 2, np.int64)
+        with rasterio.open(predicted_path) as pred, rasterio.open(params.reference) as ref:
+            for _, window in pred.block_windows(1):
+                truth = lookup[ref.read(1, window=window).astype(np.int64)]
+                guess = lookup[pred.read(1, window=window).astype(np.int64)]
+                truth[guess == metrics.IGNORE_INDEX] = metrics.IGNORE_INDEX  # input nodata
+                matrix += metrics.confusion_matrix(truth, guess, len(card.classes))
+    return matrix, card
+
+
+def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Measure a model on reference labels; optionally write an HTML report."""
+    reporter = reporter or Reporter()
+    if params.report is not None:
+        reference = params.images or params.raster
+        outputs.check_output_path(params.report, reference, params.overwrite)
+    if params.images is not None:
+        matrix, card = _pairs_matrix(params, reporter)
+        on = str(params.images)
+    else:
+        matrix, card = _raster_matrix(params, reporter)
+        on = f"{params.raster} vs {params.reference}"
+    result = metrics.report(matrix, [c.name for c in card.classes])
+    result.update(model=card.name, on=on)
+    if params.report is not None:
+        with outputs.committed([params.report]) as (temp,):
+            temp.write_text(report_html(result), encoding="utf-8")
+        result["report"] = str(params.report)
+    return result
+
+
+def _confusion_svg(matrix: list[list[int]], names: list[str]) -> str:
+    """Row-normalised confusion matrix as an SVG heat map with counts."""
+    cm = np.asarray(matrix, np.float64)
+    rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    cell, left, top = 70, 110, 110
+    size = len(names)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + cell * size + 10}" '
+        f'height="{top + cell * size + 10}" font-family="sans-serif" font-size="12">'
+    ]
+    for i, name in enumerate(names):
+        label = html.escape(name)
+        y = top + cell * i + cell / 2
+        parts.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{label}</text>')
+        x = left + cell * i + cell / 2
+        parts.append(
+            f'<text x="{x}" y="{top - 8}" text-anchor="start" '
+            f'transform="rotate(-45 {x} {top - 8})">{label}</text>'
+        )
+        for j in range(size):
+            shade = int(255 - 200 * rows[i, j])
+            colour = f"rgb({shade},{shade},255)"
+            text = "white" if rows[i, j] > 0.6 else "black"
+            parts.append(
+                f'<rect x="{left + cell * j}" y="{top + cell * i}" width="{cell}" height="{cell}" '
+                f'fill="{colour}" stroke="#888"/><text x="{left + cell * j + cell / 2}" '
+                f'y="{top + cell * i + cell / 2 + 4}" text-anchor="middle" fill="{text}">'
+                f"{rows[i, j]:.2f}</text>"
+            )
+    parts.append('<text x="4" y="14">rows: reference, columns: prediction</text></svg>')
+    return "".join(parts)
+
+
+def report_html(result: dict[str, Any]) -> str:
+    """A self-contained HTML page for a metrics report."""
+    names = result["classes"]
+    rows = "".join(
+        f"<tr><td>{html.escape(n)}</td><td>{_fmt(result['per_class_iou'][n])}</td>"
+        f"<td>{_fmt(result['per_class_dice'][n])}</td></tr>"
+        for n in names
+    )
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Evaluation of {html.escape(result["model"])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 10px;text-align:right}}
+td:first-child{{text-align:left}}</style></head><body>
+<h1>Model {html.escape(result["model"])}</h1>
+<p>On {html.escape(result["on"])}: {result["pixels"]:,} labelled pixels.</p>
+<p><b>mIoU {_fmt(result["miou"])}</b> · pixel accuracy {_fmt(result["pixel_accuracy"])}</p>
+<table><tr><th>class</th><th>IoU</th><th>Dice</th></tr>{rows}</table>
+<h2>Confusion matrix</h2>{_confusion_svg(result["confusion_matrix"], names)}
+<script type="application/json" id="metrics">{html.escape(json.dumps(result))}</script>
+</body></html>
+"""
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"

@@ -1,0 +1,1 @@
+"""Training core: chips, augmentation, losses, metrics, the training loop."""

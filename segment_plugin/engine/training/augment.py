@@ -1,0 +1,58 @@
+"""Augmentation of (image, labels) patches in numpy: geometry, scale, colour, noise.
+
+Random scale 0.5–2× is applied when cutting a patch (see chips.py) and is what makes a model
+robust to ground resolutions it was not trained at; here are resizing and the per-patch
+transforms. Images are (bands, h, w) in raw units (before normalisation); labels (h, w).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def resize_nearest(labels: np.ndarray, size: int) -> np.ndarray:
+    """(h, w) → (size, size), nearest neighbour (class labels must not be interpolated)."""
+    h, w = labels.shape
+    rows = np.minimum((np.arange(size) + 0.5) * h / size, h - 1).astype(int)
+    cols = np.minimum((np.arange(size) + 0.5) * w / size, w - 1).astype(int)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """(bands, h, w) → (bands, size, size), bilinear (pixel-centre aligned)."""
+    _, h, w = image.shape
+    if (h, w) == (size, size):
+        return image.astype(np.float32, copy=False)
+
+    def axis(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+        low = np.floor(pos).astype(int)
+        high = np.minimum(low + 1, n - 1)
+        return low, high, (pos - low).astype(np.float32)
+
+    r0, r1, fr = axis(h)
+    c0, c1, fc = axis(w)
+    x = image.astype(np.float32, copy=False)
+    top = x[:, r0][:, :, c0] * (1 - fc) + x[:, r0][:, :, c1] * fc
+    bottom = x[:, r1][:, :, c0] * (1 - fc) + x[:, r1][:, :, c1] * fc
+    return top * (1 - fr)[:, None] + bottom * fr[:, None]
+
+
+def geometric(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+    """Random flips and 90° rotations (the 8 symmetries of a square), same for both."""
+    k = int(rng.integers(4))
+    image, labels = np.rot90(image, k, axes=(1, 2)), np.rot90(labels, k)
+    if rng.random() < 0.5:
+        image, labels = image[:, :, ::-1], labels[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+def photometric(image: np.ndarray, value_range: float, rng: np.random.Generator) -> np.ndarray:
+    """Brightness, contrast and per-band colour jitter, then Gaussian noise (raw units)."""
+    x = image.astype(np.float32, copy=True)
+    mean = x.mean(axis=(1, 2), keepdims=True)
+    x = (x - mean) * rng.uniform(0.8, 1.2) + mean  # contrast
+    x *= rng.uniform(0.85, 1.15)  # brightness
+    x *= rng.uniform(0.95, 1.05, size=(x.shape[0], 1, 1)).astype(np.float32)  # hue / white balance
+    x += rng.normal(0.0, 0.01 * value_range * rng.uniform(0, 1), size=x.shape).astype(np.float32)
+    return np.clip(x, 0.0, value_range)

@@ -1,0 +1,103 @@
+"""Losses for segmentation with an ignore index, written with Keras 3 ops (any backend).
+
+``y_true`` holds class indices (batch, h, w), ``IGNORE_INDEX`` where unlabelled; ``y_pred`` holds
+softmax probabilities (batch, h, w, classes). Every loss averages over labelled pixels only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from segment_plugin.engine.training.metrics import IGNORE_INDEX
+
+LOSSES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
+EPSILON = 1e-7
+
+
+def _keras() -> Any:
+    from segment_plugin.engine.models.package import _keras as load
+
+    return load()
+
+
+def median_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
+    """Median-frequency balancing: median(freq) / freq(class); 0 for absent classes."""
+    counts = np.asarray(pixel_counts, np.float64)
+    present = counts > 0
+    if not present.any():
+        return np.ones_like(counts, dtype=np.float32)
+    freq = counts / counts.sum()
+    weights = np.zeros_like(freq)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return weights.astype(np.float32)
+
+
+def _prepare(y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
+    ops = _keras().ops
+    y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+    labelled = ops.not_equal(y_true, IGNORE_INDEX)
+    safe = ops.where(labelled, y_true, ops.zeros_like(y_true))
+    return safe, ops.cast(labelled, y_pred.dtype), ops.clip(y_pred, EPSILON, 1.0)
+
+
+def cross_entropy(y_true: Any, y_pred: Any, class_weights: Any = None) -> Any:
+    """Class-weighted cross-entropy over labelled pixels (weighted mean)."""
+    ops = _keras().ops
+    safe, labelled, probs = _prepare(y_true, y_pred)
+    picked = ops.take_along_axis(probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
+    weight = labelled
+    if class_weights is not None:
+        weight = weight * ops.take(ops.convert_to_tensor(class_weights, probs.dtype), safe)
+    return ops.sum(-ops.log(picked) * weight) / ops.maximum(ops.sum(weight), EPSILON)
+
+
+def focal(y_true: Any, y_pred: Any, class_weights: Any = None, gamma: float = 2.0) -> Any:
+    """Focal loss (Lin et al.): cross-entropy scaled by (1 - p_true)^gamma."""
+    ops = _keras().ops
+    safe, labelled, probs = _prepare(y_true, y_pred)
+    picked = ops.take_along_axis(probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
+    weight = labelled
+    if class_weights is not None:
+        weight = weight * ops.take(ops.convert_to_tensor(class_weights, probs.dtype), safe)
+    terms = -((1.0 - picked) ** gamma) * ops.log(picked) * weight
+    return ops.sum(terms) / ops.maximum(ops.sum(weight), EPSILON)
+
+
+def dice(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
+    """1 − soft Dice, averaged over the classes present in the reference or the prediction."""
+    ops = _keras().ops
+    safe, labelled, probs = _prepare(y_true, y_pred)
+    classes = ops.shape(probs)[-1]
+    onehot = ops.one_hot(safe, classes, dtype=probs.dtype) * labelled[..., None]
+    probs = probs * labelled[..., None]
+    axes = tuple(range(len(probs.shape) - 1))
+    intersection = ops.sum(onehot * probs, axis=axes)
+    total = ops.sum(onehot, axis=axes) + ops.sum(probs, axis=axes)
+    score = (2.0 * intersection + smooth) / (total + smooth)
+    present = ops.cast(ops.greater(ops.sum(onehot, axis=axes), 0), probs.dtype)
+    return 1.0 - ops.sum(score * present) / ops.maximum(ops.sum(present), 1.0)
+
+
+def make_loss(name: str, class_weights: Sequence[float] | None = None) -> Any:
+    """A Keras-compatible loss function by name: ce, dice, focal, ce+dice, focal+dice."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    weights = None if class_weights is None else np.asarray(class_weights, np.float32)
+    parts = name.split("+")
+
+    def loss(y_true: Any, y_pred: Any) -> Any:
+        total = 0.0
+        for part in parts:
+            if part == "ce":
+                total = total + cross_entropy(y_true, y_pred, weights)
+            elif part == "focal":
+                total = total + focal(y_true, y_pred, weights)
+            else:
+                total = total + dice(y_true, y_pred)
+        return total
+
+    loss.__name__ = name.replace("+", "_plus_")
+    return loss

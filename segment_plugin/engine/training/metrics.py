@@ -1,0 +1,73 @@
+"""Segmentation metrics from a confusion matrix accumulated over any number of batches.
+
+Labels here are class *indices* (model output channels); pixels labelled ``ignore_index`` count
+nowhere. A class that appears neither in the reference nor in the prediction has no IoU (None in
+reports, NaN in arrays) and does not pull the mean down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+def confusion_matrix(
+    truth: np.ndarray, prediction: np.ndarray, classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
+    """(classes, classes) counts: rows are the reference, columns the prediction."""
+    truth = np.asarray(truth).ravel()
+    prediction = np.asarray(prediction).ravel()
+    keep = (truth != ignore_index) & (truth < classes)
+    pairs = truth[keep].astype(np.int64) * classes + prediction[keep].astype(np.int64)
+    return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
+
+
+def per_class_iou(matrix: np.ndarray) -> np.ndarray:
+    """TP / (TP + FP + FN) per class; NaN where the class is absent from both."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def per_class_dice(matrix: np.ndarray) -> np.ndarray:
+    """2 TP / (2 TP + FP + FN) per class; NaN where the class is absent from both."""
+    tp = np.diag(matrix).astype(np.float64)
+    total = matrix.sum(0) + matrix.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2 * tp / total, np.nan)
+
+
+def mean_iou(matrix: np.ndarray) -> float:
+    """Mean of the defined per-class IoUs (NaN if none is defined)."""
+    values = per_class_iou(matrix)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def pixel_accuracy(matrix: np.ndarray) -> float:
+    """Share of non-ignore pixels classified right."""
+    total = matrix.sum()
+    return float(np.trace(matrix) / total) if total else float("nan")
+
+
+def _named(values: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
+    return {n: (None if np.isnan(v) else round(float(v), 5)) for n, v in zip(names, values)}
+
+
+def report(matrix: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """The metrics as JSON-ready values, per-class entries keyed by class name."""
+    miou = mean_iou(matrix)
+    accuracy = pixel_accuracy(matrix)
+    return {
+        "miou": None if np.isnan(miou) else round(miou, 5),
+        "per_class_iou": _named(per_class_iou(matrix), names),
+        "per_class_dice": _named(per_class_dice(matrix), names),
+        "pixel_accuracy": None if np.isnan(accuracy) else round(accuracy, 5),
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "classes": list(names),
+        "pixels": int(matrix.sum()),
+    }

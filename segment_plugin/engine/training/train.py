@@ -1,0 +1,386 @@
+"""The training loop: chips → Keras ``fit`` → the best model package by validation mIoU.
+
+Reports JSON-friendly progress per batch and metrics per epoch through the Reporter, stops early
+when validation mIoU stops improving, and keeps what it needs to resume (weights, optimizer
+state, epoch) in ``<output>/.training/`` after every epoch, since CPU training may span several
+sittings. Cancel stops after the current batch; the best model saved so far stays.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from segment_plugin.engine.errors import CancelledError, InputError, OutputError
+from segment_plugin.engine.models.architectures import build_model, input_multiple
+from segment_plugin.engine.models.package import (
+    ModelCard,
+    Normalization,
+    _keras,
+    read_classes_json,
+    save_package,
+)
+from segment_plugin.engine.models.registry import resolve_model
+from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats, Normalizer, band_stats
+from segment_plugin.engine.params import TrainParams
+from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.training import metrics
+from segment_plugin.engine.training.chips import (
+    PatchSampler,
+    Scene,
+    class_pixel_counts,
+    near_duplicates,
+    pairs_folder,
+)
+from segment_plugin.engine.training.losses import make_loss, median_frequency_weights
+
+DEFAULT_BAND_NAMES = ("red", "green", "blue", "nir")
+ENCODER_PREFIXES = ("enc", "pool", "bottleneck")
+STATE_DIR = ".training"
+
+
+def _scene_stats(scenes: list[Scene], low: float, high: float) -> BandStats:
+    """Band statistics over all training scenes (a strided sample of each)."""
+    samples = [s.image[:, ::4, ::4].reshape(s.image.shape[0], -1) for s in scenes]
+    return band_stats(np.concatenate(samples, axis=1), low, high)
+
+
+def _split(scenes: list[Scene], fraction: float, seed: int) -> tuple[list[Scene], list[Scene]]:
+    """Validation by whole images (neighbouring pixels of one image are not independent)."""
+    if len(scenes) < 2:
+        raise InputError(
+            "one labelled image cannot be split into training and validation: add images or "
+            "give --val-images"
+        )
+    order = np.random.default_rng(seed).permutation(len(scenes))
+    n_val = min(len(scenes) - 1, max(1, round(len(scenes) * fraction)))
+    return [scenes[i] for i in order[n_val:]], [scenes[i] for i in order[:n_val]]
+
+
+class _Batches:
+    """A Keras PyDataset of random augmented patches (defined lazily: Keras is imported late)."""
+
+    @staticmethod
+    def make(sampler: PatchSampler, batch: int, steps: int, seed: int) -> Any:
+        keras = _keras()
+
+        class PatchBatches(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__()
+                self.epoch = 0
+
+            def __len__(self) -> int:
+                return steps
+
+            def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+                rng = np.random.default_rng((seed, self.epoch, index))
+                pairs = [sampler.random_patch(rng) for _ in range(batch)]
+                return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+            def on_epoch_end(self) -> None:
+                self.epoch += 1
+
+        return PatchBatches()
+
+
+def _model_and_card(
+    params: TrainParams, scenes: list[Scene], reporter: Reporter
+) -> tuple[Any, ModelCard]:
+    keras = _keras()
+    if params.base_model:
+        package = resolve_model(params.base_model)
+        base_card, model = package.card, package.load_model()
+        classes = read_classes_json(params.classes) if params.classes else base_card.classes
+        if [c.code for c in classes] != base_card.class_codes:
+            reporter.log(f"new class list: the head of {base_card.name} is re-initialised")
+            features = model.layers[-2].output
+            head = keras.layers.Conv2D(
+                len(classes), 1, activation="softmax", name="classes_finetuned"
+            )
+            model = keras.Model(model.inputs, head(features), name=model.name)
+        card = replace(base_card, classes=classes)
+    else:
+        if params.classes is None:
+            raise InputError("a new model needs --classes classes.json (or --base-model)")
+        classes = read_classes_json(params.classes)
+        bands = params.bands or scenes[0].image.shape[0]
+        dtype = str(scenes[0].image.dtype)
+        norm = (
+            Normalization("scale", scale=1 / 255)
+            if dtype == "uint8"
+            else Normalization("percentile")
+        )
+        model = build_model(params.arch, bands, len(classes))
+        names = (
+            DEFAULT_BAND_NAMES[:bands]
+            if bands <= 4
+            else tuple(f"band_{i + 1}" for i in range(bands))
+        )
+        card = ModelCard(
+            name=params.name or params.output.name,
+            classes=classes,
+            bands=tuple(names),
+            normalization=norm,
+            input_dtype=dtype if dtype in DTYPE_RANGE else "float32",
+            resolution_m=None,
+            tile_size=max(params.patch, 256),
+            input_multiple=input_multiple(),
+            architecture=params.arch,
+        )
+    if model.inputs[0].shape[-1] != scenes[0].image.shape[0]:
+        raise InputError(
+            f"the images have {scenes[0].image.shape[0]} bands, the model takes "
+            f"{model.inputs[0].shape[-1]}"
+        )
+    if params.freeze_encoder:
+        frozen = [layer for layer in model.layers if layer.name.startswith(ENCODER_PREFIXES)]
+        if not frozen:
+            raise InputError("--freeze-encoder: this model has no encoder layers (enc*/pool*)")
+        for layer in frozen:
+            layer.trainable = False
+        reporter.log(f"encoder frozen: {len(frozen)} layers")
+    return model, replace(card, name=params.name or params.output.name)
+
+
+class _EpochEnd:
+    """Keras callback: validation metrics, best model, early stopping, progress, cancel, resume."""
+
+    @staticmethod
+    def make(ctx: dict[str, Any]) -> Any:
+        keras = _keras()
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                reporter: Reporter = ctx["reporter"]
+                step = ctx["epoch"] * ctx["steps"] + batch + 1
+                total = ctx["epochs"] * ctx["steps"]
+                elapsed = time.monotonic() - ctx["started"]
+                done = step - ctx["first_step"]
+                eta = elapsed / done * (total - step) if done else None
+                reporter.progress(
+                    step / total,
+                    f"epoch {ctx['epoch'] + 1}/{ctx['epochs']}, batch {batch + 1}/{ctx['steps']}",
+                    loss=round(float((logs or {}).get("loss", float("nan"))), 5),
+                    eta_s=round(eta, 1) if eta is not None else None,
+                )
+                if reporter.cancel.is_set():
+                    self.model.stop_training = True
+
+            def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+                ctx["epoch"] = epoch
+
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                if ctx["reporter"].cancel.is_set():
+                    return
+                ctx["on_epoch_end"](self.model, epoch, logs or {})
+
+        return Callback()
+
+
+def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train (or fine-tune) a model and write its package to ``params.output``."""
+    reporter = reporter or Reporter()
+    keras = _keras()
+    keras.utils.set_random_seed(params.seed)
+    output = params.output
+    state_dir = output / STATE_DIR
+    if output.exists() and not (params.overwrite or params.resume):
+        raise OutputError(f"{output} exists; pass --overwrite to replace it or --resume")
+    if params.resume and not (state_dir / "state.json").exists():
+        raise InputError(f"nothing to resume in {output} (no {STATE_DIR}/state.json)")
+    if params.classes:
+        codes = [c.code for c in read_classes_json(params.classes)]
+    elif params.base_model:
+        codes = resolve_model(params.base_model).card.class_codes
+    else:
+        raise InputError("a new model needs --classes classes.json (or --base-model)")
+
+    scenes = [s for folder in params.images for s in pairs_folder(folder, codes, params.bands)]
+    if params.val_images:
+        train_scenes, val_scenes = scenes, pairs_folder(params.val_images, codes, params.bands)
+    else:
+        train_scenes, val_scenes = _split(scenes, params.val_fraction, params.seed)
+    duplicates = near_duplicates(train_scenes + val_scenes)
+    for a, b in duplicates[:10]:
+        reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
+    counts = class_pixel_counts(train_scenes, len(codes))
+    model, card = _model_and_card(params, train_scenes, reporter)
+    weights = (
+        median_frequency_weights(counts) if params.class_weights == "median_frequency" else None
+    )
+    stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
+    normalizer = Normalizer(card, stats, card.input_dtype)
+    value_range = DTYPE_RANGE.get(card.input_dtype, (0.0, 1.0))[1]
+    sampler = PatchSampler(
+        train_scenes, params.patch, normalizer, value_range, params.augment, params.max_ignore
+    )
+    steps = params.steps_per_epoch or max(
+        1, int(sum(s.height * s.width for s in train_scenes) / params.patch**2 / params.batch)
+    )
+    batches = _Batches.make(sampler, params.batch, steps, params.seed)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        params.learning_rate, params.epochs * steps, alpha=0.05
+    )
+    loss = make_loss(params.loss, weights)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    names = [c.name for c in card.classes]
+    reporter.log(
+        f"training {card.architecture or 'model'} on {len(train_scenes)} images "
+        f"({len(val_scenes)} for validation), {steps} steps of {params.batch} patches of "
+        f"{params.patch} px per epoch; class weights "
+        + (
+            ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
+            if weights is not None
+            else "none"
+        )
+    )
+
+    state = {"epoch": 0, "best_miou": -1.0, "best_epoch": None, "history": [], "stale": 0}
+    if params.resume:
+        state = json.loads((state_dir / "state.json").read_text())
+        model.load_weights(state_dir / "last.weights.h5")
+        model.optimizer.build(model.trainable_variables)
+        saved = np.load(state_dir / "optimizer.npz")
+        for variable, value in zip(
+            model.optimizer.variables, (saved[f"v{i}"] for i in range(len(saved.files)))
+        ):
+            variable.assign(value)
+        reporter.log(
+            f"resuming after epoch {state['epoch']} (best val mIoU {state['best_miou']:.4f})"
+        )
+
+    from segment_plugin.engine.inference import predict_array
+
+    def validate(model: Any) -> tuple[dict[str, Any], float]:
+        matrix = np.zeros((len(codes), len(codes)), np.int64)
+        losses = []
+        for scene in val_scenes:
+            predicted = predict_array(
+                model, normalizer, scene.image, params.patch, params.patch // 4, params.batch
+            )
+            matrix += metrics.confusion_matrix(scene.labels, predicted, len(codes))
+        for image, labels in sampler_val_patches:
+            probs = model.predict_on_batch(image[None])
+            losses.append(float(keras.ops.convert_to_numpy(loss(labels[None], probs))))
+        return metrics.report(matrix, names), float(np.mean(losses)) if losses else float("nan")
+
+    val_sampler = PatchSampler(val_scenes, params.patch, normalizer, value_range, False, 1.0)
+    sampler_val_patches = val_sampler.grid_patches()[:64]
+
+    def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
+        report, val_loss = validate(model)
+        miou = report["miou"] if report["miou"] is not None else 0.0
+        entry = {
+            "epoch": epoch + 1,
+            "loss": round(float(logs.get("loss", float("nan"))), 5),
+            "val_loss": round(val_loss, 5),
+            "val_miou": miou,
+            "val_per_class_iou": report["per_class_iou"],
+        }
+        state["history"].append(entry)
+        state["epoch"] = epoch + 1
+        improved = miou > state["best_miou"]
+        if improved:
+            state.update(best_miou=miou, best_epoch=epoch + 1, stale=0, best_report=report)
+            save_package(
+                model, _final_card(card, params, train_scenes, val_scenes, state, report), output
+            )
+        else:
+            state["stale"] += 1
+        state_dir.mkdir(parents=True, exist_ok=True)
+        model.save_weights(state_dir / "last.weights.h5")
+        np.savez(
+            state_dir / "optimizer.npz",
+            **{
+                f"v{i}": keras.ops.convert_to_numpy(v)
+                for i, v in enumerate(model.optimizer.variables)
+            },
+        )
+        (state_dir / "state.json").write_text(json.dumps(state))
+        reporter.metrics(**entry, best=improved)
+        if state["stale"] >= params.patience:
+            reporter.log(f"early stop: val mIoU did not improve for {params.patience} epochs")
+            model.stop_training = True
+
+    ctx = {
+        "reporter": reporter,
+        "epoch": state["epoch"],
+        "epochs": params.epochs,
+        "steps": steps,
+        "started": time.monotonic(),
+        "first_step": state["epoch"] * steps,
+        "on_epoch_end": on_epoch_end,
+    }
+    started = time.monotonic()
+    if state["epoch"] < params.epochs and state["stale"] < params.patience:
+        try:
+            with reporter.cancel.checkpoints():
+                model.fit(
+                    batches,
+                    epochs=params.epochs,
+                    initial_epoch=state["epoch"],
+                    verbose=0,
+                    callbacks=[_EpochEnd.make(ctx)],
+                )
+        except CancelledError:
+            if state["best_epoch"] is None:
+                raise CancelledError(
+                    "cancelled before the first epoch ended: no model saved"
+                ) from None
+            raise CancelledError(
+                f"cancelled; the best model so far (epoch {state['best_epoch']}, val mIoU "
+                f"{state['best_miou']:.4f}) is kept in {output}"
+            ) from None
+    seconds = time.monotonic() - started
+    patches = (state["epoch"] - ctx["first_step"] // steps) * steps * params.batch
+    return {
+        "output": str(output),
+        "best_epoch": state["best_epoch"],
+        "val_miou": state["best_miou"],
+        "val_report": state.get("best_report"),
+        "history": state["history"],
+        "near_duplicates": duplicates,
+        "patches_per_s": round(patches / seconds, 2) if seconds > 0 and patches > 0 else None,
+        "params": json.loads(params.to_json()),
+    }
+
+
+def _final_card(
+    card: ModelCard,
+    params: TrainParams,
+    train_scenes: list[Scene],
+    val_scenes: list[Scene],
+    state: dict,
+    report: dict,
+) -> ModelCard:
+    training = {
+        "data": [str(p) for p in params.images],
+        "validation": str(params.val_images)
+        if params.val_images
+        else f"{len(val_scenes)} held-out images",
+        "images": len(train_scenes),
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "patch": params.patch,
+        "batch": params.batch,
+        "loss": params.loss,
+        "class_weights": params.class_weights,
+        "learning_rate": params.learning_rate,
+        "augment": params.augment,
+        "freeze_encoder": params.freeze_encoder,
+        "base_model": params.base_model,
+        "seed": params.seed,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
+    measured = {
+        "miou": report["miou"],
+        "per_class_iou": report["per_class_iou"],
+        "pixel_accuracy": report["pixel_accuracy"],
+        "on": training["validation"],
+    }
+    return replace(card, training=training, metrics=measured)

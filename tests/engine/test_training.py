@@ -1,0 +1,319 @@
+"""Chips, training, fine-tuning, resume, cancel and evaluation on real chips from ../shared."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import SHARED, Recorder, shared_raster, write_raster
+
+from segment_plugin.engine import cli
+from segment_plugin.engine.errors import CancelledError, InputError, OutputError
+from segment_plugin.engine.models.package import ModelPackage
+from segment_plugin.engine.params import EvaluateParams, TrainParams
+from segment_plugin.engine.training.augment import geometric, resize_nearest
+from segment_plugin.engine.training.chips import near_duplicates, pairs_folder, polygon_scene
+from segment_plugin.engine.training.train import train
+
+DUBAI = SHARED / "landcover" / "dubai"
+CLASSES_JSON = SHARED / "landcover" / "classes.json"
+
+
+def write_png(path, array):
+    bands = array.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path,
+            "w",
+            driver="PNG",
+            width=array.shape[2],
+            height=array.shape[1],
+            count=bands,
+            dtype="uint8",
+        ) as dst:
+            dst.write(array)
+
+
+def read_png(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.read()
+
+
+@pytest.fixture(scope="session")
+def dubai_chips(tmp_path_factory):
+    """Real Dubai image/mask pairs cut to 160×160 crops (4 train images, 2 validation)."""
+    if not DUBAI.exists():
+        pytest.skip("../shared/data/landcover is absent")
+    root = tmp_path_factory.mktemp("dubai")
+    for split, parts in (
+        (
+            "train",
+            [
+                "tile_1/image_part_001",
+                "tile_2/image_part_002",
+                "tile_5/image_part_003",
+                "tile_6/image_part_004",
+            ],
+        ),
+        ("val", ["tile_8/image_part_001", "tile_8/image_part_005"]),
+    ):
+        (root / split).mkdir()
+        for part in parts:
+            image = read_png(DUBAI / f"{part}.jpg")[:, 100:260, 100:260]
+            mask = read_png(DUBAI / f"{part}_mask.png")[:, 100:260, 100:260]
+            stem = part.replace("/", "_")
+            write_png(root / split / f"{stem}.png", image)
+            write_png(root / split / f"{stem}_mask.png", mask)
+    return root
+
+
+def quick(dubai_chips, tmp_path, **changes):
+    values = dict(
+        images=(dubai_chips / "train",),
+        val_images=dubai_chips / "val",
+        output=tmp_path / "model",
+        classes=CLASSES_JSON,
+        epochs=1,
+        patch=64,
+        batch=4,
+        steps_per_epoch=3,
+        seed=1,
+    )
+    values.update(changes)
+    return TrainParams(**values)
+
+
+def test_pairs_folder_reads_real_chips(dubai_chips):
+    scenes = pairs_folder(dubai_chips / "train", [0, 1, 2, 3, 4])
+    assert len(scenes) == 4 and scenes[0].image.shape == (3, 160, 160)
+    assert set(np.unique(np.concatenate([s.labels.ravel() for s in scenes]))) <= {
+        0,
+        1,
+        2,
+        3,
+        4,
+        255,
+    }
+
+
+def test_pairs_folder_errors(tmp_path):
+    with pytest.raises(InputError, match="no image/mask pairs"):
+        pairs_folder(tmp_path, [0, 1])
+    write_png(tmp_path / "a.png", np.zeros((3, 8, 8), np.uint8))
+    write_png(tmp_path / "a_mask.png", np.zeros((1, 8, 9), np.uint8))
+    with pytest.raises(InputError, match="a.png is 8×8 but its mask is 9×8"):
+        pairs_folder(tmp_path, [0, 1])
+    write_png(tmp_path / "a_mask.png", np.full((1, 8, 8), 7, np.uint8))
+    with pytest.raises(InputError, match=r"mask values \[7\] are not class codes \[0, 1\]"):
+        pairs_folder(tmp_path, [0, 1])
+    (tmp_path / "a.png").write_text("broken")
+    with pytest.raises(InputError, match="cannot read"):
+        pairs_folder(tmp_path, [0, 1])
+
+
+def test_polygon_labels_are_sparse_and_mapped(tmp_path):
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    raster = write_raster(tmp_path / "r.tif", np.zeros((3, 40, 40), np.uint8))
+    with rasterio.open(raster) as src:
+        left, top = src.bounds.left, src.bounds.top
+    frame = gpd.GeoDataFrame(
+        {"kind": ["house", "lake"]},
+        geometry=[
+            box(left, top - 2.5, left + 2.5, top),
+            box(left + 5, top - 10, left + 10, top - 5),
+        ],
+        crs="EPSG:28992",
+    )
+    scene = polygon_scene(raster, frame, "kind", {"house": 1, "lake": 3}, [0, 1, 2, 3, 4])
+    assert (scene.labels[:10, :10] == 1).all() and (scene.labels[20:40, 20:40] == 3).all()
+    assert (scene.labels == 255).mean() > 0.5  # unlabelled = ignore
+    with pytest.raises(InputError, match="values of 'kind' without a class: lake"):
+        polygon_scene(raster, frame, "kind", {"house": 1}, [0, 1, 2, 3, 4])
+
+
+def test_geometric_augmentation_keeps_alignment():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (16, 16)).astype(np.uint8)
+    image = np.stack([labels * 10, labels * 20, labels * 30]).astype(np.uint8)
+    for _ in range(10):
+        img, lab = geometric(image, labels, rng)
+        assert (img[0] == lab * 10).all()
+    assert resize_nearest(labels, 32)[::2, ::2].tolist() == labels.tolist()
+
+
+def test_near_duplicates_flagged(dubai_chips):
+    scenes = pairs_folder(dubai_chips / "train", [0, 1, 2, 3, 4])
+    copy = type(scenes[0])("copy", scenes[0].image.copy(), scenes[0].labels)
+    pairs = near_duplicates([*scenes, copy])
+    assert (scenes[0].name, "copy") in pairs and len(pairs) == 1
+
+
+def test_train_save_load_evaluate_round_trip(dubai_chips, tmp_path, capsys):
+    reporter = Recorder()
+    result = train(quick(dubai_chips, tmp_path, epochs=2), reporter)
+    package = ModelPackage.open(tmp_path / "model")
+    card = package.card
+    assert card.architecture == "separable_unet" and [c.name for c in card.classes][1] == "building"
+    assert card.metrics["miou"] == result["val_miou"] and card.training["epochs"] >= 1
+    assert set(card.metrics["per_class_iou"]) == {
+        "background",
+        "building",
+        "woodland",
+        "water",
+        "road",
+    }
+    package.load_model()  # safe_mode, TensorFlow backend
+    epochs = [f["values"] for e, f in reporter.events if e == "metrics"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all("val_miou" in e for e in epochs)
+    progress = [f for e, f in reporter.events if e == "progress"]
+    assert len(progress) == 6 and "loss" in progress[0]
+    code = cli.main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "model"),
+            "--images",
+            str(dubai_chips / "val"),
+            "--report",
+            str(tmp_path / "r.html"),
+        ]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"miou", "per_class_iou", "pixel_accuracy", "confusion_matrix", "pixels"} <= set(report)
+    assert report["pixels"] == sum(map(sum, report["confusion_matrix"])) > 30_000
+    assert report["miou"] == pytest.approx(result["val_miou"], abs=1e-4)  # same tiling as training
+    html = (tmp_path / "r.html").read_text()
+    assert "<svg" in html and "Confusion matrix" in html
+
+
+def test_fine_tune_with_frozen_encoder_changes_only_the_decoder(dubai_chips, tmp_path):
+    train(quick(dubai_chips, tmp_path, output=tmp_path / "base"))
+    base = ModelPackage.open(tmp_path / "base").load_model()
+    train(
+        quick(
+            dubai_chips,
+            tmp_path,
+            output=tmp_path / "tuned",
+            base_model=str(tmp_path / "base"),
+            classes=None,
+            freeze_encoder=True,
+            learning_rate=0.01,
+        )
+    )
+    tuned = ModelPackage.open(tmp_path / "tuned").load_model()
+    for before, after in zip(base.layers, tuned.layers):
+        same = all(np.array_equal(a, b) for a, b in zip(before.get_weights(), after.get_weights()))
+        if before.name.startswith(("enc", "pool", "bottleneck")):
+            assert same, before.name
+        elif before.name.startswith("dec") and before.get_weights():
+            assert not same, before.name
+
+
+def test_new_classes_reinitialise_the_head(dubai_chips, tmp_path):
+    train(quick(dubai_chips, tmp_path, output=tmp_path / "base"))
+    six = json.loads(CLASSES_JSON.read_text())
+    six["classes"].append({"code": 5, "name": "solar panel", "colour": "#222222"})
+    (tmp_path / "six.json").write_text(json.dumps(six))
+    reporter = Recorder()
+    train(
+        quick(
+            dubai_chips,
+            tmp_path,
+            output=tmp_path / "t",
+            base_model=str(tmp_path / "base"),
+            classes=tmp_path / "six.json",
+        ),
+        reporter,
+    )
+    assert any("head of base is re-initialised" in m for m in reporter.logs())
+    package = ModelPackage.open(tmp_path / "t")
+    assert [c.code for c in package.card.classes] == [0, 1, 2, 3, 4, 5]
+    assert package.load_model().outputs[0].shape[-1] == 6
+    three = {"classes": six["classes"][:3]}  # masks hold codes 3 and 4: not in this list
+    (tmp_path / "three.json").write_text(json.dumps(three))
+    with pytest.raises(InputError, match="are not class codes"):
+        train(
+            quick(
+                dubai_chips,
+                tmp_path,
+                output=tmp_path / "t3",
+                base_model=str(tmp_path / "base"),
+                classes=tmp_path / "three.json",
+            )
+        )
+
+
+def test_raster_and_label_raster_scene(tmp_path):
+    from segment_plugin.engine.training.chips import raster_scene
+
+    image = write_raster(tmp_path / "i.tif", np.zeros((3, 20, 30), np.uint8))
+    labels = np.zeros((1, 20, 30), np.uint8)
+    labels[0, :, 10:] = 4
+    labels[0, :5] = 255
+    label = write_raster(tmp_path / "l.tif", labels)
+    scene = raster_scene(image, label, [0, 4])
+    assert scene.labels[10, 0] == 0 and scene.labels[10, 20] == 1 and scene.labels[0, 0] == 255
+    other = write_raster(tmp_path / "o.tif", labels[:, :, :20])
+    with pytest.raises(InputError, match="is not on the grid"):
+        raster_scene(image, other, [0, 4])
+
+
+def test_cancel_keeps_the_best_model_and_resume_continues(dubai_chips, tmp_path):
+    class CancelAfterFirstEpoch(Recorder):
+        def emit(self, event, **fields):
+            super().emit(event, **fields)
+            if event == "metrics":
+                self.cancel.set()
+
+    with pytest.raises(CancelledError, match="best model so far \\(epoch 1"):
+        train(quick(dubai_chips, tmp_path, epochs=3), CancelAfterFirstEpoch())
+    assert ModelPackage.open(tmp_path / "model").card.training["epochs"] == 1
+    result = train(quick(dubai_chips, tmp_path, epochs=2, resume=True))
+    assert [h["epoch"] for h in result["history"]] == [1, 2]
+
+
+def test_train_bad_input(dubai_chips, tmp_path):
+    (tmp_path / "model").mkdir()
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
+        train(quick(dubai_chips, tmp_path))
+    with pytest.raises(InputError, match="nothing to resume"):
+        train(quick(dubai_chips, tmp_path, resume=True))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no image/mask pairs"):
+        train(quick(dubai_chips, tmp_path, images=(empty,), output=tmp_path / "m2"))
+    with pytest.raises(InputError, match="a new model needs --classes"):
+        train(quick(dubai_chips, tmp_path, classes=None, output=tmp_path / "m3"))
+
+
+def test_evaluate_raster_against_reference(dubai_chips, tmp_path, capsys):
+    raster = shared_raster("chesapeake_m_3907833_nw_17_1_naip-new.tif")
+    reference = shared_raster("chesapeake_m_3907833_nw_17_1_lc_classes.tif")
+    train(quick(dubai_chips, tmp_path))
+    result_code = cli.main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "model"),
+            "--raster",
+            str(raster),
+            "--reference",
+            str(reference),
+        ]
+    )
+    assert result_code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["pixels"] > 0.9 * 260 * 260 * (1 - 0.0355)
+    with pytest.raises(Exception, match="either --images DIR or --raster"):
+        EvaluateParams(model="x")
+    shutil.rmtree(tmp_path / "model")
