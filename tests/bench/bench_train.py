@@ -52,7 +52,7 @@ def main() -> None:
                 "batch": 8,
                 "steps": 12,
                 "patches_per_s_including_validation": result["patches_per_s"],
-                "note": "one epoch; the time includes the end-of-epoch validation on one 2149x1479 image",
+                "note": "one epoch, including validation on one 2149x1479 image",
             },
             indent=2,
         )
