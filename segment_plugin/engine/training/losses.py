@@ -43,27 +43,28 @@ def _prepare(y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
     return safe, ops.cast(labelled, y_pred.dtype), ops.clip(y_pred, EPSILON, 1.0)
 
 
-def cross_entropy(y_true: Any, y_pred: Any, class_weights: Any = None) -> Any:
-    """Class-weighted cross-entropy over labelled pixels (weighted mean)."""
+def _weighted_nll(y_true: Any, y_pred: Any, class_weights: Any, gamma: float) -> Any:
+    """Mean over labelled pixels of −w·(1 − p_true)^γ·log p_true (γ = 0: cross-entropy)."""
     ops = _keras().ops
     safe, labelled, probs = _prepare(y_true, y_pred)
     picked = ops.take_along_axis(probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
     weight = labelled
     if class_weights is not None:
         weight = weight * ops.take(ops.convert_to_tensor(class_weights, probs.dtype), safe)
-    return ops.sum(-ops.log(picked) * weight) / ops.maximum(ops.sum(weight), EPSILON)
+    terms = -ops.log(picked) * weight
+    if gamma:
+        terms = terms * (1.0 - picked) ** gamma
+    return ops.sum(terms) / ops.maximum(ops.sum(weight), EPSILON)
+
+
+def cross_entropy(y_true: Any, y_pred: Any, class_weights: Any = None) -> Any:
+    """Class-weighted cross-entropy over labelled pixels (weighted mean)."""
+    return _weighted_nll(y_true, y_pred, class_weights, gamma=0.0)
 
 
 def focal(y_true: Any, y_pred: Any, class_weights: Any = None, gamma: float = 2.0) -> Any:
     """Focal loss (Lin et al.): cross-entropy scaled by (1 - p_true)^gamma."""
-    ops = _keras().ops
-    safe, labelled, probs = _prepare(y_true, y_pred)
-    picked = ops.take_along_axis(probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
-    weight = labelled
-    if class_weights is not None:
-        weight = weight * ops.take(ops.convert_to_tensor(class_weights, probs.dtype), safe)
-    terms = -((1.0 - picked) ** gamma) * ops.log(picked) * weight
-    return ops.sum(terms) / ops.maximum(ops.sum(weight), EPSILON)
+    return _weighted_nll(y_true, y_pred, class_weights, gamma)
 
 
 def dice(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
