@@ -15,7 +15,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled
 
 help:
 	@echo "make demo     segment the demo raster (does its own setup)"
@@ -24,6 +24,7 @@ help:
 	@echo "make package  dist/segment_plugin.zip for QGIS 'Install from ZIP'"
 	@echo "make lint     ruff"
 	@echo "make bench    performance figures"
+	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
 
@@ -89,6 +90,23 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench_segment.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
+
+# The bundled model: retrains resources/models/landcover from ../shared/data (never committed).
+# Resumable: run it again and it continues from its last epoch (state in build/train-bundled).
+DATA          := ../shared/data/landcover
+BUNDLED       := resources/models/landcover
+TRAIN_DIR     := build/train-bundled/landcover
+TRAIN_EPOCHS  ?= 60
+train-bundled: setup
+	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
+	$(ENGINE_VENV)/bin/segment-plugin train \
+	    $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) --images $(DATA)/naip_chesapeake \
+	    --val-images $(DATA)/dubai/tile_8 --classes $(DATA)/classes.json --bands 3 \
+	    --arch separable_unet --name landcover --epochs $(TRAIN_EPOCHS) --patch 256 --batch 8 \
+	    --steps-per-epoch 50 --patience 12 --seed 42 --output $(TRAIN_DIR) \
+	    $$(test -f $(TRAIN_DIR)/.training/state.json && echo --resume)
+	mkdir -p $(BUNDLED)
+	cp $(TRAIN_DIR)/model.keras $(TRAIN_DIR)/model.json $(BUNDLED)/
 
 clean:
 	rm -rf build dist .pytest_cache

@@ -103,6 +103,13 @@ def test_pairs_folder_reads_real_chips(dubai_chips):
     }
 
 
+def test_pairs_folder_reads_image_mask_naming(tmp_path):
+    write_png(tmp_path / "a_image.png", np.zeros((4, 8, 8), np.uint8))
+    write_png(tmp_path / "a_mask.png", np.full((1, 8, 8), 2, np.uint8))
+    (scene,) = pairs_folder(tmp_path, [0, 1, 2], bands=3)
+    assert scene.image.shape == (3, 8, 8) and (scene.labels == 2).all()
+
+
 def test_pairs_folder_errors(tmp_path):
     with pytest.raises(InputError, match="no image/mask pairs"):
         pairs_folder(tmp_path, [0, 1])

@@ -91,7 +91,10 @@ def _to_indices(
 
 
 def pairs_folder(folder: Path, codes: Sequence[int], bands: int | None = None) -> list[Scene]:
-    """Every ``<stem>.<ext>`` with a ``<stem>_mask.<png|tif>`` under ``folder``."""
+    """Every ``<stem>.<ext>`` with a ``<stem>_mask.<png|tif>`` under ``folder``.
+
+    ``<name>_image.<ext>`` + ``<name>_mask.<ext>`` pairs count too (as in the NAIP chips).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"training images folder not found: {folder}")
@@ -100,7 +103,10 @@ def pairs_folder(folder: Path, codes: Sequence[int], bands: int | None = None) -
     for image_path in sorted(folder.rglob("*")):
         if image_path.suffix.lower() not in IMAGE_SUFFIXES or image_path.stem.endswith("_mask"):
             continue
-        masks = [image_path.with_name(f"{image_path.stem}_mask{s}") for s in MASK_SUFFIXES]
+        stems = [image_path.stem]
+        if image_path.stem.endswith("_image"):  # <name>_image.tif + <name>_mask.tif
+            stems.append(image_path.stem[: -len("_image")])
+        masks = [image_path.with_name(f"{stem}_mask{s}") for stem in stems for s in MASK_SUFFIXES]
         mask_path = next((m for m in masks if m.exists()), None)
         if mask_path is None:
             continue
