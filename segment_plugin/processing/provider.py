@@ -7,6 +7,8 @@ from qgis.PyQt.QtGui import QIcon
 
 from segment_plugin.plugin_files import resource_path, version
 from segment_plugin.processing.alg_engine_status import EngineStatusAlgorithm
+from segment_plugin.processing.alg_segment_layer import SegmentLayerAlgorithm
+from segment_plugin.processing.alg_vectorize import VectorizeAlgorithm
 
 PROVIDER_ID = "segment_plugin"
 
@@ -27,5 +29,5 @@ class SegmentProvider(QgsProcessingProvider):
         return QIcon(str(resource_path("icons", "segment.svg")))
 
     def loadAlgorithms(self) -> None:  # noqa: D102, N802
-        for algorithm in (EngineStatusAlgorithm(),):
+        for algorithm in (EngineStatusAlgorithm(), SegmentLayerAlgorithm(), VectorizeAlgorithm()):
             self.addAlgorithm(algorithm)

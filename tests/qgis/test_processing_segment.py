@@ -1,0 +1,219 @@
+"""segment_plugin:segment_layer and :vectorize through Processing, on real rasters, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, qgis_process
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from segment_plugin.processing.provider import SegmentProvider
+from segment_plugin.runner import ENV_PYTHON
+
+DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, engine_python):
+    """A user model folder holding the engine tests' tiny model, made by the engine itself."""
+    folder = tmp_path_factory.mktemp("user_models")
+    script = (
+        "import sys; sys.path.insert(0, 'tests/engine'); "
+        "from conftest import build_tiny_model, tiny_card; "
+        "from segment_plugin.engine.models.package import save_package; "
+        "save_package(build_tiny_model(), tiny_card(), sys.argv[1])"
+    )
+    subprocess.run(
+        [str(engine_python), "-c", script, str(folder / "tiny")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    previous = os.environ.get("SEGMENT_PLUGIN_MODELS")
+    os.environ["SEGMENT_PLUGIN_MODELS"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("SEGMENT_PLUGIN_MODELS")
+    else:
+        os.environ["SEGMENT_PLUGIN_MODELS"] = previous
+
+
+@pytest.fixture(scope="module")
+def registry(qgis_app):
+    provider = SegmentProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    yield QgsApplication.processingRegistry()
+    QgsApplication.processingRegistry().removeProvider(provider)
+
+
+@pytest.fixture
+def demo():
+    if not DEMO.exists():
+        pytest.skip("../shared/data is absent")
+    return DEMO
+
+
+def run(registry, algorithm_id, parameters, feedback=None):
+    algorithm = registry.algorithmById(algorithm_id)
+    context = QgsProcessingContext()
+    feedback = feedback or QgsProcessingFeedback()
+    results, ok = algorithm.run(parameters, context, feedback)
+    return results, ok
+
+
+def test_segment_layer_on_the_demo_raster(registry, tiny_models, demo, tmp_path):
+    layer = QgsRasterLayer(str(demo), "demo")
+    out, polygons = tmp_path / "classes.tif", tmp_path / "classes.gpkg"
+    results, ok = run(
+        registry,
+        "segment_plugin:segment_layer",
+        {
+            "INPUT": layer,
+            "MODEL": "tiny",
+            "TILE_SIZE": 128,
+            "OUTPUT": str(out),
+            "OUTPUT_VECTOR": str(polygons),
+            "MIN_AREA": 1.0,
+        },
+    )
+    assert ok and results["OUTPUT"] == str(out)
+    classes = QgsRasterLayer(str(out), "classes")  # picks up classes.qml as its default style
+    assert classes.isValid() and classes.crs() == layer.crs()
+    assert (classes.width(), classes.height()) == (layer.width(), layer.height())
+    assert classes.renderer().type() == "paletted"
+    assert [c.label for c in classes.renderer().classes()] == CLASS_NAMES
+    vector = QgsVectorLayer(str(polygons), "polygons", "ogr")
+    assert vector.isValid() and vector.featureCount() > 0 and vector.crs() == layer.crs()
+    assert {f["class"] for f in vector.getFeatures()} <= set(CLASS_NAMES)
+    assert min(f.geometry().area() for f in vector.getFeatures()) >= 1.0
+
+
+def test_extent_subset_is_exported_then_segmented(registry, tiny_models, demo, tmp_path):
+    layer = QgsRasterLayer(str(demo), "demo")
+    full = layer.extent()
+    part = QgsRectangle(
+        full.xMinimum(), full.yMinimum(), full.xMinimum() + 50, full.yMinimum() + 40
+    )
+    results, ok = run(
+        registry,
+        "segment_plugin:segment_layer",
+        {
+            "INPUT": layer,
+            "MODEL": "tiny",
+            "EXTENT": part,
+            "OUTPUT": str(tmp_path / "part.tif"),
+        },
+    )
+    assert ok
+    classes = QgsRasterLayer(results["OUTPUT"], "part")
+    assert (classes.width(), classes.height()) == (200, 160)  # 50 m × 40 m at 25 cm
+    assert classes.extent().toString(2) == part.toString(2)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"BANDS": "1,2,9"}, "band 9 is out of range: the input has bands 1..3"),
+        ({"MODEL": "no-such-model"}, "unknown model 'no-such-model'"),
+    ],
+)
+def test_engine_errors_reach_the_user_as_one_message(
+    registry, tiny_models, demo, tmp_path, change, message
+):
+    parameters = {
+        "INPUT": QgsRasterLayer(str(demo), "demo"),
+        "MODEL": "tiny",
+        "OUTPUT": str(tmp_path / "x.tif"),
+        **change,
+    }
+    algorithm = registry.algorithmById("segment_plugin:segment_layer")
+    with pytest.raises(QgsProcessingException) as err:
+        algorithm.processAlgorithm(
+            algorithm.preprocessParameters(parameters) or parameters,
+            QgsProcessingContext(),
+            QgsProcessingFeedback(),
+        )
+    assert message in str(err.value) and "Traceback" not in str(err.value)
+    assert not (tmp_path / "x.tif").exists()
+
+
+def test_cancel_mid_run_cleans_up(registry, tiny_models, demo, tmp_path):
+    class CancelEarly(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.progressChanged.connect(lambda value: value > 3 and self.cancel())
+
+    algorithm = registry.algorithmById("segment_plugin:segment_layer")
+    parameters = {
+        "INPUT": QgsRasterLayer(str(demo), "demo"),
+        "MODEL": "tiny",
+        "TILE_SIZE": 32,
+        "OVERLAP": 8,
+        "OUTPUT": str(tmp_path / "c.tif"),
+    }
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        algorithm.processAlgorithm(parameters, QgsProcessingContext(), CancelEarly())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_vectorize_algorithm(registry, tiny_models, demo, tmp_path):
+    classes = tmp_path / "c.tif"
+    run(
+        registry,
+        "segment_plugin:segment_layer",
+        {"INPUT": QgsRasterLayer(str(demo), "demo"), "MODEL": "tiny", "OUTPUT": str(classes)},
+    )
+    results, ok = run(
+        registry,
+        "segment_plugin:vectorize",
+        {
+            "INPUT": QgsRasterLayer(str(classes), "c"),
+            "SMOOTH": True,
+            "OUTPUT": str(tmp_path / "p.shp"),
+        },
+    )
+    assert ok
+    layer = QgsVectorLayer(results["OUTPUT"], "p", "ogr")
+    assert layer.isValid() and layer.featureCount() > 0
+    assert [f.name() for f in layer.fields()] == ["class_id", "class", "area_m2", "perim_m"]
+
+
+def test_qgis_process_segments_headless(qgis_profile, tiny_models, demo, tmp_path, engine_python):
+    out = tmp_path / "headless.tif"
+    env_models = {"SEGMENT_PLUGIN_MODELS": str(tiny_models), ENV_PYTHON: str(engine_python)}
+    previous = {k: os.environ.get(k) for k in env_models}
+    os.environ.update(env_models)
+    try:
+        proc = qgis_process(
+            qgis_profile,
+            "--json",
+            "run",
+            "segment_plugin:segment_layer",
+            "--",
+            f"INPUT={demo}",
+            "MODEL=tiny",
+            f"OUTPUT={out}",
+        )
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["results"]["OUTPUT"] == str(out)
+    assert out.exists() and Path(str(out).replace(".tif", ".qml")).exists()
