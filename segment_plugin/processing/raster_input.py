@@ -64,7 +64,7 @@ def engine_readable_path(
     writer = QgsRasterFileWriter(name)
     writer.setOutputFormat("GTiff")
     context = QgsProject.instance().transformContext()
-    error = writer.writeRaster(pipe, width, height, area, layer.crs(), context, feedback)
+    error = writer.writeRaster(pipe, width, height, area, layer.crs(), context)
     if error != QgsRasterFileWriter.NoError:
         Path(name).unlink(missing_ok=True)
         raise QgsProcessingException(f"exporting {layer.name()} failed (error {error})")
