@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", type=Path, help="folder of image/mask pairs")
     ev.add_argument("--raster", type=Path, help="raster to segment …")
     ev.add_argument("--reference", type=Path, help="… and its reference class raster")
+    ev.add_argument("--prediction", type=Path, help="compare this class raster to --reference")
     ev.add_argument("--report", type=Path, help="also write an HTML report")
     ev.add_argument("--tile", type=int)
     ev.add_argument("--overwrite", action="store_true")

@@ -26,7 +26,7 @@ from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import code_lookup, pairs_folder
 
 
-def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, Any]:
+def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, list, str]:
     from segment_plugin.engine.inference import predict_array
 
     package = resolve_model(params.model)
@@ -46,49 +46,84 @@ def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarra
         predicted = predict_array(model, normalizer, scene.image, size, size // 4)
         matrix += metrics.confusion_matrix(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
-    return matrix, card
+    return matrix, [c.name for c in card.classes], card.name
 
 
-def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, Any]:
+def _check_same_grid(reference: Path, other: Path) -> None:
+    from segment_plugin.engine.raster_io import open_input
+
+    with open_input(reference, min_size=1) as ref, open_input(other, min_size=1) as src:
+        if (ref.crs, ref.transform, ref.shape) != (src.crs, src.transform, src.shape):
+            raise InputError(f"{reference} is not on the grid of {other}")
+
+
+def _compare_rasters(prediction: Path, reference: Path, codes: list[int]) -> np.ndarray:
+    """Confusion matrix of two class rasters on one grid, block by block."""
     import rasterio
 
+    lookup = code_lookup(codes)
+    matrix = np.zeros((len(codes),) * 2, np.int64)
+    with rasterio.open(prediction) as pred, rasterio.open(reference) as ref:
+        for _, window in pred.block_windows(1):
+            truth = lookup[ref.read(1, window=window).astype(np.int64)]
+            guess = lookup[pred.read(1, window=window).astype(np.int64)]
+            truth[guess == metrics.IGNORE_INDEX] = metrics.IGNORE_INDEX  # nodata in the prediction
+            matrix += metrics.confusion_matrix(truth, guess, len(codes))
+    return matrix
+
+
+def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, list, str]:
     from segment_plugin.engine.inference import segment
 
     card = resolve_model(params.model).card
-    with rasterio.open(params.reference) as ref, rasterio.open(params.raster) as src:
-        if (ref.crs, ref.transform, ref.shape) != (src.crs, src.transform, src.shape):
-            raise InputError(f"{params.reference} is not on the grid of {params.raster}")
-    lookup = code_lookup(card.class_codes)
+    _check_same_grid(params.reference, params.raster)
     with tempfile.TemporaryDirectory(prefix="segment-evaluate-") as tmp:
         predicted_path = Path(tmp) / "predicted.tif"
         segment(
             SegmentParams(params.raster, predicted_path, model=params.model, tile=params.tile),
             reporter,
         )
-        matrix = np.zeros((len(card.classes),) * 2, np.int64)
-        with rasterio.open(predicted_path) as pred, rasterio.open(params.reference) as ref:
-            for _, window in pred.block_windows(1):
-                truth = lookup[ref.read(1, window=window).astype(np.int64)]
-                guess = lookup[pred.read(1, window=window).astype(np.int64)]
-                truth[guess == metrics.IGNORE_INDEX] = metrics.IGNORE_INDEX  # input nodata
-                matrix += metrics.confusion_matrix(truth, guess, len(card.classes))
-    return matrix, card
+        matrix = _compare_rasters(predicted_path, params.reference, card.class_codes)
+    return matrix, [c.name for c in card.classes], card.name
+
+
+def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str]:
+    """An existing class raster vs the reference; classes from its metadata, else the codes seen."""
+    from segment_plugin.engine.vectorize import class_names, open_class_raster
+
+    _check_same_grid(params.reference, params.prediction)
+    with open_class_raster(params.prediction) as pred, open_class_raster(params.reference) as ref:
+        names = class_names(pred)
+        if not names:
+            seen: set[int] = set()
+            for dataset in (pred, ref):
+                for _, window in dataset.block_windows(1):
+                    seen.update(np.unique(dataset.read(1, window=window)).tolist())
+            seen.discard(metrics.IGNORE_INDEX)
+            names = {code: f"class {code}" for code in sorted(seen)}
+        model = pred.tags().get("MODEL", params.prediction.name)
+    codes = sorted(names)
+    matrix = _compare_rasters(params.prediction, params.reference, codes)
+    return matrix, [names[c] for c in codes], model
 
 
 def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[str, Any]:
     """Measure a model on reference labels; optionally write an HTML report."""
     reporter = reporter or Reporter()
     if params.report is not None:
-        reference = params.images or params.raster
-        outputs.check_output_path(params.report, reference, params.overwrite)
+        source = params.images or params.raster or params.prediction
+        outputs.check_output_path(params.report, source, params.overwrite)
     if params.images is not None:
-        matrix, card = _pairs_matrix(params, reporter)
+        matrix, names, model = _pairs_matrix(params, reporter)
         on = str(params.images)
-    else:
-        matrix, card = _raster_matrix(params, reporter)
+    elif params.raster is not None:
+        matrix, names, model = _raster_matrix(params, reporter)
         on = f"{params.raster} vs {params.reference}"
-    result = metrics.report(matrix, [c.name for c in card.classes])
-    result.update(model=card.name, on=on)
+    else:
+        matrix, names, model = _prediction_matrix(params)
+        on = f"{params.prediction} vs {params.reference}"
+    result = metrics.report(matrix, names)
+    result.update(model=model, on=on)
     if params.report is not None:
         with outputs.committed([params.report]) as (temp,):
             temp.write_text(report_html(result), encoding="utf-8")

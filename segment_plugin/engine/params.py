@@ -185,18 +185,23 @@ class EvaluateParams(JobParams):
 
     model: str = "landcover"
     images: Path | None = None  # a folder of image/mask pairs …
-    raster: Path | None = None  # … or a raster and
+    raster: Path | None = None  # … or a raster to segment and
     reference: Path | None = None  # … its reference class raster
+    prediction: Path | None = None  # … or an existing class raster, compared to the reference
     report: Path | None = None  # also write an HTML report
     tile: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("images", "raster", "reference", "report"):
+        for name in ("images", "raster", "reference", "prediction", "report"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
-        if (self.images is None) == (self.raster is None):
-            raise InputError("give either --images DIR or --raster R --reference REF")
-        if self.raster is not None and self.reference is None:
-            raise InputError("--raster needs --reference (the reference class raster)")
+        sources = [v for v in (self.images, self.raster, self.prediction) if v is not None]
+        if len(sources) != 1:
+            raise InputError(
+                "give either --images DIR, --raster R --reference REF, "
+                "or --prediction CLASSES --reference REF"
+            )
+        if self.images is None and self.reference is None:
+            raise InputError("--raster and --prediction need --reference (the reference classes)")

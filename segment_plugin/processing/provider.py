@@ -7,6 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from segment_plugin.plugin_files import resource_path, version
 from segment_plugin.processing.alg_engine_status import EngineStatusAlgorithm
+from segment_plugin.processing.alg_evaluate import EvaluateAlgorithm
 from segment_plugin.processing.alg_segment_layer import SegmentLayerAlgorithm
 from segment_plugin.processing.alg_vectorize import VectorizeAlgorithm
 
@@ -29,5 +30,11 @@ class SegmentProvider(QgsProcessingProvider):
         return QIcon(str(resource_path("icons", "segment.svg")))
 
     def loadAlgorithms(self) -> None:  # noqa: D102, N802
-        for algorithm in (EngineStatusAlgorithm(), SegmentLayerAlgorithm(), VectorizeAlgorithm()):
+        algorithms = (
+            EngineStatusAlgorithm(),
+            SegmentLayerAlgorithm(),
+            VectorizeAlgorithm(),
+            EvaluateAlgorithm(),
+        )
+        for algorithm in algorithms:
             self.addAlgorithm(algorithm)

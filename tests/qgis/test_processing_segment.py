@@ -217,3 +217,20 @@ def test_qgis_process_segments_headless(qgis_profile, tiny_models, demo, tmp_pat
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads(proc.stdout)["results"]["OUTPUT"] == str(out)
     assert out.exists() and Path(str(out).replace(".tif", ".qml")).exists()
+
+
+def test_evaluate_algorithm(registry, tmp_path):
+    reference = (
+        ROOT.parent / "shared" / "data" / "rasters" / "chesapeake_m_3907833_nw_17_1_lc_classes.tif"
+    )
+    if not reference.exists():
+        pytest.skip("../shared/data is absent")
+    layer = QgsRasterLayer(str(reference), "reference")
+    results, ok = run(
+        registry,
+        "segment_plugin:evaluate",
+        {"INPUT": layer, "REFERENCE": layer, "REPORT_HTML": str(tmp_path / "r.html")},
+    )
+    assert ok and results["MIOU"] == 1.0 and results["PIXEL_ACCURACY"] == 1.0
+    assert json.loads(results["REPORT"])["pixels"] > 60_000
+    assert "<svg" in (tmp_path / "r.html").read_text()

@@ -1,0 +1,60 @@
+"""evaluate --prediction: an existing class raster against a reference, no model involved."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import shared_raster, write_raster
+
+from segment_plugin.engine import cli
+from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.evaluate import evaluate
+from segment_plugin.engine.params import EvaluateParams
+
+
+def test_prediction_vs_reference_by_hand(tmp_path):
+    truth = np.array([[[0, 0, 1, 1], [2, 2, 255, 1]]], np.uint8)
+    guess = np.array([[[0, 1, 1, 1], [2, 0, 0, 255]]], np.uint8)
+    ref = write_raster(tmp_path / "ref.tif", truth)
+    pred = write_raster(tmp_path / "pred.tif", guess, nodata=255)
+    with rasterio.open(pred, "r+") as ds:
+        ds.update_tags(
+            CLASSES=json.dumps(
+                [
+                    {"code": c, "name": n, "color": "#000000"}
+                    for c, n in ((0, "bare"), (1, "roof"), (2, "tree"))
+                ]
+            )
+        )
+    result = evaluate(EvaluateParams(prediction=pred, reference=ref))
+    # pixels: (0,0) (0,1) (1,1) (1,1) | (2,2) (2,0) [ignore] [pred nodata → not counted]
+    assert result["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert result["per_class_iou"] == {
+        "bare": pytest.approx(1 / 3, abs=1e-5),
+        "roof": pytest.approx(2 / 3, abs=1e-5),
+        "tree": pytest.approx(1 / 2, abs=1e-5),
+    }
+    assert result["pixels"] == 6
+
+
+def test_real_reference_against_itself(tmp_path, capsys):
+    reference = shared_raster("chesapeake_m_3907833_nw_17_1_lc_classes.tif")
+    assert (
+        cli.main(["evaluate", "--prediction", str(reference), "--reference", str(reference)]) == 0
+    )
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["miou"] == 1.0 and report["pixel_accuracy"] == 1.0
+
+
+def test_bad_combinations(tmp_path):
+    with pytest.raises(InputError, match="give either"):
+        EvaluateParams(images=tmp_path, prediction=tmp_path / "p.tif", reference=tmp_path / "r.tif")
+    with pytest.raises(InputError, match="need --reference"):
+        EvaluateParams(prediction=tmp_path / "p.tif")
+    a = write_raster(tmp_path / "a.tif", np.zeros((1, 8, 8), np.uint8))
+    b = write_raster(tmp_path / "b.tif", np.zeros((1, 8, 9), np.uint8))
+    with pytest.raises(InputError, match="is not on the grid"):
+        evaluate(EvaluateParams(prediction=a, reference=b))
