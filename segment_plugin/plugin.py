@@ -20,6 +20,7 @@ class SegmentPlugin:
         self.toolbar = None
         self.provider = None
         self._dialog = None
+        self._segment_dialog = None
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API
         """Register the Processing provider (QGIS calls this also for qgis_process)."""
@@ -65,10 +66,12 @@ class SegmentPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        if self._dialog is not None:
-            self._dialog.close()
-            self._dialog.deleteLater()
-            self._dialog = None
+        for dialog in (self._dialog, self._segment_dialog):
+            if dialog is not None:
+                dialog.close()
+                dialog.deleteLater()
+        self._dialog = self._segment_dialog = None
+        self._segment_dialog = None
 
     def _engine_dialog(self):
         from segment_plugin.gui.dlg_engine import EngineDialog
@@ -85,5 +88,10 @@ class SegmentPlugin:
         dialog.check_engine()
 
     def show_segment_dialog(self) -> None:
-        """Segment Layer. Until the segmentation dialog exists it shows the engine's readiness."""
-        self.show_engine_dialog()
+        """Segment Layer: the dialog, with the active raster layer preselected."""
+        from segment_plugin.gui.dlg_segment import SegmentDialog
+
+        if self._segment_dialog is None:
+            self._segment_dialog = SegmentDialog(self.iface)
+        self._segment_dialog.show()
+        self._segment_dialog.raise_()

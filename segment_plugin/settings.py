@@ -20,6 +20,9 @@ class PluginSettings:
     """Values the plugin remembers between sessions."""
 
     engine_python: str = ""
+    last_model: str = "landcover"
+    tile_size: int = 0  # 0: the model's
+    output_folder: str = ""  # "": beside the input raster
 
     @classmethod
     def load(cls) -> PluginSettings:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -112,6 +115,7 @@ class SegmentLayerAlgorithm(QgsProcessingAlgorithm):
                     name, label, QgsProcessingParameterNumber.Double, 0.0, minValue=0.0
                 )
             )
+        self.addOutput(QgsProcessingOutputString("SUMMARY", "Summary (JSON: classes, areas)"))
 
     def processAlgorithm(self, parameters, context, feedback) -> dict:  # noqa: D102, N802
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
@@ -142,7 +146,13 @@ class SegmentLayerAlgorithm(QgsProcessingAlgorithm):
                 temporary.unlink(missing_ok=True)
         for name, area in (result.get("class_area_m2") or {}).items():
             feedback.pushInfo(f"{name}: {area / 10_000:.4f} ha")
-        outputs = {"OUTPUT": output}
+        summary = {
+            "model": result.get("model"),
+            "device": result.get("device"),
+            "class_pixels": result.get("class_pixels"),
+            "class_area_m2": result.get("class_area_m2"),
+        }
+        outputs = {"OUTPUT": output, "SUMMARY": json.dumps(summary)}
         if vector:
             min_area = self.parameterAsDouble(parameters, "MIN_AREA", context)
             simplify = self.parameterAsDouble(parameters, "SIMPLIFY", context)

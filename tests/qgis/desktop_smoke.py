@@ -43,12 +43,12 @@ def run():
     if dialogs:
         dialog = dialogs[0]
         deadline = time.monotonic() + 90
-        while dialog.last_result is None and time.monotonic() < deadline:
+        while dialog.status.text().startswith("looking") and time.monotonic() < deadline:
             QgsApplication.processEvents()
             time.sleep(0.05)
         QgsApplication.processEvents()
-        report["engine_state"] = dialog.status_view.toPlainText()
-        dialog.grab().save(str(OUT / "engine_dialog.png"))
+        report["status"] = dialog.status.text()
+        dialog.grab().save(str(OUT / "segment_dialog.png"))
     (OUT / "report.json").write_text(json.dumps(report))
     QTimer.singleShot(200, iface.actionExit().trigger)
 

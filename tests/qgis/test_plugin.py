@@ -59,8 +59,8 @@ def test_unload_removes_everything(qgis_iface):
     assert qgis_iface.mainWindow().findChildren(QToolBar, "segment_plugin_toolbar") == []
 
 
-def test_segment_layer_shows_engine_status_from_the_real_engine(plugin, engine_python):
-    plugin.actions[0].trigger()
+def test_engine_settings_show_status_from_the_real_engine(plugin, engine_python):
+    plugin.actions[1].trigger()
     dialog = plugin._dialog
     assert dialog is not None and dialog.isVisible()
     wait_until(lambda: dialog.last_result is not None, timeout=120)
@@ -77,7 +77,7 @@ def test_segment_layer_shows_engine_status_from_the_real_engine(plugin, engine_p
 
 
 def test_missing_engine_is_a_status_not_an_exception(plugin, missing_engine):
-    plugin.actions[0].trigger()
+    plugin.actions[1].trigger()
     dialog = plugin._dialog
     wait_until(lambda: dialog.last_result is not None, timeout=30)
     assert dialog.last_result.status == "missing"

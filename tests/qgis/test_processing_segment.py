@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,32 +23,6 @@ from segment_plugin.runner import ENV_PYTHON
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
 CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory, engine_python):
-    """A user model folder holding the engine tests' tiny model, made by the engine itself."""
-    folder = tmp_path_factory.mktemp("user_models")
-    script = (
-        "import sys; sys.path.insert(0, 'tests/engine'); "
-        "from conftest import build_tiny_model, tiny_card; "
-        "from segment_plugin.engine.models.package import save_package; "
-        "save_package(build_tiny_model(), tiny_card(), sys.argv[1])"
-    )
-    subprocess.run(
-        [str(engine_python), "-c", script, str(folder / "tiny")],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    previous = os.environ.get("SEGMENT_PLUGIN_MODELS")
-    os.environ["SEGMENT_PLUGIN_MODELS"] = str(folder)
-    yield folder
-    if previous is None:
-        os.environ.pop("SEGMENT_PLUGIN_MODELS")
-    else:
-        os.environ["SEGMENT_PLUGIN_MODELS"] = previous
 
 
 @pytest.fixture(scope="module")

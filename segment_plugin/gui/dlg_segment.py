@@ -1,0 +1,348 @@
+"""The Segment Layer dialog: parameters in, the segment_layer algorithm run as a QGIS task.
+
+The dialog only collects parameters and shows results: the work is the Processing algorithm
+``segment_plugin:segment_layer`` run by a QgsProcessingAlgRunnerTask (one execution path for the
+dialog, the toolbox and qgis_process). The model list comes from the engine (``models``) in a
+background task, so opening the dialog never blocks QGIS.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsMapLayerProxyModel,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.gui import QgsExtentGroupBox, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import pyqtSlot
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QProgressBar,
+    QSpinBox,
+    QTextBrowser,
+    QVBoxLayout,
+)
+
+from segment_plugin.gui.styling import raster_classes, style_class_polygons
+from segment_plugin.processing.raster_input import is_plain_file
+from segment_plugin.settings import PluginSettings
+from segment_plugin.tasks.engine_task import EngineCommandTask
+
+DEVICES = ["auto", "cpu", "gpu"]
+
+
+class SegmentDialog(QDialog):
+    """Segment a raster layer: model, bands, extent, tiling, outputs → layers in the project."""
+
+    def __init__(self, iface, parent=None) -> None:
+        super().__init__(parent or iface.mainWindow())
+        self.iface = iface
+        self.setWindowTitle("Segment Layer")
+        self.setMinimumWidth(560)
+        self.models: dict[str, dict] = {}
+        self.task: QgsProcessingAlgRunnerTask | None = None
+        self.feedback: QgsProcessingFeedback | None = None
+        self.last_results: dict | None = None
+        self.last_error: str | None = None
+        self._models_task: EngineCommandTask | None = None
+        self._build()
+        self._load_settings()
+        self.layer_combo.layerChanged.connect(self._layer_changed)
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self._layer_changed(self.layer_combo.currentLayer())
+        self.load_models()
+
+    # ---- construction -------------------------------------------------------------------
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.layer_combo = QgsMapLayerComboBox()
+        self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        active = self.iface.activeLayer()
+        if isinstance(active, QgsRasterLayer):
+            self.layer_combo.setLayer(active)
+        form.addRow("Raster layer:", self.layer_combo)
+        self.export_note = QLabel()
+        self.export_note.setWordWrap(True)
+        form.addRow("", self.export_note)
+        self.model_combo = QComboBox()
+        form.addRow("Model:", self.model_combo)
+        layout.addLayout(form)
+
+        self.card_view = QTextBrowser()
+        self.card_view.setMaximumHeight(130)
+        layout.addWidget(self.card_view)
+
+        self.bands_box = QGroupBox("Band mapping (model band ← layer band)")
+        self.bands_form = QFormLayout(self.bands_box)
+        self.band_combos: list[QComboBox] = []
+        layout.addWidget(self.bands_box)
+
+        self.extent_box = QgsExtentGroupBox()
+        self.extent_box.setTitle("Extent (default: whole layer)")
+        self.extent_box.setCheckable(True)
+        self.extent_box.setChecked(False)
+        if self.iface.mapCanvas() is not None:
+            self.extent_box.setMapCanvas(self.iface.mapCanvas())
+        layout.addWidget(self.extent_box)
+
+        run_box = QGroupBox("Processing")
+        run_form = QFormLayout(run_box)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setSpecialValueText("model default")
+        self.overlap_spin = QSpinBox()
+        self.overlap_spin.setRange(0, 2048)
+        self.overlap_spin.setSpecialValueText("tile / 4")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.tta_check = QCheckBox("test-time augmentation (4× slower, a little more accurate)")
+        run_form.addRow("Tile size:", self.tile_spin)
+        run_form.addRow("Overlap:", self.overlap_spin)
+        run_form.addRow("Device:", self.device_combo)
+        run_form.addRow("", self.tta_check)
+        layout.addWidget(run_box)
+
+        out_box = QGroupBox("Outputs")
+        out_form = QFormLayout(out_box)
+        self.output_widget = QgsFileWidget()
+        self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.output_widget.setFilter("GeoTIFF (*.tif)")
+        out_form.addRow("Class raster:", self.output_widget)
+        self.polygons_check = QCheckBox("also write class polygons")
+        self.polygons_widget = QgsFileWidget()
+        self.polygons_widget.setStorageMode(QgsFileWidget.SaveFile)
+        self.polygons_widget.setFilter("Shapefile (*.shp);;GeoPackage (*.gpkg)")
+        self.min_area_spin = QDoubleSpinBox()
+        self.min_area_spin.setRange(0, 1e7)
+        self.min_area_spin.setSuffix(" m²")
+        self.simplify_spin = QDoubleSpinBox()
+        self.simplify_spin.setRange(0, 1000)
+        self.simplify_spin.setSuffix(" m")
+        out_form.addRow("", self.polygons_check)
+        out_form.addRow("Polygons:", self.polygons_widget)
+        out_form.addRow("Minimum area:", self.min_area_spin)
+        out_form.addRow("Simplify:", self.simplify_spin)
+        layout.addWidget(out_box)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.run_button = self.buttons.addButton("Run", QDialogButtonBox.AcceptRole)
+        self.cancel_button = self.buttons.addButton("Cancel run", QDialogButtonBox.ActionRole)
+        self.cancel_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.buttons.rejected.connect(self.reject)
+        layout.addWidget(self.buttons)
+
+    def _load_settings(self) -> None:
+        settings = PluginSettings.load()
+        self.tile_spin.setValue(settings.tile_size)
+
+    # ---- models -------------------------------------------------------------------------
+    def load_models(self) -> None:
+        """Ask the engine for the installed models (background task)."""
+        engine = PluginSettings.load().engine()
+        self.status.setText("looking for models…")
+        task = EngineCommandTask("Segment Plugin: listing models", ["models"], engine.python)
+        task.completed.connect(self._models_loaded)
+        self._models_task = task
+        QgsApplication.taskManager().addTask(task)
+
+    def _models_loaded(self, outcome) -> None:
+        self._models_task = None
+        if not outcome.ok:
+            self.status.setText(f"<b>No engine</b>: {outcome.message}")
+            return
+        self.models = {
+            entry["card"]["name"]: entry["card"]
+            for entry in outcome.data.get("models", [])
+            if "card" in entry
+        }
+        wanted = PluginSettings.load().last_model
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems(sorted(self.models))
+        if wanted in self.models:
+            self.model_combo.setCurrentText(wanted)
+        self.model_combo.blockSignals(False)
+        self.status.setText(
+            f"{len(self.models)} model(s) found" if self.models else "no models installed"
+        )
+        self._model_changed()
+
+    def _model_changed(self, *_args) -> None:
+        card = self.models.get(self.model_combo.currentText())
+        if card is None:
+            self.card_view.setHtml("")
+            return
+        classes = " ".join(
+            f"<span style='background:{c['color']}'>&nbsp;&nbsp;&nbsp;</span> {c['name']}"
+            for c in card["classes"]
+        )
+        metrics = card.get("metrics") or {}
+        miou = (
+            f"mIoU {metrics['miou']:.3f} on {metrics.get('on', '?')}"
+            if metrics.get("miou") is not None
+            else "no metrics"
+        )
+        resolution = card.get("resolution_m") or "any"
+        self.card_view.setHtml(
+            f"<b>{card['name']}</b> — {card.get('description', '')}<br>{classes}<br>"
+            f"bands: {', '.join(card['bands'])}; resolution: {resolution} m; "
+            f"tile {card['tile_size']} px; {miou}"
+        )
+        self._rebuild_band_rows(card["bands"])
+
+    def _rebuild_band_rows(self, model_bands: list[str]) -> None:
+        while self.bands_form.rowCount():
+            self.bands_form.removeRow(0)
+        self.band_combos = []
+        layer = self.layer_combo.currentLayer()
+        count = layer.bandCount() if isinstance(layer, QgsRasterLayer) else 0
+        names = [layer.bandName(i) for i in range(1, count + 1)] if count else []
+        interp = (
+            [layer.dataProvider().colorInterpretationName(i).lower() for i in range(1, count + 1)]
+            if count
+            else []
+        )
+        for k, band in enumerate(model_bands):
+            combo = QComboBox()
+            combo.addItems([f"{i + 1}: {names[i]} ({interp[i]})" for i in range(count)])
+            match = next(
+                (i for i, name in enumerate(interp) if name.startswith(band.lower())), None
+            )
+            combo.setCurrentIndex(match if match is not None else min(k, max(count - 1, 0)))
+            self.bands_form.addRow(f"{band}:", combo)
+            self.band_combos.append(combo)
+
+    # ---- layer --------------------------------------------------------------------------
+    def _layer_changed(self, layer) -> None:
+        if not isinstance(layer, QgsRasterLayer):
+            self.export_note.setText("")
+            return
+        if is_plain_file(layer):
+            self.export_note.setText("")
+            source = Path(layer.source().split("|")[0])
+            folder = PluginSettings.load().output_folder or str(source.parent)
+            self.output_widget.setFilePath(str(Path(folder) / f"{source.stem}_classes.tif"))
+            self.polygons_widget.setFilePath(str(Path(folder) / f"{source.stem}_classes.shp"))
+        else:
+            self.export_note.setText(
+                "This layer is not a plain raster file: it will be exported to a temporary "
+                "GeoTIFF for the chosen extent first."
+            )
+        self.extent_box.setOriginalExtent(layer.extent(), layer.crs())
+        self.extent_box.setCurrentExtent(layer.extent(), layer.crs())
+        self.extent_box.setOutputCrs(layer.crs())
+        self._model_changed()
+
+    # ---- run ----------------------------------------------------------------------------
+    def parameters(self) -> dict:
+        """The segment_layer parameters the widgets describe."""
+        params = {
+            "INPUT": self.layer_combo.currentLayer(),
+            "MODEL": self.model_combo.currentText(),
+            "BANDS": ",".join(str(c.currentIndex() + 1) for c in self.band_combos),
+            "TILE_SIZE": self.tile_spin.value(),
+            "OVERLAP": self.overlap_spin.value(),
+            "DEVICE": self.device_combo.currentIndex(),
+            "TTA": self.tta_check.isChecked(),
+            "OUTPUT": self.output_widget.filePath(),
+            "MIN_AREA": self.min_area_spin.value(),
+            "SIMPLIFY": self.simplify_spin.value(),
+        }
+        if self.extent_box.isChecked():
+            params["EXTENT"] = self.extent_box.outputExtent()
+        if self.polygons_check.isChecked():
+            params["OUTPUT_VECTOR"] = self.polygons_widget.filePath()
+        return params
+
+    def run(self) -> None:
+        """Start segment_layer as a background task."""
+        if self.task is not None:
+            return
+        if (
+            not isinstance(self.layer_combo.currentLayer(), QgsRasterLayer)
+            or not self.model_combo.currentText()
+        ):
+            self.status.setText("Choose a raster layer and a model first.")
+            return
+        settings = PluginSettings.load()
+        settings.last_model = self.model_combo.currentText()
+        settings.tile_size = self.tile_spin.value()
+        settings.save()
+        algorithm = QgsApplication.processingRegistry().algorithmById(
+            "segment_plugin:segment_layer"
+        )
+        self.context = QgsProcessingContext()
+        self.context.setProject(QgsProject.instance())
+        self.feedback = QgsProcessingFeedback()
+        # a slot of this dialog: Qt queues the call to the GUI thread (the task runs elsewhere)
+        self.feedback.progressChanged.connect(self._on_progress)
+        self.task = QgsProcessingAlgRunnerTask(
+            algorithm, self.parameters(), self.context, self.feedback
+        )
+        self.task.executed.connect(self._finished)
+        self.last_results, self.last_error = None, None
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status.setText("running…")
+        QgsApplication.taskManager().addTask(self.task)
+
+    @pyqtSlot(float)
+    def _on_progress(self, value: float) -> None:
+        self.progress.setValue(int(value))
+
+    def cancel(self) -> None:
+        """Stop the run: the engine process is terminated, nothing partial stays."""
+        if self.feedback is not None:
+            self.feedback.cancel()
+
+    def _finished(self, ok: bool, results: dict) -> None:
+        self.task = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if not ok:
+            cancelled = self.feedback is not None and self.feedback.isCanceled()
+            self.last_error = "cancelled" if cancelled else "failed: see the Processing log"
+            self.status.setText(f"Segmentation {self.last_error}.")
+            self.progress.setValue(0)
+            return
+        self.last_results = results
+        self.progress.setValue(100)
+        classes_layer = QgsRasterLayer(results["OUTPUT"], Path(results["OUTPUT"]).stem)
+        QgsProject.instance().addMapLayer(classes_layer)
+        if results.get("OUTPUT_VECTOR"):
+            polygons = QgsVectorLayer(
+                results["OUTPUT_VECTOR"], Path(results["OUTPUT_VECTOR"]).stem, "ogr"
+            )
+            style_class_polygons(polygons, raster_classes(classes_layer))
+            QgsProject.instance().addMapLayer(polygons)
+        summary = json.loads(results.get("SUMMARY") or "{}")
+        areas = summary.get("class_area_m2") or {}
+        text = ", ".join(f"{name} {area / 10_000:.2f} ha" for name, area in areas.items())
+        self.status.setText(f"Done: {text}")
+        self.iface.messageBar().pushMessage("Segment Layer", text or "done", Qgis.Success, 10)

@@ -1,0 +1,91 @@
+"""The Segment Layer dialog in QGIS: preselection, model card, a real run, cancel."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, wait_until
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+import segment_plugin
+
+DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
+SHOTS = ROOT / "build" / "screenshots"
+
+
+@pytest.fixture
+def project_layers(qgis_iface, qgis_new_project):
+    if not DEMO.exists():
+        pytest.skip("../shared/data is absent")
+    raster = QgsRasterLayer(str(DEMO), "gorinchem")
+    other = QgsRasterLayer(str(DEMO), "second raster")
+    points = QgsVectorLayer("Point?crs=EPSG:28992", "points", "memory")
+    QgsProject.instance().addMapLayers([points, other, raster])
+    qgis_iface.setActiveLayer(raster)
+    return raster, other, points
+
+
+@pytest.fixture
+def dialog(qgis_iface, project_layers, tiny_models, engine_python):
+    plugin = segment_plugin.classFactory(qgis_iface)
+    plugin.initGui()
+    plugin.actions[0].trigger()
+    dlg = plugin._segment_dialog
+    wait_until(lambda: not dlg.status.text().startswith("looking"), timeout=120)
+    yield dlg
+    plugin.unload()
+
+
+def grab(widget, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    QgsApplication.processEvents()
+    assert widget.grab().save(str(SHOTS / name))
+
+
+def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers):
+    raster, other, _ = project_layers
+    assert dialog.layer_combo.currentLayer() == raster
+    listed = {dialog.layer_combo.layer(i).name() for i in range(dialog.layer_combo.count())}
+    assert listed == {"gorinchem", "second raster"}
+    assert "tiny" in [dialog.model_combo.itemText(i) for i in range(dialog.model_combo.count())]
+    dialog.model_combo.setCurrentText("tiny")
+    assert "building" in dialog.card_view.toPlainText()
+    # RGB file: the model's red/green/blue are prefilled from the colour interpretation
+    assert [c.currentIndex() + 1 for c in dialog.band_combos] == [1, 2, 3]
+    assert dialog.output_widget.filePath().endswith("demo_nl_gorinchem_rgb_25cm_classes.tif")
+    grab(dialog, "segment_dialog.png")
+
+
+def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
+    dialog.model_combo.setCurrentText("tiny")
+    dialog.tile_spin.setValue(256)
+    dialog.output_widget.setFilePath(str(tmp_path / "classes.tif"))
+    dialog.polygons_check.setChecked(True)
+    dialog.polygons_widget.setFilePath(str(tmp_path / "classes.shp"))
+    dialog.min_area_spin.setValue(2.0)
+    dialog.run()
+    wait_until(lambda: dialog.task is None, timeout=300)
+    assert dialog.last_results is not None, dialog.status.text()
+    layers = QgsProject.instance().mapLayersByName("classes")
+    classes = next(layer for layer in layers if isinstance(layer, QgsRasterLayer))
+    polygons = next(layer for layer in layers if isinstance(layer, QgsVectorLayer))
+    assert classes.renderer().type() == "paletted"
+    assert [c.label for c in classes.renderer().classes()] == CLASS_NAMES
+    assert polygons.renderer().type() == "categorizedSymbol"
+    assert [c.label() for c in polygons.renderer().categories()] == CLASS_NAMES
+    assert classes.crs() == polygons.crs() == dialog.layer_combo.currentLayer().crs()
+    assert "ha" in dialog.status.text()
+    grab(dialog, "segment_dialog_done.png")
+
+
+def test_cancel_mid_run_leaves_nothing(dialog, tmp_path):
+    dialog.model_combo.setCurrentText("tiny")
+    dialog.tile_spin.setValue(32)
+    dialog.overlap_spin.setValue(8)
+    dialog.output_widget.setFilePath(str(tmp_path / "classes.tif"))
+    dialog.run()
+    wait_until(lambda: dialog.progress.value() > 2, timeout=120)
+    dialog.cancel()
+    wait_until(lambda: dialog.task is None, timeout=60)
+    assert dialog.last_error == "cancelled"
+    assert list(tmp_path.iterdir()) == []
