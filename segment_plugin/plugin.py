@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsMapLayerType
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
@@ -43,7 +43,14 @@ class SegmentPlugin:
         )
         settings.setObjectName("segment_plugin_engine_settings")
         settings.triggered.connect(self.show_engine_dialog)
-        self.actions = [segment, settings]
+        export = QAction("Export polygons to shapefile…", main_window)
+        export.setObjectName("segment_plugin_export_shapefile")
+        export.setToolTip("Write the selected polygon layer to a shapefile (.prj, UTF-8 .cpg)")
+        export.triggered.connect(self.export_polygons)
+        self.actions = [segment, settings, export]
+        # also in the Layers panel's context menu of vector layers
+        self.iface.addCustomActionForLayerType(export, "", QgsMapLayerType.VectorLayer, True)
+        self._layer_menu_action = export
 
         self.toolbar = self.iface.addToolBar("Segment Plugin")
         self.toolbar.setObjectName("segment_plugin_toolbar")
@@ -53,6 +60,9 @@ class SegmentPlugin:
 
     def unload(self) -> None:
         """Remove everything initGui added."""
+        if getattr(self, "_layer_menu_action", None) is not None:
+            self.iface.removeCustomActionForLayerType(self._layer_menu_action)
+            self._layer_menu_action = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
             action.deleteLater()
@@ -86,6 +96,12 @@ class SegmentPlugin:
         dialog.show()
         dialog.raise_()
         dialog.check_engine()
+
+    def export_polygons(self) -> None:
+        """Export the active polygon layer to a shapefile."""
+        from segment_plugin.gui.export_shapefile import ask_and_export
+
+        ask_and_export(self.iface)
 
     def show_segment_dialog(self) -> None:
         """Segment Layer: the dialog, with the active raster layer preselected."""

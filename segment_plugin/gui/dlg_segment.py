@@ -47,6 +47,19 @@ from segment_plugin.tasks.engine_task import EngineCommandTask
 DEVICES = ["auto", "cpu", "gpu"]
 
 
+class _Feedback(QgsProcessingFeedback):
+    """Processing feedback that keeps the last error, to show it in the dialog and message bar."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_error = ""
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803
+        """Remember the message (called from the task's thread; read after it ends)."""
+        self.last_error = error
+        super().reportError(error, fatalError)
+
+
 class SegmentDialog(QDialog):
     """Segment a raster layer: model, bands, extent, tiling, outputs → layers in the project."""
 
@@ -299,7 +312,7 @@ class SegmentDialog(QDialog):
         )
         self.context = QgsProcessingContext()
         self.context.setProject(QgsProject.instance())
-        self.feedback = QgsProcessingFeedback()
+        self.feedback = _Feedback()
         # a slot of this dialog: Qt queues the call to the GUI thread (the task runs elsewhere)
         self.feedback.progressChanged.connect(self._on_progress)
         self.task = QgsProcessingAlgRunnerTask(
@@ -326,9 +339,15 @@ class SegmentDialog(QDialog):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if not ok:
-            cancelled = self.feedback is not None and self.feedback.isCanceled()
-            self.last_error = "cancelled" if cancelled else "failed: see the Processing log"
-            self.status.setText(f"Segmentation {self.last_error}.")
+            if self.feedback is not None and self.feedback.isCanceled():
+                self.last_error = "cancelled"
+            else:
+                reason = self.feedback.last_error if self.feedback is not None else ""
+                self.last_error = reason or "failed (see the Processing log)"
+                self.iface.messageBar().pushMessage(
+                    "Segment Layer", self.last_error, Qgis.Critical, 0
+                )
+            self.status.setText(f"Segmentation: {self.last_error}")
             self.progress.setValue(0)
             return
         self.last_results = results

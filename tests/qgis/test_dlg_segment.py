@@ -89,3 +89,39 @@ def test_cancel_mid_run_leaves_nothing(dialog, tmp_path):
     wait_until(lambda: dialog.task is None, timeout=60)
     assert dialog.last_error == "cancelled"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_engine_error_reaches_the_dialog_and_message_bar(dialog, tmp_path, qgis_iface):
+    dialog.model_combo.setCurrentText("tiny")
+    dialog.output_widget.setFilePath(str(tmp_path / "no" / "classes.tif"))  # folder missing
+    dialog.run()
+    wait_until(lambda: dialog.task is None, timeout=120)
+    assert "the output folder" in dialog.last_error and "does not exist" in dialog.last_error
+    assert "Traceback" not in dialog.status.text()
+
+
+def test_export_polygons_round_trips(dialog, tmp_path):
+    from segment_plugin.gui.export_shapefile import export_to_shapefile
+
+    dialog.model_combo.setCurrentText("tiny")
+    dialog.output_widget.setFilePath(str(tmp_path / "c.tif"))
+    dialog.polygons_check.setChecked(True)
+    dialog.polygons_widget.setFilePath(str(tmp_path / "c.gpkg"))
+    dialog.run()
+    wait_until(lambda: dialog.task is None, timeout=300)
+    polygons = next(
+        layer
+        for layer in QgsProject.instance().mapLayersByName("c")
+        if isinstance(layer, QgsVectorLayer)
+    )
+    (tmp_path / "export").mkdir()
+    written = export_to_shapefile(polygons, tmp_path / "export" / "polygons")
+    assert written.suffix == ".shp"
+    for ext in (".prj", ".cpg", ".dbf", ".shx"):
+        assert written.with_suffix(ext).exists()
+    back = QgsVectorLayer(str(written), "back", "ogr")
+    assert back.featureCount() == polygons.featureCount()
+    assert sorted(f["class"] for f in back.getFeatures()) == sorted(
+        f["class"] for f in polygons.getFeatures()
+    )
+    assert back.crs() == polygons.crs()

@@ -34,13 +34,14 @@ def test_classfactory_import_is_lazy():
 
 
 def test_init_gui_adds_actions_toolbar_and_provider(plugin, qgis_iface):
-    segment, settings = plugin.actions
+    segment, settings, export = plugin.actions
     assert segment.text() == "Segment Layer…"
     assert not segment.icon().isNull()
     toolbar = qgis_iface.mainWindow().findChild(QToolBar, "segment_plugin_toolbar")
     assert toolbar is not None and segment in toolbar.actions()
     menu_calls = [c.args for c in qgis_iface.addPluginToRasterMenu.call_args_list]
-    assert menu_calls == [(MENU, segment), (MENU, settings)]
+    assert menu_calls == [(MENU, segment), (MENU, settings), (MENU, export)]
+    assert export.text() == "Export polygons to shapefile…"
     provider = registry().providerById("segment_plugin")
     assert provider is not None
     assert registry().algorithmById("segment_plugin:engine_status") is not None
@@ -53,8 +54,8 @@ def test_unload_removes_everything(qgis_iface):
     instance.unload()
     QgsApplication.processEvents()
     assert registry().providerById("segment_plugin") is None
-    removed = [c.args for c in qgis_iface.removePluginRasterMenu.call_args_list[-2:]]
-    assert removed == [(MENU, actions[0]), (MENU, actions[1])]
+    removed = [c.args for c in qgis_iface.removePluginRasterMenu.call_args_list[-3:]]
+    assert removed == [(MENU, action) for action in actions]
     assert instance.actions == [] and instance.toolbar is None
     assert qgis_iface.mainWindow().findChildren(QToolBar, "segment_plugin_toolbar") == []
 
