@@ -9,6 +9,7 @@ background task, so opening the dialog never blocks QGIS.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from qgis.core import (
@@ -47,6 +48,10 @@ from segment_plugin.tasks.engine_task import EngineCommandTask
 DEVICES = ["auto", "cpu", "gpu"]
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 class _Feedback(QgsProcessingFeedback):
     """Processing feedback that keeps the last error, to show it in the dialog and message bar."""
 
@@ -74,6 +79,7 @@ class SegmentDialog(QDialog):
         self.last_results: dict | None = None
         self.last_error: str | None = None
         self._models_task: EngineCommandTask | None = None
+        self._started = 0.0
         self._build()
         self._load_settings()
         self.layer_combo.layerChanged.connect(self._layer_changed)
@@ -323,11 +329,16 @@ class SegmentDialog(QDialog):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("running…")
+        self._started = time.monotonic()
         QgsApplication.taskManager().addTask(self.task)
 
     @pyqtSlot(float)
     def _on_progress(self, value: float) -> None:
         self.progress.setValue(int(value))
+        elapsed = time.monotonic() - self._started
+        if value >= 2 and elapsed > 2:
+            remaining = elapsed * (100 - value) / value
+            self.status.setText(f"running… about {_duration(remaining)} left")
 
     def cancel(self) -> None:
         """Stop the run: the engine process is terminated, nothing partial stays."""

@@ -30,7 +30,9 @@ def run_engine_with_feedback(
         if kind == "progress":
             feedback.setProgress(100.0 * float(event.get("fraction") or 0.0))
             if event.get("message"):
-                feedback.setProgressText(event["message"])
+                eta = event.get("eta_s")
+                suffix = f", about {eta:.0f} s left" if isinstance(eta, (int, float)) else ""
+                feedback.setProgressText(event["message"] + suffix)
         elif kind == "log":
             if event.get("level") == "warning":
                 feedback.pushWarning(event["message"])

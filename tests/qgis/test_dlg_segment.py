@@ -84,7 +84,7 @@ def test_cancel_mid_run_leaves_nothing(dialog, tmp_path):
     dialog.overlap_spin.setValue(8)
     dialog.output_widget.setFilePath(str(tmp_path / "classes.tif"))
     dialog.run()
-    wait_until(lambda: dialog.progress.value() > 2, timeout=120)
+    wait_until(lambda: "left" in dialog.status.text(), timeout=120)  # an ETA is shown
     dialog.cancel()
     wait_until(lambda: dialog.task is None, timeout=60)
     assert dialog.last_error == "cancelled"
