@@ -18,7 +18,7 @@ export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 .PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled
 
 help:
-	@echo "make demo     segment the demo raster (does its own setup)"
+	@echo "make demo     segment the demo raster with the bundled model (RASTER=..., MODEL=...)"
 	@echo "make test     engine + QGIS test suites (does its own setup)"
 	@echo "make setup    apt packages (QGIS 3.22), engine venv .venv, QGIS test venv .venv-qgis"
 	@echo "make package  dist/segment_plugin.zip for QGIS 'Install from ZIP'"
@@ -64,8 +64,17 @@ test-qgis:
 	rm -rf .qgis-settings  # pytest-qgis's profile: start every run from a clean one
 	$(QGIS_PY) -m pytest tests/qgis
 
+# Segment a real orthophoto with the bundled model: class GeoTIFF + .qml, shapefile, PNG preview.
+RASTER   ?= ../shared/data/rasters/demo_nl_gorinchem_rgb_25cm.tif
+MODEL    ?= landcover
+DEMO_OUT := build/demo
 demo: setup
-	$(ENGINE_VENV)/bin/segment-plugin info
+	@test -f "$(RASTER)" || { echo "no raster at $(RASTER): make demo RASTER=path/to/raster.tif"; exit 1; }
+	@mkdir -p $(DEMO_OUT)
+	$(ENGINE_VENV)/bin/segment-plugin segment "$(RASTER)" --model $(MODEL) \
+	    --output $(DEMO_OUT)/classes.tif --vector $(DEMO_OUT)/classes.shp --overwrite
+	$(ENGINE_VENV)/bin/segment-plugin preview "$(RASTER)" $(DEMO_OUT)/classes.tif \
+	    --output $(DEMO_OUT)/preview.png --overwrite
 
 # The zip QGIS installs: one top folder segment_plugin/ holding the package, metadata.txt,
 # resources/ and LICENSE; no caches, no tests.

@@ -149,6 +149,15 @@ def _cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> None:
         print(json.dumps(result))
 
 
+def _cmd_preview(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.preview import write_preview
+
+    path = write_preview(args.image, args.classes, args.output, args.max_side, args.overwrite)
+    reporter.result(output=str(path))
+    if args.progress == "text":
+        print(f"wrote {path}")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -278,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true")
     _add_common(ev)
     ev.set_defaults(handler=_cmd_evaluate)
+
+    pre = commands.add_parser("preview", help="PNG of an image and its classes side by side")
+    pre.add_argument("image", type=Path, help="the segmented raster")
+    pre.add_argument("classes", type=Path, help="its class raster (from segment)")
+    pre.add_argument("--output", required=True, type=Path, help="preview.png")
+    pre.add_argument("--max-side", type=int, default=1000, help="panel size limit in pixels")
+    pre.add_argument("--overwrite", action="store_true")
+    _add_common(pre)
+    pre.set_defaults(handler=_cmd_preview)
 
     models = commands.add_parser("models", help="list bundled and user models with their cards")
     _add_common(models)

@@ -292,3 +292,18 @@ def test_other_normalizations(tmp_path, normalization):
     classes = read(result["output"])[0]
     reference = single_pass_classes(raster, tmp_path / "m")
     assert (classes == reference).mean() >= 0.995
+
+
+def test_preview_shows_image_and_classes_side_by_side(tmp_path, tiny_model):
+    from segment_plugin.engine.preview import GAP, write_preview
+
+    image = scene(120, 90)
+    raster = write_raster(tmp_path / "in.tif", image)
+    result, _ = run(tmp_path, raster, tiny_model)
+    png = write_preview(raster, tmp_path / "classes.tif", tmp_path / "preview.png", max_side=60)
+    with rasterio.open(png) as picture:
+        assert (picture.width, picture.height) == (45 + GAP + 45, 60)
+        left, right = picture.read()[:, :, :45], picture.read()[:, :, 45 + GAP :]
+    colours = {tuple(int(v) for v in c.rgb()) for c in LANDCOVER_CLASSES}
+    assert {tuple(int(v) for v in px) for px in right.reshape(3, -1).T} <= colours
+    assert np.abs(left.astype(int) - image[:, ::2, ::2].astype(int)).mean() < 12  # decimated image
