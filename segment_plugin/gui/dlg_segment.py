@@ -79,6 +79,8 @@ class SegmentDialog(QDialog):
         self.last_results: dict | None = None
         self.last_error: str | None = None
         self._models_task: EngineCommandTask | None = None
+        self._devices_task: EngineCommandTask | None = None
+        self.devices_known = False
         self._started = 0.0
         self._build()
         self._load_settings()
@@ -182,13 +184,28 @@ class SegmentDialog(QDialog):
 
     # ---- models -------------------------------------------------------------------------
     def load_models(self) -> None:
-        """Ask the engine for the installed models (background task)."""
+        """Ask the engine for the installed models and its devices (background tasks)."""
         engine = PluginSettings.load().engine()
         self.status.setText("looking for models…")
         task = EngineCommandTask("Segment Plugin: listing models", ["models"], engine.python)
         task.completed.connect(self._models_loaded)
         self._models_task = task
         QgsApplication.taskManager().addTask(task)
+        devices = EngineCommandTask("Segment Plugin: devices", ["info"], engine.python)
+        devices.completed.connect(self._devices_loaded)
+        self._devices_task = devices
+        QgsApplication.taskManager().addTask(devices)
+
+    def _devices_loaded(self, outcome) -> None:
+        """Show what the engine found: auto → the device it will use; gpu disabled without one."""
+        self._devices_task = None
+        if not outcome.ok:
+            return
+        gpu = bool(outcome.data.get("gpu"))
+        self.device_combo.setItemText(0, f"auto ({'GPU' if gpu else 'CPU'})")
+        self.device_combo.setItemText(2, "gpu" if gpu else "gpu (none found)")
+        self.device_combo.model().item(2).setEnabled(gpu)
+        self.devices_known = True
 
     def _models_loaded(self, outcome) -> None:
         self._models_task = None

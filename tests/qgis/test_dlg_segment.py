@@ -7,6 +7,7 @@ from conftest import ROOT, wait_until
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
 
 import segment_plugin
+from segment_plugin.runner import run_engine
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
 CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
@@ -42,7 +43,7 @@ def grab(widget, name):
     assert widget.grab().save(str(SHOTS / name))
 
 
-def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers):
+def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers, engine_python):
     raster, other, _ = project_layers
     assert dialog.layer_combo.currentLayer() == raster
     listed = {dialog.layer_combo.layer(i).name() for i in range(dialog.layer_combo.count())}
@@ -53,6 +54,11 @@ def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers):
     # RGB file: the model's red/green/blue are prefilled from the colour interpretation
     assert [c.currentIndex() + 1 for c in dialog.band_combos] == [1, 2, 3]
     assert dialog.output_widget.filePath().endswith("demo_nl_gorinchem_rgb_25cm_classes.tif")
+    wait_until(lambda: dialog.devices_known, timeout=120)  # the engine's device report
+    gpu = run_engine(["info"], engine_python).data["gpu"]
+    assert dialog.device_combo.itemText(0) == f"auto ({'GPU' if gpu else 'CPU'})"
+    assert dialog.device_combo.itemText(2) == ("gpu" if gpu else "gpu (none found)")
+    assert dialog.device_combo.model().item(2).isEnabled() == gpu
     grab(dialog, "segment_dialog.png")
 
 
