@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -17,12 +18,34 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
+    QgsRasterLayer,
+    QgsVectorLayer,
 )
 
 from segment_plugin.processing.engine_feedback import run_engine_with_feedback
 from segment_plugin.processing.raster_input import engine_readable_path
 
 DEVICES = ["auto", "cpu", "gpu"]
+#: Post-processors must outlive the algorithm (QGIS calls them after it returns).
+_POST_PROCESSORS: list = []
+
+
+class StyleClassPolygons(QgsProcessingLayerPostProcessorInterface):
+    """When QGIS loads the polygons, colour them by class like the class raster."""
+
+    def __init__(self, classes_path: str) -> None:
+        super().__init__()
+        self.classes_path = classes_path
+
+    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 - QGIS API
+        """Apply the categorized class style (runs in the main thread)."""
+        from segment_plugin.gui.styling import raster_classes, style_class_polygons
+
+        if isinstance(layer, QgsVectorLayer):
+            classes = raster_classes(QgsRasterLayer(self.classes_path, "classes"))
+            style_class_polygons(layer, classes)
+        if self in _POST_PROCESSORS:  # done: QGIS will not call it again
+            _POST_PROCESSORS.remove(self)
 
 
 def vectorize_args(min_area: float, simplify: float) -> list[str]:
@@ -168,4 +191,8 @@ class SegmentLayerAlgorithm(QgsProcessingAlgorithm):
                 feedback,
             )
             outputs["OUTPUT_VECTOR"] = vector
+            if context.willLoadLayerOnCompletion(vector):
+                styler = StyleClassPolygons(output)
+                _POST_PROCESSORS.append(styler)
+                context.layerToLoadOnCompletionDetails(vector).setPostProcessor(styler)
         return outputs

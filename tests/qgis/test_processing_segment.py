@@ -207,3 +207,31 @@ def test_evaluate_algorithm(registry, tmp_path):
     assert ok and results["MIOU"] == 1.0 and results["PIXEL_ACCURACY"] == 1.0
     assert json.loads(results["REPORT"])["pixels"] > 60_000
     assert "<svg" in (tmp_path / "r.html").read_text()
+
+
+def test_toolbox_run_styles_the_polygons_it_loads(registry, tiny_models, demo, tmp_path):
+    from qgis.core import QgsProject
+
+    polygons = str(tmp_path / "p.gpkg")
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    details = QgsProcessingContext.LayerDetails("polygons", QgsProject.instance(), "OUTPUT_VECTOR")
+    context.addLayerToLoadOnCompletion(polygons, details)  # what the toolbox does
+    algorithm = registry.algorithmById("segment_plugin:segment_layer")
+    results, ok = algorithm.run(
+        {
+            "INPUT": QgsRasterLayer(str(demo), "demo"),
+            "MODEL": "tiny",
+            "OUTPUT": str(tmp_path / "c.tif"),
+            "OUTPUT_VECTOR": polygons,
+        },
+        context,
+        QgsProcessingFeedback(),
+    )
+    assert ok
+    layer = QgsVectorLayer(polygons, "polygons", "ogr")
+    context.layerToLoadOnCompletionDetails(polygons).postProcessor().postProcessLayer(
+        layer, context, QgsProcessingFeedback()
+    )
+    assert layer.renderer().type() == "categorizedSymbol"
+    assert [c.label() for c in layer.renderer().categories()] == CLASS_NAMES
