@@ -158,6 +158,18 @@ def _cmd_preview(args: argparse.Namespace, reporter: Reporter) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_export_chips(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.params import _read_mapping
+    from segment_plugin.engine.training.chips import export_chips, read_polygons
+
+    mapping = _read_mapping(args.mapping) if args.mapping else None
+    polygons = read_polygons(args.labels)
+    chips = export_chips(args.raster, polygons, args.field, mapping, args.output, args.patch)
+    reporter.result(output=str(args.output), chips=len(chips))
+    if args.progress == "text":
+        print(f"wrote {len(chips)} chip pairs to {args.output}")
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -244,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Patches from image/mask pair folders (<name>.jpg + <name>_mask.png); the best "
         "model by validation mIoU is written as a model package; resumable with --resume.",
     )
-    tr.add_argument("--images", action="append", required=True, type=Path, help="pairs folder")
+    tr.add_argument("--images", action="append", default=[], type=Path, help="pairs folder")
+    tr.add_argument("--raster", type=Path, help="a georeferenced raster with …")
+    tr.add_argument("--labels", type=Path, help="… a polygon layer of labels (shp, gpkg, …)")
+    tr.add_argument("--field", help="… whose field holds the class")
+    tr.add_argument("--mapping", help='field value → class code as JSON, e.g. {"house": 1}')
     tr.add_argument("--val-images", type=Path, help="validation pairs folder (default: a split)")
     tr.add_argument("--output", required=True, type=Path, help="model package folder to write")
     start = tr.add_mutually_exclusive_group()
@@ -287,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--overwrite", action="store_true")
     _add_common(ev)
     ev.set_defaults(handler=_cmd_evaluate)
+
+    ch = commands.add_parser(
+        "export-chips", help="raster + label polygons → georeferenced image/mask chip pairs"
+    )
+    ch.add_argument("raster", type=Path, help="the image raster")
+    ch.add_argument("--labels", required=True, type=Path, help="polygon layer with the classes")
+    ch.add_argument("--field", required=True, help="field holding the class")
+    ch.add_argument("--mapping", help="field value → class code as JSON (default: codes)")
+    ch.add_argument("--output", required=True, type=Path, help="folder for the chips")
+    ch.add_argument("--patch", type=int, default=256)
+    _add_common(ch)
+    ch.set_defaults(handler=_cmd_export_chips)
 
     pre = commands.add_parser("preview", help="PNG of an image and its classes side by side")
     pre.add_argument("image", type=Path, help="the segmented raster")

@@ -126,15 +126,29 @@ class VectorizeParams(JobParams):
 LOSS_NAMES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
 
 
+def _read_mapping(text: str) -> dict[str, int]:
+    """``{"house": 1, ...}`` from JSON text or a JSON file: field value → class code."""
+    source = Path(text)
+    try:
+        data = json.loads(source.read_text() if source.is_file() else text)
+        return {str(k): int(v) for k, v in data.items()}
+    except (ValueError, AttributeError, OSError) as exc:
+        raise InputError(f'--mapping must be JSON like {{"house": 1}}: {exc}') from exc
+
+
 @dataclass
 class TrainParams(JobParams):
     """``segment-plugin train``: labelled chips in, a model package out."""
 
     JOB: ClassVar[str] = "train"
 
-    images: tuple[Path, ...]
     output: Path
-    val_images: Path | None = None  # None: a share of the training images, split by image
+    images: tuple[Path, ...] = ()  # folders of image/mask pairs …
+    raster: Path | None = None  # … and/or a raster with
+    labels: Path | None = None  # … a polygon layer (any OGR format) whose
+    field: str | None = None  # … field holds the class,
+    mapping: dict[str, int] | None = None  # … mapped to class codes (None: values are codes)
+    val_images: Path | None = None  # None: split by image (pairs) or by area (raster + labels)
     base_model: str | None = None  # fine-tune this model package
     arch: str = "separable_unet"
     classes: Path | None = None  # classes.json; default: the base model's classes
@@ -157,14 +171,25 @@ class TrainParams(JobParams):
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        self.images = tuple(Path(p) for p in self.images)
+        self.images = tuple(Path(p) for p in self.images or ())
         self.output = Path(self.output)
+        for name in ("raster", "labels"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        if isinstance(self.mapping, str):
+            self.mapping = _read_mapping(self.mapping)
         if self.val_images is not None:
             self.val_images = Path(self.val_images)
         if self.classes is not None:
             self.classes = Path(self.classes)
-        if not self.images:
-            raise InputError("no --images folder given")
+        if not self.images and self.raster is None:
+            raise InputError(
+                "give --images DIR (image/mask pairs) or --raster R --labels L --field F"
+            )
+        if self.raster is not None and (self.labels is None or not self.field):
+            raise InputError(
+                "--raster needs --labels (a polygon layer) and --field (its class field)"
+            )
         if self.loss not in LOSS_NAMES:
             raise InputError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
         if self.class_weights not in ("median_frequency", "none"):

@@ -321,6 +321,114 @@ def test_evaluate_raster_against_reference(dubai_chips, tmp_path, capsys):
     assert result_code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["pixels"] > 0.9 * 260 * 260 * (1 - 0.0355)
-    with pytest.raises(Exception, match="either --images DIR or --raster"):
+    with pytest.raises(Exception, match="give either --images DIR, --raster R --reference REF"):
         EvaluateParams(model="x")
     shutil.rmtree(tmp_path / "model")
+
+
+@pytest.fixture
+def digitised(tmp_path):
+    """A real NAIP raster (Chesapeake) and polygons digitised from its reference classes."""
+    import geopandas as gpd
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    raster = shared_raster("chesapeake_m_3907833_nw_17_1_naip-new.tif")
+    reference = shared_raster("chesapeake_m_3907833_nw_17_1_lc_classes.tif")
+    names = {0: "field", 2: "forest", 3: "lake", 4: "street"}
+    with rasterio.open(reference) as ref:
+        codes = ref.read(1)
+        rows = [
+            (names[int(v)], shape(g))
+            for g, v in shapes(codes, mask=codes != 255, transform=ref.transform)
+            if int(v) in names
+        ]
+        crs = ref.crs
+    frame = gpd.GeoDataFrame({"kind": [k for k, _ in rows]}, geometry=[g for _, g in rows], crs=crs)
+    labels = tmp_path / "labels.gpkg"
+    frame.to_crs("EPSG:4326").to_file(labels)  # another CRS than the raster: reprojected
+    mapping = {"field": 0, "forest": 2, "lake": 3, "street": 4}
+    return raster, labels, mapping
+
+
+def test_export_chips_writes_georeferenced_pairs(digitised, tmp_path, capsys):
+    raster, labels, mapping = digitised
+    out = tmp_path / "chips"
+    code = cli.main(
+        [
+            "export-chips",
+            str(raster),
+            "--labels",
+            str(labels),
+            "--field",
+            "kind",
+            "--mapping",
+            json.dumps(mapping),
+            "--output",
+            str(out),
+            "--patch",
+            "128",
+        ]
+    )
+    assert code == 0
+    images = sorted(p for p in out.glob("chip_*.tif") if not p.stem.endswith("_mask"))
+    assert len(images) == 9  # 260×260 in 128-px chips, edges flush
+    with (
+        rasterio.open(images[0]) as chip,
+        rasterio.open(str(images[0]).replace(".tif", "_mask.tif")) as mask,
+    ):
+        assert chip.crs == mask.crs and chip.transform == mask.transform and chip.count == 4
+        assert set(np.unique(mask.read(1))) <= {0, 2, 3, 4, 255}
+    assert len(pairs_folder(out, [0, 1, 2, 3, 4], bands=3)) == 9  # what train --images reads
+
+
+def test_train_from_raster_and_polygons_split_by_area(digitised, tmp_path):
+    raster, labels, mapping = digitised
+    reporter = Recorder()
+    result = train(
+        TrainParams(
+            output=tmp_path / "m",
+            raster=raster,
+            labels=labels,
+            field="kind",
+            mapping=mapping,
+            classes=CLASSES_JSON,
+            bands=3,
+            epochs=1,
+            patch=64,
+            batch=4,
+            steps_per_epoch=2,
+        ),
+        reporter,
+    )
+    assert result["val_report"]["pixels"] > 0
+    card = ModelPackage.open(tmp_path / "m").card
+    assert card.bands == ("red", "green", "blue")
+
+
+def test_polygon_labels_bad_input(digitised, tmp_path):
+    raster, labels, mapping = digitised
+    common = dict(
+        output=tmp_path / "m", raster=raster, labels=labels, classes=CLASSES_JSON, bands=3
+    )
+    with pytest.raises(InputError, match="no field 'klass'"):
+        train(TrainParams(field="klass", **common))
+    with pytest.raises(InputError, match="values of 'kind' without a class: lake"):
+        train(
+            TrainParams(
+                field="kind", mapping={k: v for k, v in mapping.items() if k != "lake"}, **common
+            )
+        )
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    with rasterio.open(raster) as src:
+        left, top = src.bounds.left, src.bounds.top
+        size = 10 * src.res[0]  # one 10×10-pixel polygon: 100 labelled pixels in all
+    tiny = tmp_path / "tiny.gpkg"
+    gpd.GeoDataFrame(
+        {"kind": ["forest"]}, geometry=[box(left, top - size, left + size, top)], crs=src.crs
+    ).to_file(tiny)
+    common["labels"] = tiny
+    with pytest.raises(InputError, match="too few labelled pixels for a validation split"):
+        train(TrainParams(field="kind", mapping=mapping, **common))

@@ -142,30 +142,146 @@ def raster_scene(image_path: Path, label_path: Path, codes: Sequence[int]) -> Sc
         )
 
 
-def polygon_scene(
-    image_path: Path, polygons: Any, field: str, mapping: dict[Any, int], codes: Sequence[int]
-) -> Scene:
-    """(c) a raster + polygons (GeoDataFrame) whose ``field`` maps to class codes via ``mapping``.
+def rasterize_labels(
+    dataset: Any, polygons: Any, field: str, mapping: dict[Any, int] | None
+) -> np.ndarray:
+    """Class codes (h, w) of polygons on the raster's grid; 255 outside every polygon.
 
-    Polygons are reprojected to the raster's CRS; unlabelled pixels are ignore.
+    ``mapping`` turns field values (compared as text) into class codes; None: the values are
+    codes. Polygons in another CRS are reprojected first.
     """
-    import rasterio
     from rasterio.features import rasterize
 
-    unmapped = sorted({str(v) for v in polygons[field].unique() if v not in mapping})
-    if unmapped:
-        raise InputError(f"values of {field!r} without a class: {', '.join(unmapped)}")
+    if field not in polygons.columns:
+        fields = ", ".join(str(c) for c in polygons.columns if c != "geometry")
+        raise InputError(f"the label layer has no field {field!r} (fields: {fields})")
+    if polygons.empty:
+        raise InputError("the label layer has no polygons (an empty selection?)")
+    if polygons.crs is not None and dataset.crs is not None and polygons.crs != dataset.crs:
+        polygons = polygons.to_crs(dataset.crs)
+    if mapping is None:
+        try:
+            codes = [int(v) for v in polygons[field]]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"values of {field!r} are not class codes: give a mapping") from exc
+    else:
+        text = {str(k): v for k, v in mapping.items()}
+        unmapped = sorted({str(v) for v in polygons[field] if str(v) not in text})
+        if unmapped:
+            raise InputError(f"values of {field!r} without a class: {', '.join(unmapped)}")
+        codes = [int(text[str(v)]) for v in polygons[field]]
+    labels = rasterize(
+        list(zip(polygons.geometry, codes)),
+        out_shape=dataset.shape,
+        transform=dataset.transform,
+        fill=IGNORE_INDEX,
+        dtype="uint8",
+    )
+    if (labels != IGNORE_INDEX).sum() == 0:
+        raise InputError(f"no labelled polygon overlaps {Path(dataset.name).name}")
+    return labels
+
+
+def polygon_scene(
+    image_path: Path,
+    polygons: Any,
+    field: str,
+    mapping: dict[Any, int] | None,
+    codes: Sequence[int],
+) -> Scene:
+    """(c) a raster + polygons (GeoDataFrame): labelled where digitised, ignore elsewhere."""
+    import rasterio
+
     with rasterio.open(image_path) as src:
-        if polygons.crs is not None and src.crs is not None:
-            polygons = polygons.to_crs(src.crs)
-        lookup = code_lookup(codes)
-        shapes = [(g, int(lookup[mapping[v]])) for g, v in zip(polygons.geometry, polygons[field])]
-        labels = rasterize(
-            shapes, out_shape=src.shape, transform=src.transform, fill=IGNORE_INDEX, dtype="uint8"
+        labels = rasterize_labels(src, polygons, field, mapping)
+        return Scene(
+            Path(image_path).name, src.read(), _to_indices(labels, code_lookup(codes), codes, field)
         )
-        if (labels != IGNORE_INDEX).sum() == 0:
-            raise InputError(f"no labelled polygon overlaps {image_path.name}")
-        return Scene(image_path.name, src.read(), labels)
+
+
+def read_polygons(path: Path) -> Any:
+    """A polygon layer (shapefile, GeoPackage, GeoJSON…) as a GeoDataFrame."""
+    import geopandas as gpd
+
+    try:
+        return gpd.read_file(path)
+    except Exception as exc:  # noqa: BLE001 - pyogrio/fiona raise several types
+        raise InputError(f"cannot read the label layer {path}: {exc}") from exc
+
+
+MIN_LABELLED = 256  # pixels on each side of a validation split
+
+
+def split_by_area(scene: Scene, fraction: float) -> tuple[Scene, Scene]:
+    """Training and validation by area: the columns holding the last ``fraction`` of labels.
+
+    Neighbouring pixels are not independent, so validation pixels must not sit among training
+    pixels; each returned scene keeps the whole image but only its own side's labels.
+    """
+    labelled = scene.labels != IGNORE_INDEX
+    per_column = labelled.sum(axis=0)
+    total = int(per_column.sum())
+    cut = int(np.searchsorted(np.cumsum(per_column), total * (1 - fraction)))
+    val_pixels = int(per_column[cut:].sum())
+    if min(total - val_pixels, val_pixels) < MIN_LABELLED:
+        raise InputError(
+            f"too few labelled pixels for a validation split ({total} labelled, {val_pixels} would "
+            "validate): digitise more polygons, lower the validation share or give --val-images"
+        )
+    train_labels = scene.labels.copy()
+    train_labels[:, cut:] = IGNORE_INDEX
+    val_labels = np.full_like(scene.labels, IGNORE_INDEX)
+    val_labels[:, cut:] = scene.labels[:, cut:]
+    return (
+        Scene(f"{scene.name} (training area)", scene.image, train_labels),
+        Scene(f"{scene.name} (validation area)", scene.image, val_labels),
+    )
+
+
+def export_chips(
+    raster: Path,
+    polygons: Any,
+    field: str,
+    mapping: dict[Any, int] | None,
+    folder: Path,
+    patch: int,
+) -> list[Path]:
+    """Georeferenced chip pairs (``chip_R_C.tif`` + ``chip_R_C_mask.tif``) where labels exist."""
+    import rasterio
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    from segment_plugin.engine.tiling import tile_origins
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with rasterio.open(raster) as src:
+        labels = rasterize_labels(src, polygons, field, mapping)
+        size = min(patch, src.height, src.width)
+        for row in tile_origins(src.height, size, size):
+            for col in tile_origins(src.width, size, size):
+                window = Window(col, row, size, size)
+                mask = labels[row : row + size, col : col + size]
+                if (mask == IGNORE_INDEX).all():
+                    continue
+                profile = dict(
+                    src.profile,
+                    width=size,
+                    height=size,
+                    transform=window_transform(window, src.transform),
+                    driver="GTiff",
+                )
+                stem = folder / f"chip_{row:06d}_{col:06d}"
+                with rasterio.open(stem.with_suffix(".tif"), "w", **profile) as dst:
+                    dst.write(src.read(window=window))
+                mask_profile = dict(profile, count=1, dtype="uint8", nodata=None, photometric=None)
+                mask_profile.pop("photometric")
+                with rasterio.open(f"{stem}_mask.tif", "w", **mask_profile) as dst:
+                    dst.write(mask, 1)
+                written.append(stem.with_suffix(".tif"))
+    if not written:
+        raise InputError("no labelled pixels: no chips written")
+    return written
 
 
 def dhash(image: np.ndarray) -> int:
@@ -212,17 +328,29 @@ class PatchSampler:
         self.value_range = value_range
         self.augment = augment
         self.max_ignore = max_ignore
-        areas = np.asarray([s.height * s.width for s in self.scenes], np.float64)
-        self.weights = areas / areas.sum()
+        # patches are placed around labelled pixels (a sample of their positions per scene), so
+        # sparse digitising still gives patches that teach something
+        rng = np.random.default_rng(0)
+        self.anchors = []
+        for scene in self.scenes:
+            rows, cols = np.nonzero(scene.labels != IGNORE_INDEX)
+            keep = rng.choice(rows.size, size=min(rows.size, 200_000), replace=False)
+            self.anchors.append((rows[keep], cols[keep]))
+        counts = np.asarray([a[0].size for a in self.anchors], np.float64)
+        if counts.sum() == 0:
+            raise InputError("the training data has no labelled pixels")
+        self.weights = counts / counts.sum()
 
     def random_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One random patch; scale 0.5–2× and the other augmentations when enabled."""
         for _ in range(20):  # patches that are mostly ignore teach nothing: draw again
-            scene = self.scenes[rng.choice(len(self.scenes), p=self.weights)]
+            k = rng.choice(len(self.scenes), p=self.weights)
+            scene, (rows, cols) = self.scenes[k], self.anchors[k]
             scale = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if self.augment else 1.0
             size = max(8, min(round(self.patch / scale), scene.height, scene.width))
-            row = int(rng.integers(scene.height - size + 1))
-            col = int(rng.integers(scene.width - size + 1))
+            anchor = int(rng.integers(rows.size))  # a labelled pixel somewhere inside the crop
+            row = int(np.clip(rows[anchor] - rng.integers(size), 0, scene.height - size))
+            col = int(np.clip(cols[anchor] - rng.integers(size), 0, scene.width - size))
             image, labels = scene.read(row, col, size, size)
             if (labels == IGNORE_INDEX).mean() <= self.max_ignore:
                 break

@@ -36,6 +36,9 @@ from segment_plugin.engine.training.chips import (
     class_pixel_counts,
     near_duplicates,
     pairs_folder,
+    polygon_scene,
+    read_polygons,
+    split_by_area,
 )
 from segment_plugin.engine.training.losses import make_loss, median_frequency_weights
 
@@ -60,6 +63,29 @@ def _split(scenes: list[Scene], fraction: float, seed: int) -> tuple[list[Scene]
     order = np.random.default_rng(seed).permutation(len(scenes))
     n_val = min(len(scenes) - 1, max(1, round(len(scenes) * fraction)))
     return [scenes[i] for i in order[n_val:]], [scenes[i] for i in order[:n_val]]
+
+
+def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], list[Scene]]:
+    """Training and validation scenes: pairs split by image, a labelled raster split by area."""
+    pairs = [s for folder in params.images for s in pairs_folder(folder, codes, params.bands)]
+    if params.val_images:
+        train_scenes, val_scenes = pairs, pairs_folder(params.val_images, codes, params.bands)
+    elif len(pairs) >= 2 or params.raster is None:
+        train_scenes, val_scenes = _split(pairs, params.val_fraction, params.seed)
+    else:
+        train_scenes, val_scenes = pairs, []
+    if params.raster is not None:
+        polygons = read_polygons(params.labels)
+        scene = polygon_scene(params.raster, polygons, params.field, params.mapping, codes)
+        if params.bands:
+            scene.image = scene.image[: params.bands]
+        if params.val_images:
+            train_scenes.append(scene)
+        else:
+            train_part, val_part = split_by_area(scene, params.val_fraction)
+            train_scenes.append(train_part)
+            val_scenes.append(val_part)
+    return train_scenes, val_scenes
 
 
 class _Batches:
@@ -200,11 +226,7 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
     else:
         raise InputError("a new model needs --classes classes.json (or --base-model)")
 
-    scenes = [s for folder in params.images for s in pairs_folder(folder, codes, params.bands)]
-    if params.val_images:
-        train_scenes, val_scenes = scenes, pairs_folder(params.val_images, codes, params.bands)
-    else:
-        train_scenes, val_scenes = _split(scenes, params.val_fraction, params.seed)
+    train_scenes, val_scenes = _training_data(params, codes)
     duplicates = near_duplicates(train_scenes + val_scenes)
     for a, b in duplicates[:10]:
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
