@@ -78,7 +78,7 @@ def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
 def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
     from dataclasses import asdict
 
-    from segment_plugin.engine.models.registry import list_models
+    from segment_plugin.engine.models.registry import list_models, user_models_dir
 
     listing = []
     for origin, found in list_models():
@@ -86,7 +86,7 @@ def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
             listing.append({"origin": origin, "error": str(found)})
             continue
         listing.append({"origin": origin, "path": str(found.path), "card": asdict(found.card)})
-    reporter.result(models=listing)
+    reporter.result(models=listing, user_dir=str(user_models_dir()))
     if args.progress == "text":
         if not listing:
             print("no models installed")

@@ -9,6 +9,7 @@ from segment_plugin.plugin_files import resource_path, version
 from segment_plugin.processing.alg_engine_status import EngineStatusAlgorithm
 from segment_plugin.processing.alg_evaluate import EvaluateAlgorithm
 from segment_plugin.processing.alg_segment_layer import SegmentLayerAlgorithm
+from segment_plugin.processing.alg_training import ExportTrainingChipsAlgorithm, FineTuneAlgorithm
 from segment_plugin.processing.alg_vectorize import VectorizeAlgorithm
 
 PROVIDER_ID = "segment_plugin"
@@ -35,6 +36,8 @@ class SegmentProvider(QgsProcessingProvider):
             SegmentLayerAlgorithm(),
             VectorizeAlgorithm(),
             EvaluateAlgorithm(),
+            ExportTrainingChipsAlgorithm(),
+            FineTuneAlgorithm(),
         )
         for algorithm in algorithms:
             self.addAlgorithm(algorithm)

@@ -65,6 +65,20 @@ def _split(scenes: list[Scene], fraction: float, seed: int) -> tuple[list[Scene]
     return [scenes[i] for i in order[n_val:]], [scenes[i] for i in order[:n_val]]
 
 
+def _raster_bands(params: TrainParams) -> list[int] | None:
+    """0-based bands of ``params.raster`` for the model: --bands, else matched like segment does."""
+    if params.bands:
+        return list(range(params.bands))
+    if not params.base_model:
+        return None
+    import rasterio
+
+    from segment_plugin.engine.raster_io import resolve_bands
+
+    with rasterio.open(params.raster) as src:
+        return [b - 1 for b in resolve_bands(src, resolve_model(params.base_model).card, None)]
+
+
 def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], list[Scene]]:
     """Training and validation scenes: pairs split by image, a labelled raster split by area."""
     pairs = [s for folder in params.images for s in pairs_folder(folder, codes, params.bands)]
@@ -77,8 +91,9 @@ def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], 
     if params.raster is not None:
         polygons = read_polygons(params.labels)
         scene = polygon_scene(params.raster, polygons, params.field, params.mapping, codes)
-        if params.bands:
-            scene.image = scene.image[: params.bands]
+        bands = _raster_bands(params)
+        if bands is not None:
+            scene.image = scene.image[bands]
         if params.val_images:
             train_scenes.append(scene)
         else:
@@ -294,6 +309,11 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
     val_sampler = PatchSampler(val_scenes, params.patch, normalizer, value_range, False, 1.0)
     sampler_val_patches = val_sampler.grid_patches()[:64]
 
+    before = None
+    if params.base_model and not params.resume and model.outputs[0].shape[-1] == len(codes):
+        before, _ = validate(model)  # the base model on the same validation area
+        reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
+
     def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
         report, val_loss = validate(model)
         miou = report["miou"] if report["miou"] is not None else 0.0
@@ -365,6 +385,7 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
         "best_epoch": state["best_epoch"],
         "val_miou": state["best_miou"],
         "val_report": state.get("best_report"),
+        "base_val_report": before,
         "history": state["history"],
         "near_duplicates": duplicates,
         "patches_per_s": round(patches / seconds, 2) if seconds > 0 and patches > 0 else None,
