@@ -42,8 +42,10 @@ def run():
     report["dialogs"] = [d.windowTitle() for d in dialogs]
     if dialogs:
         dialog = dialogs[0]
-        deadline = time.monotonic() + 90
-        while dialog.status.text().startswith("looking") and time.monotonic() < deadline:
+        deadline = time.monotonic() + 150
+        # wait for the dialog's engine tasks: QGIS asks (modally) before quitting with tasks running
+        busy = lambda: dialog._models_task is not None or dialog._devices_task is not None  # noqa: E731
+        while busy() and time.monotonic() < deadline:
             QgsApplication.processEvents()
             time.sleep(0.05)
         QgsApplication.processEvents()

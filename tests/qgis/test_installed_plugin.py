@@ -69,14 +69,14 @@ def test_desktop_loads_the_zip_and_triggers_segment_layer(qgis_profile, tmp_path
     env = dict(os.environ, SMOKE_OUT=str(out))
     for name in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "QT_QPA_PLATFORM"):
         env.pop(name, None)  # the desktop app draws on Xvfb with the throw-away profile
-    command = ["timeout", "180", "xvfb-run", "-a", "qgis", "--profiles-path", str(qgis_profile)]
+    command = ["timeout", "240", "xvfb-run", "-a", "qgis", "--profiles-path", str(qgis_profile)]
     command += [
         "--nologo",
         "--noversioncheck",
         "--code",
         str(Path(__file__).with_name("desktop_smoke.py")),
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["loaded"] and report["action"]
