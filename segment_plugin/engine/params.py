@@ -167,6 +167,7 @@ class TrainParams(JobParams):
     patience: int = 5
     seed: int = 0
     name: str | None = None  # model name in its card; default: the output folder's name
+    description: str = ""  # for the model card
     resume: bool = False
     overwrite: bool = False
 

@@ -329,6 +329,8 @@ class SegmentDialog(QDialog):
         settings = PluginSettings.load()
         settings.last_model = self.model_combo.currentText()
         settings.tile_size = self.tile_spin.value()
+        if self.output_widget.filePath():
+            settings.output_folder = str(Path(self.output_widget.filePath()).parent)
         settings.save()
         algorithm = QgsApplication.processingRegistry().algorithmById(
             "segment_plugin:segment_layer"

@@ -81,6 +81,11 @@ def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
     assert [c.label() for c in polygons.renderer().categories()] == CLASS_NAMES
     assert classes.crs() == polygons.crs() == dialog.layer_combo.currentLayer().crs()
     assert "ha" in dialog.status.text()
+    from segment_plugin.settings import PluginSettings
+
+    remembered = PluginSettings.load()
+    assert (remembered.last_model, remembered.tile_size) == ("tiny", 256)
+    assert remembered.output_folder == str(tmp_path)
     grab(dialog, "segment_dialog_done.png")
 
 

@@ -185,7 +185,8 @@ def _model_and_card(
         for layer in frozen:
             layer.trainable = False
         reporter.log(f"encoder frozen: {len(frozen)} layers")
-    return model, replace(card, name=params.name or params.output.name)
+    card = replace(card, name=params.name or params.output.name)
+    return model, replace(card, description=params.description) if params.description else card
 
 
 class _EpochEnd:
