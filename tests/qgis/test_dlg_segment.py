@@ -37,6 +37,28 @@ def dialog(qgis_iface, project_layers, tiny_models, engine_python):
     plugin.unload()
 
 
+def render_map(layers, name, size=600):
+    """Render layers as QGIS draws them (top first) to a PNG; check it shows class colours."""
+    from qgis.core import QgsMapRendererParallelJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    settings = QgsMapSettings()
+    settings.setLayers(layers)
+    settings.setDestinationCrs(layers[-1].crs())
+    settings.setExtent(layers[-1].extent())
+    settings.setOutputSize(QSize(size, size))
+    job = QgsMapRendererParallelJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert image.save(str(SHOTS / name))
+    palette = {QColor(c).name() for c in ("#F5F5DC", "#D7191C", "#1A9641", "#2B83BA", "#FDAE61")}
+    seen = {QColor(image.pixel(x, y)).name() for x in range(0, size, 7) for y in range(0, size, 7)}
+    assert seen & palette  # the classes are drawn in their colours
+
+
 def grab(widget, name):
     SHOTS.mkdir(parents=True, exist_ok=True)
     QgsApplication.processEvents()
@@ -83,6 +105,7 @@ def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
     assert "ha" in dialog.status.text()
     from segment_plugin.settings import PluginSettings
 
+    render_map([polygons, classes, dialog.layer_combo.currentLayer()], "segment_result_map.png")
     remembered = PluginSettings.load()
     assert (remembered.last_model, remembered.tile_size) == ("tiny", 256)
     assert remembered.output_folder == str(tmp_path)
