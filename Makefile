@@ -85,6 +85,7 @@ dist/segment_plugin.zip: .setup/apt metadata.txt LICENSE $(shell git ls-files se
 	cp -r segment_plugin build/package/segment_plugin
 	cp -r resources metadata.txt LICENSE build/package/segment_plugin/
 	find build/package -name '__pycache__' -prune -exec rm -rf {} +
+	rm -rf build/package/segment_plugin/resources/screenshots  # README pictures, not plugin files
 	rm -f $@.tmp && cd build/package && zip -q -r -X ../../$@.tmp segment_plugin
 	mv $@.tmp $@
 	@echo "built $@ ($$(du -h $@ | cut -f1))"

@@ -6,6 +6,7 @@ cheap; the classes are drawn with the class raster's own colour table.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,8 @@ def write_preview(
     right = np.moveaxis(palette[codes], -1, 0)
     gap = np.full((3, shape[0], GAP), 255, np.uint8)
     picture = np.concatenate([left, gap, right], axis=2)
-    with outputs.committed([output]) as (temp,):
+    with outputs.committed([output]) as (temp,), warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # a PNG picture
         with rasterio.open(
             temp,
             "w",
