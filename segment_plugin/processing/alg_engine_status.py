@@ -5,28 +5,24 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingOutputBoolean,
     QgsProcessingOutputString,
 )
 
+from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.engine_feedback import current_engine, run_engine_with_feedback
 
 
-class EngineStatusAlgorithm(QgsProcessingAlgorithm):
+class EngineStatusAlgorithm(PluginAlgorithm):
     """Report the engine environment; never fails, so scripts can test READY."""
+
+    GROUP = ("Engine", "engine")
 
     def name(self) -> str:  # noqa: D102
         return "engine_status"
 
     def displayName(self) -> str:  # noqa: D102, N802
         return "Engine status"
-
-    def group(self) -> str:  # noqa: D102
-        return "Engine"
-
-    def groupId(self) -> str:  # noqa: D102, N802
-        return "engine"
 
     def shortHelpString(self) -> str:  # noqa: D102, N802
         return (
@@ -36,9 +32,6 @@ class EngineStatusAlgorithm(QgsProcessingAlgorithm):
             "the engine environment is missing or incomplete: create it from Plugins > Segment "
             "Plugin > Engine settings, or point SEGMENT_PLUGIN_PYTHON at an existing one."
         )
-
-    def createInstance(self) -> EngineStatusAlgorithm:  # noqa: D102, N802
-        return EngineStatusAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addOutput(QgsProcessingOutputBoolean("READY", "Engine ready"))

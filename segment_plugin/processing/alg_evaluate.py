@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
@@ -14,10 +13,11 @@ from qgis.core import (
 )
 
 from segment_plugin.processing.alg_segment_layer import run_or_raise
+from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.raster_input import is_plain_file
 
 
-class EvaluateAlgorithm(QgsProcessingAlgorithm):
+class EvaluateAlgorithm(PluginAlgorithm):
     """Accuracy of a class raster against reference labels on the same grid."""
 
     def name(self) -> str:  # noqa: D102
@@ -25,12 +25,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
 
     def displayName(self) -> str:  # noqa: D102, N802
         return "Evaluate classes against a reference"
-
-    def group(self) -> str:  # noqa: D102
-        return "Segmentation"
-
-    def groupId(self) -> str:  # noqa: D102, N802
-        return "segmentation"
 
     def shortHelpString(self) -> str:  # noqa: D102, N802
         return (
@@ -40,9 +34,6 @@ class EvaluateAlgorithm(QgsProcessingAlgorithm):
             "accuracy and the confusion matrix; REPORT_HTML adds a page with the confusion "
             "matrix drawn."
         )
-
-    def createInstance(self) -> EvaluateAlgorithm:  # noqa: D102, N802
-        return EvaluateAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))

@@ -6,7 +6,6 @@ import json
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputString,
@@ -22,6 +21,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
+from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.engine_feedback import run_engine_with_feedback
 from segment_plugin.processing.raster_input import engine_readable_path
 
@@ -68,7 +68,7 @@ def run_or_raise(args: list[str], feedback) -> dict:
     return outcome.data
 
 
-class SegmentLayerAlgorithm(QgsProcessingAlgorithm):
+class SegmentLayerAlgorithm(PluginAlgorithm):
     """Tiled land-cover segmentation in the engine process."""
 
     def name(self) -> str:  # noqa: D102
@@ -76,12 +76,6 @@ class SegmentLayerAlgorithm(QgsProcessingAlgorithm):
 
     def displayName(self) -> str:  # noqa: D102, N802
         return "Segment layer"
-
-    def group(self) -> str:  # noqa: D102
-        return "Segmentation"
-
-    def groupId(self) -> str:  # noqa: D102, N802
-        return "segmentation"
 
     def shortHelpString(self) -> str:  # noqa: D102, N802
         return (
@@ -97,9 +91,6 @@ class SegmentLayerAlgorithm(QgsProcessingAlgorithm):
             "polygon per class region (shapefile or GeoPackage), with MIN_AREA (m², minimum "
             "mapping unit) and SIMPLIFY (m, topology-preserving)."
         )
-
-    def createInstance(self) -> SegmentLayerAlgorithm:  # noqa: D102, N802
-        return SegmentLayerAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Raster layer"))

@@ -7,7 +7,6 @@ import re
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingOutputFolder,
     QgsProcessingOutputNumber,
@@ -23,20 +22,17 @@ from qgis.core import (
 )
 
 from segment_plugin.processing.alg_segment_layer import run_or_raise
+from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.raster_input import engine_readable_path
 from segment_plugin.processing.vector_input import labels_to_gpkg
 
 PATCHES = ["128", "256", "512"]
 
 
-class _LabelledRaster(QgsProcessingAlgorithm):
+class _LabelledRaster(PluginAlgorithm):
     """Shared parameters: image raster, label polygons, class field, value → code mapping."""
 
-    def group(self) -> str:  # noqa: D102
-        return "Training"
-
-    def groupId(self) -> str:  # noqa: D102, N802
-        return "training"
+    GROUP = ("Training", "training")
 
     def add_label_parameters(self) -> None:
         """INPUT, LABELS, FIELD, MAPPING."""
@@ -96,9 +92,6 @@ class ExportTrainingChipsAlgorithm(_LabelledRaster):
             "--images` reads."
         )
 
-    def createInstance(self):  # noqa: D102, N802
-        return ExportTrainingChipsAlgorithm()
-
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.add_label_parameters()
         self.addParameter(
@@ -139,9 +132,6 @@ class FineTuneAlgorithm(_LabelledRaster):
             "under NAME in your models folder (the bundled model is never overwritten) and "
             "appears in the Segment Layer dialog."
         )
-
-    def createInstance(self):  # noqa: D102, N802
-        return FineTuneAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.add_label_parameters()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from qgis.core import (
     QgsProcessing,
-    QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterNumber,
@@ -14,10 +13,11 @@ from qgis.core import (
 )
 
 from segment_plugin.processing.alg_segment_layer import run_or_raise, vectorize_args
+from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.raster_input import is_plain_file
 
 
-class VectorizeAlgorithm(QgsProcessingAlgorithm):
+class VectorizeAlgorithm(PluginAlgorithm):
     """Polygons along pixel edges, streamed by strips, in the engine process."""
 
     def name(self) -> str:  # noqa: D102
@@ -25,12 +25,6 @@ class VectorizeAlgorithm(QgsProcessingAlgorithm):
 
     def displayName(self) -> str:  # noqa: D102, N802
         return "Vectorize class raster"
-
-    def group(self) -> str:  # noqa: D102
-        return "Segmentation"
-
-    def groupId(self) -> str:  # noqa: D102, N802
-        return "segmentation"
 
     def shortHelpString(self) -> str:  # noqa: D102, N802
         return (
@@ -42,9 +36,6 @@ class VectorizeAlgorithm(QgsProcessingAlgorithm):
             "3×3 majority filter first; SIMPLIFY (m) simplifies while keeping shared boundaries. "
             "Output: shapefile (.shp) or GeoPackage (.gpkg)."
         )
-
-    def createInstance(self) -> VectorizeAlgorithm:  # noqa: D102, N802
-        return VectorizeAlgorithm()
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
