@@ -89,17 +89,14 @@ def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarr
 
 def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str]:
     """An existing class raster vs the reference; classes from its metadata, else the codes seen."""
-    from segment_plugin.engine.vectorize import class_names, open_class_raster
+    from segment_plugin.engine.vectorize import class_names, open_class_raster, present_codes
 
     _check_same_grid(params.reference, params.prediction)
     with open_class_raster(params.prediction) as pred, open_class_raster(params.reference) as ref:
         names = class_names(pred)
         if not names:
-            seen: set[int] = set()
-            for dataset in (pred, ref):
-                for _, window in dataset.block_windows(1):
-                    seen.update(np.unique(dataset.read(1, window=window)).tolist())
-            seen.discard(metrics.IGNORE_INDEX)
+            ignore = {metrics.IGNORE_INDEX}
+            seen = present_codes(pred, ignore) | present_codes(ref, ignore)
             names = {code: f"class {code}" for code in sorted(seen)}
         model = pred.tags().get("MODEL", params.prediction.name)
     codes = sorted(names)

@@ -31,7 +31,7 @@ from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
 from segment_plugin.engine.progress import Reporter, ScaledReporter
 from segment_plugin.engine.styling import write_qml
-from segment_plugin.engine.tiling import RollingAccumulator, TileGrid, blend_window
+from segment_plugin.engine.tiling import RollingAccumulator, TileGrid, blend_window, pad_to_tile
 
 RESAMPLE_TOLERANCE = 0.05  # work at the input's resolution when within 5 % of the model's
 QUEUE_DEPTH = 3  # batches read ahead / row blocks waiting to be written
@@ -215,9 +215,7 @@ class _Pipeline:
             masked=True,
         )
         values = np.where(np.ma.getmaskarray(data), self.normalizer.fill_value(), data.data)
-        if h < tile or w < tile:
-            values = np.pad(values, ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect")
-        return self.normalizer(values)
+        return self.normalizer(pad_to_tile(values, tile))
 
     def _reader(self, out: queue.Queue, stop: threading.Event) -> None:
         import rasterio
@@ -361,10 +359,7 @@ def predict_array(
     tiles = []
     for row in grid.rows:
         for col in grid.cols:
-            values = image[:, row : row + tile, col : col + tile]
-            h, w = values.shape[1:]
-            if h < tile or w < tile:
-                values = np.pad(values, ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect")
+            values = pad_to_tile(image[:, row : row + tile, col : col + tile], tile)
             tiles.append((row, col, normalizer(values)))
     for start in range(0, len(tiles), batch):
         chunk = tiles[start : start + batch]

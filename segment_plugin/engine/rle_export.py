@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from segment_plugin.engine import outputs
 from segment_plugin.engine.rle import compress, encode_classes
-from segment_plugin.engine.vectorize import class_names, open_class_raster
+from segment_plugin.engine.vectorize import class_names, open_class_raster, present_codes
 
 
 def export_rle(
@@ -20,7 +18,8 @@ def export_rle(
     with open_class_raster(input_path) as src:
         outputs.check_output_path(output, input_path, overwrite)
         names = class_names(src)
-        present = _present_codes(src, nodata=src.nodata)
+        nodata = set() if src.nodata is None else {int(src.nodata)}
+        present = sorted(present_codes(src, exclude=nodata))
         masks = encode_classes(src, present)
         size = [src.height, src.width]
     entries = []
@@ -38,13 +37,3 @@ def export_rle(
     with outputs.committed([output]) as (temp,):
         temp.write_text(json.dumps(document), encoding="utf-8")
     return {"output": str(output), "classes": {e["class"]: e["pixels"] for e in entries}}
-
-
-def _present_codes(dataset: Any, nodata: float | None) -> list[int]:
-    """Class codes that occur (one pass of block reads), nodata excluded."""
-    seen: set[int] = set()
-    for _, window in dataset.block_windows(1):
-        seen.update(np.unique(dataset.read(1, window=window)).tolist())
-    if nodata is not None:
-        seen.discard(int(nodata))
-    return sorted(seen)

@@ -29,6 +29,14 @@ def tile_origins(length: int, tile: int, stride: int) -> list[int]:
     return origins
 
 
+def pad_to_tile(values: np.ndarray, tile: int) -> np.ndarray:
+    """A (bands, h, w) edge tile of a raster smaller than a tile, reflect-padded to tile × tile."""
+    _, h, w = values.shape
+    if h == tile and w == tile:
+        return values
+    return np.pad(values, ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect")
+
+
 def blend_window(tile: int) -> np.ndarray:
     """A (tile, tile) Hann window with a small floor, float32."""
     ramp = np.hanning(tile + 2)[1:-1]  # strictly positive inside

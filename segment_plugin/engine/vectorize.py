@@ -49,6 +49,14 @@ def class_names(dataset: Any) -> dict[int, str]:
     return names
 
 
+def present_codes(dataset: Any, exclude: set[int] | frozenset[int] = frozenset()) -> set[int]:
+    """Class codes that occur in a one-band raster (one pass of block reads), minus ``exclude``."""
+    seen: set[int] = set()
+    for _, window in dataset.block_windows(1):
+        seen.update(np.unique(dataset.read(1, window=window)).tolist())
+    return seen - set(exclude)
+
+
 def open_class_raster(path: Path) -> Any:
     """Open a one-band integer raster, or raise a clear InputError."""
     dataset = raster_io.open_input(path, min_size=1)

@@ -103,3 +103,14 @@ def tiny_models(tmp_path_factory, engine_python):
         os.environ.pop("SEGMENT_PLUGIN_MODELS")
     else:
         os.environ["SEGMENT_PLUGIN_MODELS"] = previous
+
+
+@pytest.fixture(scope="module")
+def registry(qgis_app):
+    """The Processing registry with this plugin's provider."""
+    from segment_plugin.processing.provider import SegmentProvider
+
+    provider = SegmentProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+    yield QgsApplication.processingRegistry()
+    QgsApplication.processingRegistry().removeProvider(provider)

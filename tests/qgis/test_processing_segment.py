@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, qgis_process
 from qgis.core import (
-    QgsApplication,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -18,19 +17,10 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from segment_plugin.processing.provider import SegmentProvider
 from segment_plugin.runner import ENV_PYTHON
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
 CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
-
-
-@pytest.fixture(scope="module")
-def registry(qgis_app):
-    provider = SegmentProvider()
-    QgsApplication.processingRegistry().addProvider(provider)
-    yield QgsApplication.processingRegistry()
-    QgsApplication.processingRegistry().removeProvider(provider)
 
 
 @pytest.fixture

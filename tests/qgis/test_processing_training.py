@@ -7,7 +7,6 @@ import json
 import pytest
 from conftest import ROOT
 from qgis.core import (
-    QgsApplication,
     QgsFeature,
     QgsField,
     QgsGeometry,
@@ -22,18 +21,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from segment_plugin.processing.provider import SegmentProvider
 from segment_plugin.runner import run_engine
 
 NAIP = ROOT.parent / "shared" / "data" / "rasters" / "chesapeake_m_3907833_nw_17_1_naip-new.tif"
-
-
-@pytest.fixture(scope="module")
-def registry(qgis_app):
-    provider = SegmentProvider()
-    QgsApplication.processingRegistry().addProvider(provider)
-    yield QgsApplication.processingRegistry()
-    QgsApplication.processingRegistry().removeProvider(provider)
 
 
 @pytest.fixture
