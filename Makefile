@@ -15,7 +15,8 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled \
+	compare-class-weights
 
 help:
 	@echo "make demo     segment the demo raster with the bundled model (RASTER=..., MODEL=...)"
@@ -25,6 +26,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
+	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
 
@@ -101,12 +103,18 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
 
+compare-class-weights: setup
+	@mkdir -p build/class-weights
+	set -o pipefail; $(ENGINE_PY) tests/bench/compare_class_weights.py \
+	    | tee build/class-weights/results.json
+
 # The bundled model: retrains resources/models/landcover from ../shared/data (never committed).
 # Resumable: run it again and it continues from its last epoch (state in build/train-bundled).
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 TRAIN_DIR     := build/train-bundled/landcover
 TRAIN_EPOCHS  ?= 60
+TRAIN_PATIENCE ?= 12
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery; separable residual U-Net trained on the Dubai aerial dataset and NAIP/Chesapeake
 train-bundled: setup
@@ -116,7 +124,7 @@ train-bundled: setup
 	    --val-images $(DATA)/dubai/tile_8 --classes $(DATA)/classes.json --bands 3 \
 	    --arch separable_unet --name landcover --description "$(BUNDLED_DESCRIPTION)" \
 	    --epochs $(TRAIN_EPOCHS) --patch 256 --batch 8 \
-	    --steps-per-epoch 50 --patience 12 --seed 42 --output $(TRAIN_DIR) \
+	    --steps-per-epoch 50 --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) \
 	    $$(test -f $(TRAIN_DIR)/.training/state.json && echo --resume)
 	mkdir -p $(BUNDLED)
 	cp $(TRAIN_DIR)/model.keras $(TRAIN_DIR)/model.json $(BUNDLED)/

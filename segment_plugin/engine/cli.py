@@ -21,7 +21,7 @@ from segment_plugin import plugin_files
 from segment_plugin.engine.errors import CancelledError, SegmentPluginError
 from segment_plugin.engine.info import engine_info, format_info
 from segment_plugin.engine.models.architectures import ARCHITECTURES
-from segment_plugin.engine.params import LOSS_NAMES
+from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, LOSS_NAMES
 from segment_plugin.engine.progress import (
     PROTOCOL_VERSION,
     JsonLinesReporter,
@@ -160,11 +160,10 @@ def _cmd_preview(args: argparse.Namespace, reporter: Reporter) -> None:
 
 def _cmd_export_chips(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.params import _read_mapping
-    from segment_plugin.engine.training.chips import export_chips, read_polygons
+    from segment_plugin.engine.training.chips import export_chips
 
     mapping = _read_mapping(args.mapping) if args.mapping else None
-    polygons = read_polygons(args.labels)
-    chips = export_chips(args.raster, polygons, args.field, mapping, args.output, args.patch)
+    chips = export_chips(args.raster, args.labels, args.field, mapping, args.output, args.patch)
     reporter.result(output=str(args.output), chips=len(chips))
     if args.progress == "text":
         print(f"wrote {len(chips)} chip pairs to {args.output}")
@@ -258,9 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--images", action="append", default=[], type=Path, help="pairs folder")
     tr.add_argument("--raster", type=Path, help="a georeferenced raster with …")
-    tr.add_argument("--labels", type=Path, help="… a polygon layer of labels (shp, gpkg, …)")
-    tr.add_argument("--field", help="… whose field holds the class")
-    tr.add_argument("--mapping", help='field value → class code as JSON, e.g. {"house": 1}')
+    tr.add_argument(
+        "--labels", type=Path, help="… a polygon layer (shp, gpkg, …) or a class raster"
+    )
+    tr.add_argument("--field", help="… the polygon field that holds the class")
+    tr.add_argument("--mapping", help='label value → class code as JSON, e.g. {"house": 1}')
     tr.add_argument("--val-images", type=Path, help="validation pairs folder (default: a split)")
     tr.add_argument("--output", required=True, type=Path, help="model package folder to write")
     start = tr.add_mutually_exclusive_group()
@@ -274,9 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps-per-epoch", type=int)
     tr.add_argument("--learning-rate", type=float, default=1e-3)
     tr.add_argument("--loss", default="ce+dice", choices=LOSS_NAMES)
-    tr.add_argument(
-        "--class-weights", default="median_frequency", choices=("median_frequency", "none")
-    )
+    tr.add_argument("--class-weights", default="median_frequency", choices=CLASS_WEIGHT_SCHEMES)
     tr.add_argument("--freeze-encoder", action="store_true")
     tr.add_argument("--no-augment", dest="augment", action="store_false")
     tr.add_argument("--val-fraction", type=float, default=0.2)
@@ -309,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export-chips", help="raster + label polygons → georeferenced image/mask chip pairs"
     )
     ch.add_argument("raster", type=Path, help="the image raster")
-    ch.add_argument("--labels", required=True, type=Path, help="polygon layer with the classes")
-    ch.add_argument("--field", required=True, help="field holding the class")
+    ch.add_argument(
+        "--labels", required=True, type=Path, help="polygon layer (with --field) or class raster"
+    )
+    ch.add_argument("--field", help="the polygon field holding the class")
     ch.add_argument("--mapping", help="field value → class code as JSON (default: codes)")
     ch.add_argument("--output", required=True, type=Path, help="folder for the chips")
     ch.add_argument("--patch", type=int, default=256)

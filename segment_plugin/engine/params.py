@@ -124,6 +124,7 @@ class VectorizeParams(JobParams):
 
 
 LOSS_NAMES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
+CLASS_WEIGHT_SCHEMES = ("median_frequency", "inverse_frequency", "none")
 
 
 def _read_mapping(text: str) -> dict[str, int]:
@@ -145,8 +146,8 @@ class TrainParams(JobParams):
     output: Path
     images: tuple[Path, ...] = ()  # folders of image/mask pairs …
     raster: Path | None = None  # … and/or a raster with
-    labels: Path | None = None  # … a polygon layer (any OGR format) whose
-    field: str | None = None  # … field holds the class,
+    labels: Path | None = None  # … a polygon layer (any OGR format) whose field holds
+    field: str | None = None  # … the class, or a class raster (no field),
     mapping: dict[str, int] | None = None  # … mapped to class codes (None: values are codes)
     val_images: Path | None = None  # None: split by image (pairs) or by area (raster + labels)
     base_model: str | None = None  # fine-tune this model package
@@ -159,7 +160,7 @@ class TrainParams(JobParams):
     steps_per_epoch: int | None = None  # None: about one pass over the training pixels
     learning_rate: float = 1e-3
     loss: str = "ce+dice"
-    class_weights: str = "median_frequency"  # or "none"
+    class_weights: str = "median_frequency"  # see CLASS_WEIGHT_SCHEMES
     freeze_encoder: bool = False
     augment: bool = True
     val_fraction: float = 0.2
@@ -185,16 +186,20 @@ class TrainParams(JobParams):
             self.classes = Path(self.classes)
         if not self.images and self.raster is None:
             raise InputError(
-                "give --images DIR (image/mask pairs) or --raster R --labels L --field F"
+                "give --images DIR (image/mask pairs) or --raster R --labels L [--field F]"
             )
-        if self.raster is not None and (self.labels is None or not self.field):
+        if self.raster is not None and self.labels is None:
             raise InputError(
-                "--raster needs --labels (a polygon layer) and --field (its class field)"
+                "--raster needs --labels: a polygon layer with --field (its class field), "
+                "or a class raster"
             )
         if self.loss not in LOSS_NAMES:
             raise InputError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
-        if self.class_weights not in ("median_frequency", "none"):
-            raise InputError("class-weights must be median_frequency or none")
+        if self.class_weights not in CLASS_WEIGHT_SCHEMES:
+            raise InputError(
+                f"class-weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, "
+                f"got {self.class_weights!r}"
+            )
         if self.patch not in (128, 256, 512) and self.patch % 16:
             raise InputError(f"patch must be a multiple of 16 (128, 256, 512), got {self.patch}")
         if self.epochs < 1 or self.batch < 1:

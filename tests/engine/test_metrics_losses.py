@@ -9,9 +9,11 @@ import pytest
 
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.losses import (
+    class_weights,
     cross_entropy,
     dice,
     focal,
+    inverse_frequency_weights,
     make_loss,
     median_frequency_weights,
 )
@@ -84,3 +86,15 @@ def test_median_frequency_weights():
     weights = median_frequency_weights([600, 300, 100, 0])
     # frequencies 0.6, 0.3, 0.1 → median 0.3
     assert weights.tolist() == pytest.approx([0.5, 1.0, 3.0, 0.0])
+
+
+def test_inverse_frequency_weights_and_scheme_names():
+    weights = inverse_frequency_weights([600, 300, 100, 0])
+    # 1/freq = 1.667, 3.333, 10 → mean 5 → scaled 1/3, 2/3, 2
+    assert weights.tolist() == pytest.approx([1 / 3, 2 / 3, 2.0, 0.0])
+    assert class_weights("none", [1, 2]) is None
+    assert class_weights("median_frequency", [600, 300, 100, 0]).tolist() == pytest.approx(
+        [0.5, 1.0, 3.0, 0.0]
+    )
+    with pytest.raises(ValueError, match="unknown class weighting"):
+        class_weights("balanced", [1, 2])

@@ -16,7 +16,7 @@ from segment_plugin.engine.errors import CancelledError, InputError, OutputError
 from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.params import EvaluateParams, TrainParams
 from segment_plugin.engine.training.augment import geometric, resize_nearest
-from segment_plugin.engine.training.chips import near_duplicates, pairs_folder, polygon_scene
+from segment_plugin.engine.training.chips import labelled_scene, near_duplicates, pairs_folder
 from segment_plugin.engine.training.train import train
 
 DUBAI = SHARED / "landcover" / "dubai"
@@ -140,11 +140,13 @@ def test_polygon_labels_are_sparse_and_mapped(tmp_path):
         ],
         crs="EPSG:28992",
     )
-    scene = polygon_scene(raster, frame, "kind", {"house": 1, "lake": 3}, [0, 1, 2, 3, 4])
+    frame.to_file(tmp_path / "labels.gpkg")
+    labels = tmp_path / "labels.gpkg"
+    scene = labelled_scene(raster, labels, "kind", {"house": 1, "lake": 3}, [0, 1, 2, 3, 4])
     assert (scene.labels[:10, :10] == 1).all() and (scene.labels[20:40, 20:40] == 3).all()
     assert (scene.labels == 255).mean() > 0.5  # unlabelled = ignore
     with pytest.raises(InputError, match="values of 'kind' without a class: lake"):
-        polygon_scene(raster, frame, "kind", {"house": 1}, [0, 1, 2, 3, 4])
+        labelled_scene(raster, labels, "kind", {"house": 1}, [0, 1, 2, 3, 4])
 
 
 def test_geometric_augmentation_keeps_alignment():
@@ -261,19 +263,46 @@ def test_new_classes_reinitialise_the_head(dubai_chips, tmp_path):
         )
 
 
-def test_raster_and_label_raster_scene(tmp_path):
-    from segment_plugin.engine.training.chips import raster_scene
-
+def test_raster_and_class_raster_scene(tmp_path):
+    """A class raster on the image grid is read as is; on another grid/CRS it is resampled."""
     image = write_raster(tmp_path / "i.tif", np.zeros((3, 20, 30), np.uint8))
     labels = np.zeros((1, 20, 30), np.uint8)
     labels[0, :, 10:] = 4
     labels[0, :5] = 255
     label = write_raster(tmp_path / "l.tif", labels)
-    scene = raster_scene(image, label, [0, 4])
+    scene = labelled_scene(image, label, None, None, [0, 4])
     assert scene.labels[10, 0] == 0 and scene.labels[10, 20] == 1 and scene.labels[0, 0] == 255
-    other = write_raster(tmp_path / "o.tif", labels[:, :, :20])
+
+    # the left 20 columns only, at half the resolution (0.5 m), in WGS 84 → resampled, the
+    # columns it does not cover are ignore
+    from rasterio.warp import calculate_default_transform, reproject
+
+    part = write_raster(tmp_path / "part.tif", labels[:, :, :20], nodata=255)
+    with rasterio.open(part) as src:
+        transform, width, height = calculate_default_transform(
+            src.crs, "EPSG:4326", src.width, src.height, *src.bounds, resolution=None
+        )
+        moved = np.full((1, height, width), 255, np.uint8)
+        reproject(rasterio.band(src, 1), moved[0], dst_transform=transform, dst_crs="EPSG:4326")
+    wgs84 = write_raster(
+        tmp_path / "wgs84.tif", moved, crs="EPSG:4326", transform=transform, nodata=255
+    )
+    scene = labelled_scene(image, wgs84, None, None, [0, 4])
+    assert (scene.labels[8:18, 2:8] == 0).all() and (scene.labels[8:18, 12:18] == 1).all()
+    assert (scene.labels[:, 22:] == 255).all()
+
+    mapped = labelled_scene(image, label, None, {"0": 4, "4": 0}, [0, 4])
+    assert mapped.labels[10, 0] == 1 and mapped.labels[10, 20] == 0
+    with pytest.raises(InputError, match="values without a class: 4"):
+        labelled_scene(image, label, None, {"0": 4}, [0, 4])
+    plain = write_raster(tmp_path / "o.tif", labels[:, :, :20], crs=None)
     with pytest.raises(InputError, match="is not on the grid"):
-        raster_scene(image, other, [0, 4])
+        labelled_scene(image, plain, None, None, [0, 4])
+    far = write_raster(
+        tmp_path / "far.tif", labels, transform=rasterio.transform.from_origin(0, 0, 0.25, 0.25)
+    )
+    with pytest.raises(InputError, match="does not overlap"):
+        labelled_scene(image, far, None, None, [0, 4])
 
 
 def test_cancel_keeps_the_best_model_and_resume_continues(dubai_chips, tmp_path):

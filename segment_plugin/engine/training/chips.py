@@ -2,10 +2,11 @@
 
 Three sources, one interface (``Scene.read``): (a) a folder of image/mask pairs
 (``<stem>.<ext>`` + ``<stem>_mask.png|tif``, as in ../shared/data/landcover), (b) a georeferenced
-raster with a label raster on the same grid, (c) a raster with a polygon layer whose class field
-is rasterised on the raster's grid (pixels outside every polygon are ignore, so sparse digitising
-works). Masks hold class *codes*; they become channel indices (255 = ignore) through one lookup
-table, and codes outside the class list are refused with a clear message.
+raster with a class raster (resampled onto its grid when needed), (c) a raster with a polygon
+layer whose class field is rasterised on the raster's grid (pixels outside every polygon are
+ignore, so sparse digitising works). Masks hold class *codes*; they become channel indices
+(255 = ignore) through one lookup table, and codes outside the class list are refused with a
+clear message.
 """
 
 from __future__ import annotations
@@ -128,20 +129,6 @@ def pairs_folder(folder: Path, codes: Sequence[int], bands: int | None = None) -
     return scenes
 
 
-def raster_scene(image_path: Path, label_path: Path, codes: Sequence[int]) -> Scene:
-    """(b) a georeferenced raster + a label raster on the same grid."""
-    import rasterio
-
-    with rasterio.open(image_path) as image, rasterio.open(label_path) as label:
-        if (image.crs, image.transform, image.shape) != (label.crs, label.transform, label.shape):
-            raise InputError(f"{label_path.name} is not on the grid of {image_path.name}")
-        return Scene(
-            image_path.name,
-            image.read(),
-            _to_indices(label.read(1), code_lookup(codes), codes, label_path.name),
-        )
-
-
 def rasterize_labels(
     dataset: Any, polygons: Any, field: str, mapping: dict[Any, int] | None
 ) -> np.ndarray:
@@ -182,20 +169,95 @@ def rasterize_labels(
     return labels
 
 
-def polygon_scene(
+def _mapped(values: np.ndarray, mapping: dict[Any, int] | None, where: str) -> np.ndarray:
+    """Label raster values → class codes through ``mapping`` (keys compared as text)."""
+    if mapping is None:
+        return values
+    text = {str(k): int(v) for k, v in mapping.items()}
+    present = [v for v in np.unique(values) if v != IGNORE_INDEX]
+    unmapped = [str(v) for v in present if str(v) not in text]
+    if unmapped:
+        raise InputError(f"{where}: values without a class: {', '.join(unmapped)}")
+    table = np.full(max(int(values.max()), 255) + 1, IGNORE_INDEX, np.uint8)
+    for value in present:
+        table[int(value)] = text[str(value)]
+    return table[values.astype(np.int64)]
+
+
+def label_raster_on_grid(dataset: Any, label_path: Path, mapping: dict[Any, int] | None) -> Any:
+    """Class codes (h, w) of a class raster on ``dataset``'s grid; 255 where it has no value.
+
+    A class raster on another grid or in another CRS is resampled with nearest neighbour (class
+    codes must not be averaged); one without georeferencing must match the image's size.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    name = Path(label_path).name
+    try:
+        label = rasterio.open(label_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"cannot read the label raster {label_path}: {exc}") from exc
+    with label:
+        same_grid = (label.crs, label.transform, label.shape) == (
+            dataset.crs,
+            dataset.transform,
+            dataset.shape,
+        )
+        if same_grid:
+            values = label.read(1)
+            nodata = label.nodata
+        elif label.crs is None or dataset.crs is None:
+            raise InputError(f"{name} is not on the grid of {Path(dataset.name).name}")
+        else:
+            nodata = label.nodata if label.nodata is not None else IGNORE_INDEX
+            with WarpedVRT(
+                label,
+                crs=dataset.crs,
+                transform=dataset.transform,
+                width=dataset.width,
+                height=dataset.height,
+                resampling=Resampling.nearest,
+                src_nodata=nodata,
+                nodata=nodata,
+            ) as warped:
+                values = warped.read(1)
+    if nodata is not None:
+        values = np.where(values == nodata, IGNORE_INDEX, values)
+    values = _mapped(values, mapping, name)
+    if (values == IGNORE_INDEX).all():
+        raise InputError(f"the label raster {name} does not overlap {Path(dataset.name).name}")
+    return values
+
+
+def labels_on_grid(
+    dataset: Any, labels: Path, field: str | None, mapping: dict[Any, int] | None
+) -> np.ndarray:
+    """Class codes on ``dataset``'s grid from polygons (with ``field``) or a class raster."""
+    if field:
+        return rasterize_labels(dataset, read_polygons(labels), field, mapping)
+    return label_raster_on_grid(dataset, labels, mapping)
+
+
+def labelled_scene(
     image_path: Path,
-    polygons: Any,
-    field: str,
+    labels: Path,
+    field: str | None,
     mapping: dict[Any, int] | None,
     codes: Sequence[int],
 ) -> Scene:
-    """(c) a raster + polygons (GeoDataFrame): labelled where digitised, ignore elsewhere."""
+    """(b)/(c) a raster + its labels: a polygon layer's class ``field`` or a class raster.
+
+    Labelled where digitised, ignore elsewhere, so sparse labels work.
+    """
     import rasterio
 
     with rasterio.open(image_path) as src:
-        labels = rasterize_labels(src, polygons, field, mapping)
+        values = labels_on_grid(src, labels, field, mapping)
+        where = field or Path(labels).name
         return Scene(
-            Path(image_path).name, src.read(), _to_indices(labels, code_lookup(codes), codes, field)
+            Path(image_path).name, src.read(), _to_indices(values, code_lookup(codes), codes, where)
         )
 
 
@@ -240,8 +302,8 @@ def split_by_area(scene: Scene, fraction: float) -> tuple[Scene, Scene]:
 
 def export_chips(
     raster: Path,
-    polygons: Any,
-    field: str,
+    labels: Path,
+    field: str | None,
     mapping: dict[Any, int] | None,
     folder: Path,
     patch: int,
@@ -256,12 +318,12 @@ def export_chips(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     with rasterio.open(raster) as src:
-        labels = rasterize_labels(src, polygons, field, mapping)
+        codes = labels_on_grid(src, labels, field, mapping)
         size = min(patch, src.height, src.width)
         for row in tile_origins(src.height, size, size):
             for col in tile_origins(src.width, size, size):
                 window = Window(col, row, size, size)
-                mask = labels[row : row + size, col : col + size]
+                mask = codes[row : row + size, col : col + size]
                 if (mask == IGNORE_INDEX).all():
                     continue
                 profile = dict(

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, LOSS_NAMES
 from segment_plugin.engine.training.metrics import IGNORE_INDEX
 
-LOSSES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
 EPSILON = 1e-7
 
 
@@ -33,6 +33,34 @@ def median_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
     weights = np.zeros_like(freq)
     weights[present] = np.median(freq[present]) / freq[present]
     return weights.astype(np.float32)
+
+
+def inverse_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
+    """Plain inverse frequency, scaled to mean 1 over present classes; 0 for absent classes.
+
+    Kept as the alternative `make compare-class-weights` measures against median frequency:
+    it pushes rare classes much harder (a class at 1 % of pixels weighs 100× one at 100 %).
+    """
+    counts = np.asarray(pixel_counts, np.float64)
+    present = counts > 0
+    if not present.any():
+        return np.ones_like(counts, dtype=np.float32)
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / counts[present]
+    weights[present] /= weights[present].mean()
+    return weights.astype(np.float32)
+
+
+def class_weights(scheme: str, pixel_counts: Sequence[int]) -> np.ndarray | None:
+    """Per-class loss weights for a scheme in CLASS_WEIGHT_SCHEMES (None: unweighted)."""
+    if scheme == "median_frequency":
+        return median_frequency_weights(pixel_counts)
+    if scheme == "inverse_frequency":
+        return inverse_frequency_weights(pixel_counts)
+    if scheme == "none":
+        return None
+    choices = ", ".join(CLASS_WEIGHT_SCHEMES)
+    raise ValueError(f"unknown class weighting {scheme!r}; choose one of {choices}")
 
 
 def _prepare(y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
@@ -84,8 +112,8 @@ def dice(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
 
 def make_loss(name: str, class_weights: Sequence[float] | None = None) -> Any:
     """A Keras-compatible loss function by name: ce, dice, focal, ce+dice, focal+dice."""
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    if name not in LOSS_NAMES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
     weights = None if class_weights is None else np.asarray(class_weights, np.float32)
     parts = name.split("+")
 

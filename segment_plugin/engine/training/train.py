@@ -34,13 +34,12 @@ from segment_plugin.engine.training.chips import (
     PatchSampler,
     Scene,
     class_pixel_counts,
+    labelled_scene,
     near_duplicates,
     pairs_folder,
-    polygon_scene,
-    read_polygons,
     split_by_area,
 )
-from segment_plugin.engine.training.losses import make_loss, median_frequency_weights
+from segment_plugin.engine.training.losses import class_weights, make_loss
 
 DEFAULT_BAND_NAMES = ("red", "green", "blue", "nir")
 ENCODER_PREFIXES = ("enc", "pool", "bottleneck")
@@ -89,8 +88,7 @@ def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], 
     else:
         train_scenes, val_scenes = pairs, []
     if params.raster is not None:
-        polygons = read_polygons(params.labels)
-        scene = polygon_scene(params.raster, polygons, params.field, params.mapping, codes)
+        scene = labelled_scene(params.raster, params.labels, params.field, params.mapping, codes)
         bands = _raster_bands(params)
         if bands is not None:
             scene.image = scene.image[bands]
@@ -248,9 +246,7 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
     counts = class_pixel_counts(train_scenes, len(codes))
     model, card = _model_and_card(params, train_scenes, reporter)
-    weights = (
-        median_frequency_weights(counts) if params.class_weights == "median_frequency" else None
-    )
+    weights = class_weights(params.class_weights, counts)
     stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
     normalizer = Normalizer(card, stats, card.input_dtype)
     value_range = DTYPE_RANGE.get(card.input_dtype, (0.0, 1.0))[1]
