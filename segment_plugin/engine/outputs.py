@@ -34,11 +34,24 @@ def check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"the output folder {folder} does not exist")
+    _probe(path, f"cannot write in {folder}")
+
+
+def ensure_writable_folder(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, before a long job."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {what} {folder}: {exc.strerror}") from exc
+    _probe(folder / "probe", f"cannot write in {what} {folder}")
+
+
+def _probe(path: Path, message: str) -> None:
     probe = temporary_sibling(path)
     try:  # os.access says yes to root even on read-only file systems: really try
         probe.touch()
     except OSError as exc:
-        raise OutputError(f"cannot write in {folder}: {exc.strerror}") from exc
+        raise OutputError(f"{message}: {exc.strerror}") from exc
     probe.unlink()
 
 

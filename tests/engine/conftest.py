@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,3 +150,21 @@ class Recorder(Reporter):
 
     def logs(self):
         return [f["message"] for e, f in self.events if e == "log"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The engine CLI as the plugin runs it: a separate process, JSON lines on stdout."""
+    return subprocess.run(
+        [sys.executable, "-m", "segment_plugin.engine", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def events(stdout: str) -> list[dict]:
+    """The JSON events of an engine run (every stdout line must be one)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]

@@ -9,28 +9,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
+
+from conftest import ROOT, events, run_cli
 
 from segment_plugin import plugin_files
 from segment_plugin.engine import cli
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "segment_plugin.engine", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        check=False,
-    )
-
-
-def events(stdout: str) -> list[dict]:
-    lines = [line for line in stdout.splitlines() if line.strip()]
-    return [json.loads(line) for line in lines]  # every stdout line must be JSON
 
 
 def test_info_json_reports_tensorflow_and_cpu():

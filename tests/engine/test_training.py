@@ -164,6 +164,9 @@ def test_near_duplicates_flagged(dubai_chips):
     copy = type(scenes[0])("copy", scenes[0].image.copy(), scenes[0].labels)
     pairs = near_duplicates([*scenes, copy])
     assert (scenes[0].name, "copy") in pairs and len(pairs) == 1
+    # the training and validation areas of one raster share its image: not duplicates
+    area = type(scenes[0])("other side", scenes[0].image, scenes[0].labels)
+    assert near_duplicates([scenes[0], area]) == []
 
 
 def test_train_save_load_evaluate_round_trip(dubai_chips, tmp_path, capsys):
@@ -331,6 +334,11 @@ def test_train_bad_input(dubai_chips, tmp_path):
         train(quick(dubai_chips, tmp_path, images=(empty,), output=tmp_path / "m2"))
     with pytest.raises(InputError, match="a new model needs --classes"):
         train(quick(dubai_chips, tmp_path, classes=None, output=tmp_path / "m3"))
+    # a models folder that cannot be created (its parent is a file; root could write anywhere
+    # else, so permissions alone would not prove it) fails before any data is read
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputError, match="cannot create the models folder .*a_file/models"):
+        train(quick(dubai_chips, tmp_path, output=tmp_path / "a_file" / "models" / "m4"))
 
 
 def test_evaluate_raster_against_reference(dubai_chips, tmp_path, capsys):

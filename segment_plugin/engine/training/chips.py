@@ -354,13 +354,17 @@ def dhash(image: np.ndarray) -> int:
 
 
 def near_duplicates(scenes: Sequence[Scene], max_distance: int = 4) -> list[tuple[str, str]]:
-    """Pairs of scenes whose difference hashes differ in at most ``max_distance`` bits."""
+    """Pairs of scenes whose difference hashes differ in at most ``max_distance`` bits.
+
+    The training and validation areas of one raster share its image and are not duplicates.
+    """
     hashes = [dhash(s.image) for s in scenes]
     return [
         (scenes[i].name, scenes[j].name)
         for i in range(len(scenes))
         for j in range(i + 1, len(scenes))
-        if bin(hashes[i] ^ hashes[j]).count("1") <= max_distance
+        if scenes[i].image is not scenes[j].image
+        and bin(hashes[i] ^ hashes[j]).count("1") <= max_distance
     ]
 
 

@@ -27,6 +27,7 @@ from segment_plugin.engine.models.package import (
 )
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats, Normalizer, band_stats
+from segment_plugin.engine.outputs import ensure_writable_folder
 from segment_plugin.engine.params import TrainParams
 from segment_plugin.engine.progress import Reporter
 from segment_plugin.engine.training import metrics
@@ -233,6 +234,7 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
         raise OutputError(f"{output} exists; pass --overwrite to replace it or --resume")
     if params.resume and not (state_dir / "state.json").exists():
         raise InputError(f"nothing to resume in {output} (no {STATE_DIR}/state.json)")
+    ensure_writable_folder(output.parent, "the models folder")
     if params.classes:
         codes = [c.code for c in read_classes_json(params.classes)]
     elif params.base_model:
