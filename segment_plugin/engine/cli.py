@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")
     tr.add_argument("--patience", type=int, default=5, help="early stopping (epochs)")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
     tr.add_argument("--name", help="model name in its card (default: the folder's name)")
     tr.add_argument("--description", default="", help="one line for the model card")
     tr.add_argument("--resume", action="store_true", help="continue from the last epoch")

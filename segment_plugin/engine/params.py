@@ -15,6 +15,13 @@ from segment_plugin.engine.errors import InputError
 
 PARAMS_SCHEMA_VERSION = 1
 DEVICES = ("auto", "cpu", "gpu")
+
+
+def _check_device(device: str) -> None:
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+
+
 _P = TypeVar("_P", bound="JobParams")
 
 
@@ -83,8 +90,7 @@ class SegmentParams(JobParams):
                 raise InputError(f"--vector must be a .shp or .gpkg file, got {self.vector.name}")
         if self.bands is not None:
             self.bands = tuple(int(b) for b in self.bands)
-        if self.device not in DEVICES:
-            raise InputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check_device(self.device)
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         if self.tile is not None and self.tile < 16:
@@ -167,6 +173,7 @@ class TrainParams(JobParams):
     max_ignore: float = 0.5
     patience: int = 5
     seed: int = 0
+    device: str = "auto"
     name: str | None = None  # model name in its card; default: the output folder's name
     description: str = ""  # for the model card
     resume: bool = False
@@ -195,6 +202,7 @@ class TrainParams(JobParams):
             )
         if self.loss not in LOSS_NAMES:
             raise InputError(f"loss must be one of {', '.join(LOSS_NAMES)}, got {self.loss!r}")
+        _check_device(self.device)
         if self.class_weights not in CLASS_WEIGHT_SCHEMES:
             raise InputError(
                 f"class-weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, "

@@ -54,6 +54,8 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
         "0.3",
         "--seed",
         "1",
+        "--device",
+        "cpu",
         "--progress",
         "json",
         timeout=600,
@@ -62,7 +64,8 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
     lines = events(proc.stdout)
     result = next(e for e in lines if e["event"] == "result")["data"]
     before, after = result["base_val_report"], result["val_report"]
-    epochs = [e["values"] for e in lines if e["event"] == "metrics"]
+    metrics = [e["values"] for e in lines if e["event"] == "metrics"]
+    base, epochs = metrics[0], metrics[1:]
     with capsys.disabled():
         print(
             f"\nfine-tuning on the left 70 % of the Chesapeake tile, validation on the right 30 %:"
@@ -72,6 +75,8 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
         )
     assert after["miou"] > before["miou"] + 0.03
     assert len(epochs) == 3 and all("val_per_class_iou" in e for e in epochs)
+    # epoch 0 is the base model, streamed before training starts (the dialog's chart origin)
+    assert base["epoch"] == 0 and base["base"] and base["val_miou"] == before["miou"]
     # the new model is a complete package that loads safely, with the before/after in its card
     package = ModelPackage.open(output)
     package.load_model()

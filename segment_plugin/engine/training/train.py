@@ -225,7 +225,18 @@ class _EpochEnd:
 
 def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train (or fine-tune) a model and write its package to ``params.output``."""
+    import tensorflow as tf
+
+    from segment_plugin.engine.inference import select_device
+
     reporter = reporter or Reporter()
+    device = select_device(params.device)
+    reporter.log(f"training on {device}")
+    with tf.device(device):
+        return _train(params, reporter)
+
+
+def _train(params: TrainParams, reporter: Reporter) -> dict[str, Any]:
     keras = _keras()
     keras.utils.set_random_seed(params.seed)
     output = params.output
@@ -312,6 +323,10 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
     if params.base_model and not params.resume and model.outputs[0].shape[-1] == len(codes):
         before, _ = validate(model)  # the base model on the same validation area
         reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
+        # epoch 0 = the base model, so that a live chart starts where fine-tuning starts
+        reporter.metrics(
+            epoch=0, base=True, val_miou=before["miou"], val_per_class_iou=before["per_class_iou"]
+        )
 
     def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
         report, val_loss = validate(model)
