@@ -21,6 +21,7 @@ class SegmentPlugin:
         self.provider = None
         self._dialog = None
         self._segment_dialog = None
+        self._finetune_dialog = None
 
     def initProcessing(self) -> None:  # noqa: N802 - QGIS API
         """Register the Processing provider (QGIS calls this also for qgis_process)."""
@@ -43,11 +44,17 @@ class SegmentPlugin:
         )
         settings.setObjectName("segment_plugin_engine_settings")
         settings.triggered.connect(self.show_engine_dialog)
+        finetune = QAction(
+            QgsApplication.getThemeIcon("/mActionAddTable.svg"), "Fine-tune model…", main_window
+        )
+        finetune.setObjectName("segment_plugin_fine_tune")
+        finetune.setToolTip("Improve a model on your own labels (polygons or a class raster)")
+        finetune.triggered.connect(self.show_finetune_dialog)
         export = QAction("Export polygons to shapefile…", main_window)
         export.setObjectName("segment_plugin_export_shapefile")
         export.setToolTip("Write the selected polygon layer to a shapefile (.prj, UTF-8 .cpg)")
         export.triggered.connect(self.export_polygons)
-        self.actions = [segment, settings, export]
+        self.actions = [segment, finetune, settings, export]
         # also in the Layers panel's context menu of vector layers
         self.iface.addCustomActionForLayerType(export, "", QgsMapLayerType.VectorLayer, True)
         self._layer_menu_action = export
@@ -55,6 +62,7 @@ class SegmentPlugin:
         self.toolbar = self.iface.addToolBar("Segment Plugin")
         self.toolbar.setObjectName("segment_plugin_toolbar")
         self.toolbar.addAction(segment)
+        self.toolbar.addAction(finetune)
         for action in self.actions:
             self.iface.addPluginToRasterMenu(MENU, action)
 
@@ -76,12 +84,11 @@ class SegmentPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
-        for dialog in (self._dialog, self._segment_dialog):
+        for dialog in (self._dialog, self._segment_dialog, self._finetune_dialog):
             if dialog is not None:
                 dialog.close()
                 dialog.deleteLater()
-        self._dialog = self._segment_dialog = None
-        self._segment_dialog = None
+        self._dialog = self._segment_dialog = self._finetune_dialog = None
 
     def _engine_dialog(self):
         from segment_plugin.gui.dlg_engine import EngineDialog
@@ -111,3 +118,17 @@ class SegmentPlugin:
             self._segment_dialog = SegmentDialog(self.iface)
         self._segment_dialog.show()
         self._segment_dialog.raise_()
+
+    def show_finetune_dialog(self) -> None:
+        """Fine-tune model: the dialog; a model it makes is listed in Segment Layer at once."""
+        from segment_plugin.gui.dlg_finetune import FineTuneDialog
+
+        if self._finetune_dialog is None:
+            self._finetune_dialog = FineTuneDialog(self.iface)
+            self._finetune_dialog.modelTrained.connect(self._model_added)
+        self._finetune_dialog.show()
+        self._finetune_dialog.raise_()
+
+    def _model_added(self, _name: str) -> None:
+        if self._segment_dialog is not None:
+            self._segment_dialog.load_models()

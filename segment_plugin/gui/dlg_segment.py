@@ -41,28 +41,15 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from segment_plugin.gui.styling import raster_classes, style_class_polygons
+from segment_plugin.processing.alg_segment_layer import DEVICES
+from segment_plugin.processing.engine_feedback import DialogFeedback
 from segment_plugin.processing.raster_input import is_plain_file
 from segment_plugin.settings import PluginSettings
 from segment_plugin.tasks.engine_task import EngineCommandTask
 
-DEVICES = ["auto", "cpu", "gpu"]
-
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
-class _Feedback(QgsProcessingFeedback):
-    """Processing feedback that keeps the last error, to show it in the dialog and message bar."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.last_error = ""
-
-    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803
-        """Remember the message (called from the task's thread; read after it ends)."""
-        self.last_error = error
-        super().reportError(error, fatalError)
 
 
 class SegmentDialog(QDialog):
@@ -337,7 +324,7 @@ class SegmentDialog(QDialog):
         )
         self.context = QgsProcessingContext()
         self.context.setProject(QgsProject.instance())
-        self.feedback = _Feedback()
+        self.feedback = DialogFeedback()
         # a slot of this dialog: Qt queues the call to the GUI thread (the task runs elsewhere)
         self.feedback.progressChanged.connect(self._on_progress)
         self.task = QgsProcessingAlgRunnerTask(

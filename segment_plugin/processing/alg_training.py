@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
+from pathlib import Path
 
 from qgis.core import (
     QgsProcessing,
@@ -13,6 +15,7 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterField,
     QgsProcessingParameterFolderDestination,
@@ -21,7 +24,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from segment_plugin.processing.alg_segment_layer import run_or_raise
+from segment_plugin.processing.alg_segment_layer import DEVICES, run_or_raise
 from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.raster_input import engine_readable_path
 from segment_plugin.processing.vector_input import labels_to_gpkg
@@ -30,48 +33,94 @@ PATCHES = ["128", "256", "512"]
 
 
 class _LabelledRaster(PluginAlgorithm):
-    """Shared parameters: image raster, label polygons, class field, value → code mapping."""
+    """Shared parameters: image raster, labels (polygons + class field, or a class raster), AOI."""
 
     GROUP = ("Training", "training")
 
     def add_label_parameters(self) -> None:
-        """INPUT, LABELS, FIELD, MAPPING."""
+        """INPUT, LABELS + FIELD or LABEL_RASTER, MAPPING, EXTENT."""
         self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Image raster"))
         self.addParameter(
             QgsProcessingParameterFeatureSource(
-                "LABELS", "Label polygons", [QgsProcessing.TypeVectorPolygon]
+                "LABELS", "Label polygons", [QgsProcessing.TypeVectorPolygon], optional=True
             )
         )
         self.addParameter(
-            QgsProcessingParameterField("FIELD", "Class field", parentLayerParameterName="LABELS")
+            QgsProcessingParameterField(
+                "FIELD", "Class field", parentLayerParameterName="LABELS", optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(
+                "LABEL_RASTER", "…or a class raster (instead of polygons)", optional=True
+            )
         )
         self.addParameter(
             QgsProcessingParameterString(
                 "MAPPING",
-                'Field value → class code (JSON, e.g. {"house": 1}; empty: values are codes)',
+                'Label value → class code (JSON, e.g. {"house": 1}; empty: values are codes)',
                 optional=True,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterExtent("EXTENT", "Area of interest (default: all)", optional=True)
+        )
 
     def engine_label_args(self, parameters, context, feedback) -> tuple[list[str], list]:
-        """Engine flags for the labels, and temporary files to delete afterwards."""
+        """Engine arguments for the image and its labels, and temporary files to delete."""
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
-        raster, temporary_raster = engine_readable_path(layer, None, feedback)
-        labels = labels_to_gpkg(self.parameterAsSource(parameters, "LABELS", context))
-        args = [
-            "--labels",
-            str(labels),
-            "--field",
-            self.parameterAsString(parameters, "FIELD", context),
-        ]
+        extent = None
+        if parameters.get("EXTENT"):
+            extent = self.parameterAsExtent(parameters, "EXTENT", context, layer.crs())
+        label_raster = self.parameterAsRasterLayer(parameters, "LABEL_RASTER", context)
+        has_polygons = bool(parameters.get("LABELS"))
+        if has_polygons == (label_raster is not None):
+            raise QgsProcessingException("give label polygons (LABELS) or a class raster, not both")
+        temporary: list = []
+        try:
+            raster, temp = engine_readable_path(layer, extent, feedback)
+            temporary.append(temp)
+            if has_polygons:
+                field = self.parameterAsString(parameters, "FIELD", context)
+                if not field:
+                    raise QgsProcessingException("choose the field that holds the class (FIELD)")
+                labels = labels_to_gpkg(self.parameterAsSource(parameters, "LABELS", context))
+                temporary.append(labels)
+                args = ["--labels", str(labels), "--field", field]
+            else:
+                labels, temp = engine_readable_path(label_raster, None, feedback)
+                temporary.append(temp)
+                args = ["--labels", str(labels)]
+        except Exception:
+            _delete(temporary)
+            raise
         mapping = self.parameterAsString(parameters, "MAPPING", context).strip()
         if mapping:
             try:
                 json.loads(mapping)
             except ValueError as exc:
+                _delete(temporary)
                 raise QgsProcessingException(f"MAPPING is not JSON: {exc}") from exc
             args += ["--mapping", mapping]
-        return [str(raster), *args], [p for p in (temporary_raster, labels) if p is not None]
+        return [str(raster), *args], [p for p in temporary if p is not None]
+
+
+def _classes_file(text: str) -> Path:
+    """The CLASSES JSON written where the engine's --classes can read it."""
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise QgsProcessingException(f"CLASSES is not JSON: {exc}") from exc
+    handle, path = tempfile.mkstemp(prefix="segment_classes_", suffix=".json")
+    with open(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    return Path(path)
+
+
+def _delete(paths) -> None:
+    for path in paths:
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
 
 
 class ExportTrainingChipsAlgorithm(_LabelledRaster):
@@ -108,8 +157,7 @@ class ExportTrainingChipsAlgorithm(_LabelledRaster):
                 ["export-chips", *args, "--output", output, "--patch", patch], feedback
             )
         finally:
-            for path in temporary:
-                path.unlink(missing_ok=True)
+            _delete(temporary)
         feedback.pushInfo(f"{result['chips']} chip pairs")
         return {"OUTPUT": output}
 
@@ -166,6 +214,15 @@ class FineTuneAlgorithm(_LabelledRaster):
             QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", True)
         )
         self.addParameter(QgsProcessingParameterBoolean("AUGMENT", "Augmentation", True))
+        self.addParameter(QgsProcessingParameterEnum("DEVICE", "Device", DEVICES, defaultValue=0))
+        self.addParameter(
+            QgsProcessingParameterString(
+                "CLASSES",
+                "Classes of the new model, when they differ from the base model's (JSON list of "
+                '{"code", "name", "color"}; its head is then re-initialised)',
+                optional=True,
+            )
+        )
         self.addOutput(QgsProcessingOutputFolder("MODEL", "New model folder"))
         self.addOutput(
             QgsProcessingOutputNumber("MIOU_BEFORE", "Validation mIoU of the base model")
@@ -181,7 +238,14 @@ class FineTuneAlgorithm(_LabelledRaster):
             )
         user_dir = run_or_raise(["models"], feedback)["user_dir"]
         output = f"{user_dir}/{name}"
+        if Path(output).exists():
+            raise QgsProcessingException(
+                f"a model named {name!r} exists in {user_dir}: choose another name"
+            )
+        classes = self.parameterAsString(parameters, "CLASSES", context).strip()
         args, temporary = self.engine_label_args(parameters, context, feedback)
+        if classes:
+            temporary.append(_classes_file(classes))
         args = [
             "train",
             "--raster",
@@ -201,6 +265,9 @@ class FineTuneAlgorithm(_LabelledRaster):
             "--val-fraction",
             str(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
         ]
+        args += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
+        if classes:
+            args += ["--classes", str(temporary[-1])]
         if self.parameterAsBoolean(parameters, "FREEZE_ENCODER", context):
             args.append("--freeze-encoder")
         if not self.parameterAsBoolean(parameters, "AUGMENT", context):
@@ -208,8 +275,7 @@ class FineTuneAlgorithm(_LabelledRaster):
         try:
             result = run_or_raise(args, feedback)
         finally:
-            for path in temporary:
-                path.unlink(missing_ok=True)
+            _delete(temporary)
         before = (result.get("base_val_report") or {}).get("miou")
         after = result.get("val_miou")
         feedback.pushInfo(f"validation mIoU: base model {before}, fine-tuned {after}")

@@ -5,9 +5,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from qgis.core import QgsProcessingFeedback
+from qgis.PyQt.QtCore import pyqtSignal
 
 from segment_plugin.runner import EngineLocation, EngineResult, run_engine
 from segment_plugin.settings import PluginSettings
+
+
+class DialogFeedback(QgsProcessingFeedback):
+    """Feedback for a dialog that runs an algorithm as a task: last error kept, metrics as a signal.
+
+    Both are written from the task's thread; ``metricsReceived`` is queued to the dialog's (GUI)
+    thread by Qt, so the dialog can draw them as they come.
+    """
+
+    metricsReceived = pyqtSignal(dict)  # noqa: N815 - Qt naming
+    progressTextReceived = pyqtSignal(str)  # noqa: N815 - 3.22's feedback has no such signal
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_error = ""
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803
+        """Remember the message, to show it in the dialog and on the message bar."""
+        self.last_error = error
+        super().reportError(error, fatalError)
+
+    def setProgressText(self, text: str) -> None:  # noqa: N802
+        """Also tell the dialog (e.g. "epoch 2/10, batch 7/50, about 90 s left")."""
+        super().setProgressText(text)
+        self.progressTextReceived.emit(text)
+
+
+def metrics_text(values: dict) -> str:
+    """One log line for an epoch's metrics (the toolbox shows these; dialogs plot them)."""
+    if values.get("base"):
+        return f"base model on the validation area: mIoU {values.get('val_miou')}"
+    parts = [f"epoch {values.get('epoch')}"]
+    for key in ("loss", "val_loss", "val_miou"):
+        if isinstance(values.get(key), (int, float)):
+            parts.append(f"{key} {values[key]:.4f}")
+    if values.get("best"):
+        parts.append("(best so far)")
+    return ", ".join(parts)
 
 
 def current_engine() -> EngineLocation:
@@ -38,6 +77,11 @@ def run_engine_with_feedback(
                 feedback.pushWarning(event["message"])
             else:
                 feedback.pushInfo(event["message"])
+        elif kind == "metrics":
+            values = event.get("values") or {}
+            feedback.pushInfo(metrics_text(values))
+            if isinstance(feedback, DialogFeedback):
+                feedback.metricsReceived.emit(values)
         elif kind == "error":
             feedback.reportError(event.get("message", ""))
 

@@ -10,11 +10,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsApplication
+from qgis.core import (
+    QgsApplication,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsProject,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QVariant
 
 from segment_plugin.runner import ENV_PYTHON, locate_engine
 
 ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "build" / "screenshots"
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # /usr/bin/qgis_process passes a flag .bin rejects
 
 
@@ -26,6 +37,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
             raise TimeoutError(f"condition not met within {timeout} s")
         QgsApplication.processEvents()
         time.sleep(0.02)
+
+
+def grab(widget, name: str) -> Path:
+    """Save a widget as the user sees it to build/screenshots/NAME (open it to look)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    QgsApplication.processEvents()  # let the relayout run
+    assert widget.grab().save(str(SHOTS / name))
+    return SHOTS / name
 
 
 def words(text: str) -> str:
@@ -114,3 +133,38 @@ def registry(qgis_app):
     QgsApplication.processingRegistry().addProvider(provider)
     yield QgsApplication.processingRegistry()
     QgsApplication.processingRegistry().removeProvider(provider)
+
+
+NAIP = ROOT.parent / "shared" / "data" / "rasters" / "chesapeake_m_3907833_nw_17_1_naip-new.tif"
+
+
+@pytest.fixture
+def labelled(qgis_new_project):
+    """The NAIP raster and hand-made polygons (memory layer, as a user digitises them)."""
+    if not NAIP.exists():
+        pytest.skip("../shared/data is absent")
+    raster = QgsRasterLayer(str(NAIP), "naip")
+    layer = QgsVectorLayer(f"Polygon?crs={raster.crs().authid()}", "labels", "memory")
+    layer.dataProvider().addAttributes([QgsField("kind", QVariant.String)])
+    layer.updateFields()
+    e = raster.extent()
+    w, h = e.width() / 10, e.height() / 10
+    features = []
+    for i in range(10):
+        for kind, row in (("forest", 1), ("field", 5)):
+            f = QgsFeature(layer.fields())
+            f.setGeometry(
+                QgsGeometry.fromRect(
+                    QgsRectangle(
+                        e.xMinimum() + i * w,
+                        e.yMaximum() - (row + 1) * h,
+                        e.xMinimum() + (i + 0.8) * w,
+                        e.yMaximum() - row * h,
+                    )
+                )
+            )
+            f.setAttributes([kind])
+            features.append(f)
+    layer.dataProvider().addFeatures(features)
+    QgsProject.instance().addMapLayers([raster, layer])
+    return raster, layer

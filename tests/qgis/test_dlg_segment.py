@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, wait_until
-from qgis.core import QgsApplication, QgsProject, QgsRasterLayer, QgsVectorLayer
+from conftest import ROOT, SHOTS, grab, wait_until
+from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 
 import segment_plugin
 from segment_plugin.runner import run_engine
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
 CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
-SHOTS = ROOT / "build" / "screenshots"
 
 
 @pytest.fixture
@@ -57,12 +56,6 @@ def render_map(layers, name, size=600):
     palette = {QColor(c).name() for c in ("#F5F5DC", "#D7191C", "#1A9641", "#2B83BA", "#FDAE61")}
     seen = {QColor(image.pixel(x, y)).name() for x in range(0, size, 7) for y in range(0, size, 7)}
     assert seen & palette  # the classes are drawn in their colours
-
-
-def grab(widget, name):
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    QgsApplication.processEvents()
-    assert widget.grab().save(str(SHOTS / name))
 
 
 def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers, engine_python):

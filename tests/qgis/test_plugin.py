@@ -34,13 +34,13 @@ def test_classfactory_import_is_lazy():
 
 
 def test_init_gui_adds_actions_toolbar_and_provider(plugin, qgis_iface):
-    segment, settings, export = plugin.actions
-    assert segment.text() == "Segment Layer…"
-    assert not segment.icon().isNull()
+    segment, finetune, settings, export = plugin.actions
+    assert segment.text() == "Segment Layer…" and finetune.text() == "Fine-tune model…"
+    assert not segment.icon().isNull() and not finetune.icon().isNull()
     toolbar = qgis_iface.mainWindow().findChild(QToolBar, "segment_plugin_toolbar")
-    assert toolbar is not None and segment in toolbar.actions()
+    assert toolbar is not None and toolbar.actions() == [segment, finetune]
     menu_calls = [c.args for c in qgis_iface.addPluginToRasterMenu.call_args_list]
-    assert menu_calls == [(MENU, segment), (MENU, settings), (MENU, export)]
+    assert menu_calls == [(MENU, segment), (MENU, finetune), (MENU, settings), (MENU, export)]
     assert export.text() == "Export polygons to shapefile…"
     provider = registry().providerById("segment_plugin")
     assert provider is not None
@@ -54,14 +54,14 @@ def test_unload_removes_everything(qgis_iface):
     instance.unload()
     QgsApplication.processEvents()
     assert registry().providerById("segment_plugin") is None
-    removed = [c.args for c in qgis_iface.removePluginRasterMenu.call_args_list[-3:]]
+    removed = [c.args for c in qgis_iface.removePluginRasterMenu.call_args_list[-4:]]
     assert removed == [(MENU, action) for action in actions]
     assert instance.actions == [] and instance.toolbar is None
     assert qgis_iface.mainWindow().findChildren(QToolBar, "segment_plugin_toolbar") == []
 
 
 def test_engine_settings_show_status_from_the_real_engine(plugin, engine_python):
-    plugin.actions[1].trigger()
+    plugin.actions[2].trigger()
     dialog = plugin._dialog
     assert dialog is not None and dialog.isVisible()
     wait_until(lambda: dialog.last_result is not None, timeout=120)
@@ -78,7 +78,7 @@ def test_engine_settings_show_status_from_the_real_engine(plugin, engine_python)
 
 
 def test_missing_engine_is_a_status_not_an_exception(plugin, missing_engine):
-    plugin.actions[1].trigger()
+    plugin.actions[2].trigger()
     dialog = plugin._dialog
     wait_until(lambda: dialog.last_result is not None, timeout=30)
     assert dialog.last_result.status == "missing"

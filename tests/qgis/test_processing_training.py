@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT
+from conftest import NAIP
 from qgis.core import (
-    QgsFeature,
-    QgsField,
-    QgsGeometry,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeatureSourceDefinition,
@@ -17,45 +14,11 @@ from qgis.core import (
     QgsProject,
     QgsRasterLayer,
     QgsRectangle,
-    QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QVariant
 
 from segment_plugin.runner import run_engine
 
-NAIP = ROOT.parent / "shared" / "data" / "rasters" / "chesapeake_m_3907833_nw_17_1_naip-new.tif"
-
-
-@pytest.fixture
-def labelled(qgis_new_project):
-    """The NAIP raster and hand-made polygons (memory layer, as a user digitises them)."""
-    if not NAIP.exists():
-        pytest.skip("../shared/data is absent")
-    raster = QgsRasterLayer(str(NAIP), "naip")
-    layer = QgsVectorLayer(f"Polygon?crs={raster.crs().authid()}", "labels", "memory")
-    layer.dataProvider().addAttributes([QgsField("kind", QVariant.String)])
-    layer.updateFields()
-    e = raster.extent()
-    w, h = e.width() / 10, e.height() / 10
-    features = []
-    for i in range(10):
-        for kind, row in (("forest", 1), ("field", 5)):
-            f = QgsFeature(layer.fields())
-            f.setGeometry(
-                QgsGeometry.fromRect(
-                    QgsRectangle(
-                        e.xMinimum() + i * w,
-                        e.yMaximum() - (row + 1) * h,
-                        e.xMinimum() + (i + 0.8) * w,
-                        e.yMaximum() - row * h,
-                    )
-                )
-            )
-            f.setAttributes([kind])
-            features.append(f)
-    layer.dataProvider().addFeatures(features)
-    QgsProject.instance().addMapLayers([raster, layer])
-    return raster, layer
+CLASS_RASTER = NAIP.with_name("chesapeake_m_3907833_nw_17_1_lc_classes.tif")
 
 
 class Feedback(QgsProcessingFeedback):
@@ -123,7 +86,7 @@ def test_fine_tune_adds_a_user_model_with_before_and_after(
     assert results["MIOU_BEFORE"] is not None and results["MIOU_AFTER"] is not None
     listed = run_engine(["models"], engine_python).data["models"]
     assert "tiny-naip" in [m["card"]["name"] for m in listed if "card" in m]
-    with pytest.raises(QgsProcessingException, match="exists; pass --overwrite"):
+    with pytest.raises(QgsProcessingException, match="a model named 'tiny-naip' exists"):
         algorithm = registry.algorithmById("segment_plugin:fine_tune")
         algorithm.processAlgorithm(
             {
@@ -160,3 +123,54 @@ def test_empty_selection_is_refused_before_the_run(registry, labelled, tiny_mode
         QgsProcessingFeedback(),
     )
     assert not ok
+
+
+def test_fine_tune_on_a_class_raster_with_a_new_class_and_an_area_of_interest(
+    registry, labelled, tiny_models, engine_python
+):
+    """Labels from a class raster layer; its value 4 (road) becomes a new class 'track'."""
+    raster, _ = labelled
+    classes = QgsRasterLayer(str(CLASS_RASTER), "land cover")
+    e = raster.extent()
+    aoi = QgsRectangle(e.xMinimum(), e.yMinimum(), e.center().x() + e.width() / 4, e.yMaximum())
+    new_classes = [
+        {"code": 0, "name": "background", "color": "#F5F5DC"},
+        {"code": 2, "name": "woodland", "color": "#1A9641"},
+        {"code": 3, "name": "water", "color": "#2B83BA"},
+        {"code": 5, "name": "track", "color": "#FF00FF"},
+    ]
+    results, ok = run(
+        registry,
+        "fine_tune",
+        {
+            "INPUT": raster,
+            "LABEL_RASTER": classes,
+            "MAPPING": json.dumps({"0": 0, "2": 2, "3": 3, "4": 5, "255": 255}),
+            "CLASSES": json.dumps(new_classes),
+            "EXTENT": aoi,
+            "BASE_MODEL": "tiny",
+            "NAME": "tiny-track",
+            "EPOCHS": 1,
+            "PATCH": 0,
+            "FREEZE_ENCODER": False,
+            "DEVICE": 1,
+        },
+    )
+    assert ok and results["MIOU_AFTER"] is not None
+    assert results["MIOU_BEFORE"] is None  # new classes: the base model cannot be compared
+    listed = run_engine(["models"], engine_python).data["models"]
+    card = next(m["card"] for m in listed if m.get("card", {}).get("name") == "tiny-track")
+    assert [c["name"] for c in card["classes"]] == ["background", "woodland", "water", "track"]
+    report = json.loads(results["REPORT"])
+    assert report["params"]["device"] == "cpu"
+
+
+def test_labels_must_be_polygons_or_a_class_raster(registry, labelled, tiny_models):
+    raster, layer = labelled
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = Feedback()
+    _, ok = registry.algorithmById("segment_plugin:export_training_chips").run(
+        {"INPUT": raster, "OUTPUT": "TEMPORARY_OUTPUT"}, context, feedback
+    )
+    assert not ok and "give label polygons (LABELS) or a class raster" in " ".join(feedback.errors)

@@ -320,7 +320,10 @@ def _train(params: TrainParams, reporter: Reporter) -> dict[str, Any]:
     sampler_val_patches = val_sampler.grid_patches()[:64]
 
     before = None
-    if params.base_model and not params.resume and model.outputs[0].shape[-1] == len(codes):
+    same_classes = params.base_model is not None and resolve_model(
+        params.base_model
+    ).card.class_codes == list(codes)
+    if same_classes and not params.resume:  # a re-initialised head has no "before"
         before, _ = validate(model)  # the base model on the same validation area
         reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
         # epoch 0 = the base model, so that a live chart starts where fine-tuning starts
