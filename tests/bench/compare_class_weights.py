@@ -4,7 +4,9 @@ Trains the default architecture three times from the same seed on the bundled mo
 (Dubai tiles 1–7 + NAIP/Chesapeake RGB), changing only ``--class-weights`` (median frequency,
 plain inverse frequency, none), and reports each run's best validation mIoU and per-class IoU on
 the held-out Dubai tile 8. The runs are shorter than `make train-bundled` (128 px patches, fewer
-steps) so that all three fit in well under an hour on a 2-core CPU; EPOCHS/STEPS override that.
+steps) so that all three fit in about an hour on a 2-core CPU; EPOCHS/STEPS override that.
+Each run resumes where it stopped (run it again after an interruption), and SCHEMES=a,b runs
+only those, so the runs can also go side by side in separate processes.
 Prints one JSON object; each run's model stays in build/class-weights/<scheme>.
 """
 
@@ -43,11 +45,11 @@ def run(scheme: str, epochs: int, steps: int) -> dict:
         class_weights=scheme,
         patience=epochs,
         seed=7,
-        overwrite=True,
+        resume=(WORK / scheme / ".training" / "state.json").exists(),
     )
     start = time.perf_counter()
     result = train(params, TextReporter())  # progress on stderr
-    report = result["val_report"]
+    report = result["val_report"]  # the best epoch's, also after a resume
     return {
         "class_weights": scheme,
         "best_val_miou": report["miou"],
@@ -55,7 +57,7 @@ def run(scheme: str, epochs: int, steps: int) -> dict:
         "val_per_class_iou": report["per_class_iou"],
         "pixel_accuracy": report["pixel_accuracy"],
         "val_miou_per_epoch": [row["val_miou"] for row in result["history"]],
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds_this_sitting": round(time.perf_counter() - start, 1),
     }
 
 
@@ -65,7 +67,8 @@ def main() -> None:
         sys.exit(1)
     epochs = int(os.environ.get("EPOCHS", "20"))
     steps = int(os.environ.get("STEPS", "50"))
-    runs = [run(scheme, epochs, steps) for scheme in SCHEMES]
+    schemes = os.environ.get("SCHEMES", ",".join(SCHEMES)).split(",")
+    runs = [run(scheme, epochs, steps) for scheme in schemes]
     print(
         json.dumps(
             {
