@@ -16,7 +16,7 @@ export QT_QPA_PLATFORM := offscreen
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
 .PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled \
-	compare-class-weights
+	compare-class-weights check-backends
 
 help:
 	@echo "make demo     segment the demo raster with the bundled model (RASTER=..., MODEL=...)"
@@ -27,6 +27,7 @@ help:
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
+	@echo "make check-backends  the bundled model loads and agrees under JAX (.venv-jax)"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
 
@@ -102,6 +103,19 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench_segment.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
+
+# Model packages must load under any Keras backend: JAX (CPU wheels on PyPI) is checked here;
+# torch's PyPI wheels bundle CUDA (gigabytes), so it is left to a GPU machine.
+JAX_VENV := .venv-jax
+JAX_PINS := jax[cpu]==0.10.2 jaxlib==0.10.2 scipy==1.17.1 opt_einsum==3.4.0
+check-backends: setup
+	@test -x $(JAX_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(JAX_VENV)
+	$(JAX_VENV)/bin/pip install -q --disable-pip-version-check $(JAX_PINS) $$(grep -iE \
+	    '^(keras|h5py|numpy|ml_dtypes|namex|optree|rich|absl-py|packaging|pygments|markdown-it-py|mdurl)==' \
+	    segment_plugin/engine/constraints.txt)
+	$(ENGINE_PY) tests/bench/check_backends.py
+	set -o pipefail; KERAS_BACKEND=jax $(JAX_VENV)/bin/python tests/bench/check_backends.py \
+	    | tee build/backends/jax.json
 
 compare-class-weights: setup
 	@mkdir -p build/class-weights
