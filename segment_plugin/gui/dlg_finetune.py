@@ -53,6 +53,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from segment_plugin.gui.engine_devices import request_devices, show_devices
 from segment_plugin.gui.label_values import field_values, raster_values
 from segment_plugin.gui.metrics_chart import MetricsChart
 from segment_plugin.processing.alg_segment_layer import DEVICES
@@ -94,6 +95,8 @@ class FineTuneDialog(QDialog):
         self.last_error: str | None = None
         self.before: dict = {}
         self._models_task: EngineCommandTask | None = None
+        self._devices_task: EngineCommandTask | None = None
+        self.devices_known = False
         self._started = 0.0
         self._build()
         self.raster_combo.layerChanged.connect(self._suggest_name)
@@ -261,6 +264,12 @@ class FineTuneDialog(QDialog):
         task.completed.connect(self._models_loaded)
         self._models_task = task
         QgsApplication.taskManager().addTask(task)
+        if not self.devices_known and self._devices_task is None:
+            self._devices_task = request_devices(self._devices_loaded)
+
+    def _devices_loaded(self, outcome) -> None:
+        self._devices_task = None
+        self.devices_known = show_devices(self.device_combo, outcome)
 
     def _models_loaded(self, outcome) -> None:
         self._models_task = None

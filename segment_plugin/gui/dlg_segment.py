@@ -40,6 +40,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
+from segment_plugin.gui.engine_devices import request_devices, show_devices
 from segment_plugin.gui.styling import raster_classes, style_class_polygons
 from segment_plugin.processing.alg_segment_layer import DEVICES
 from segment_plugin.processing.engine_feedback import DialogFeedback
@@ -178,21 +179,12 @@ class SegmentDialog(QDialog):
         task.completed.connect(self._models_loaded)
         self._models_task = task
         QgsApplication.taskManager().addTask(task)
-        devices = EngineCommandTask("Segment Plugin: devices", ["info"], engine.python)
-        devices.completed.connect(self._devices_loaded)
-        self._devices_task = devices
-        QgsApplication.taskManager().addTask(devices)
+        self._devices_task = request_devices(self._devices_loaded)
 
     def _devices_loaded(self, outcome) -> None:
         """Show what the engine found: auto → the device it will use; gpu disabled without one."""
         self._devices_task = None
-        if not outcome.ok:
-            return
-        gpu = bool(outcome.data.get("gpu"))
-        self.device_combo.setItemText(0, f"auto ({'GPU' if gpu else 'CPU'})")
-        self.device_combo.setItemText(2, "gpu" if gpu else "gpu (none found)")
-        self.device_combo.model().item(2).setEnabled(gpu)
-        self.devices_known = True
+        self.devices_known = show_devices(self.device_combo, outcome)
 
     def _models_loaded(self, outcome) -> None:
         self._models_task = None

@@ -236,12 +236,12 @@ class FineTuneAlgorithm(_LabelledRaster):
             raise QgsProcessingException(
                 f"the model name {name!r} may use letters, digits, _ . - only"
             )
-        user_dir = run_or_raise(["models"], feedback)["user_dir"]
+        installed = run_or_raise(["models"], feedback)
+        user_dir = installed["user_dir"]
         output = f"{user_dir}/{name}"
-        if Path(output).exists():
-            raise QgsProcessingException(
-                f"a model named {name!r} exists in {user_dir}: choose another name"
-            )
+        names = {m["card"]["name"] for m in installed.get("models", []) if "card" in m}
+        if Path(output).exists() or name in names:  # a bundled model is never shadowed either
+            raise QgsProcessingException(f"a model named {name!r} exists: choose another name")
         classes = self.parameterAsString(parameters, "CLASSES", context).strip()
         args, temporary = self.engine_label_args(parameters, context, feedback)
         if classes:

@@ -51,6 +51,26 @@ def run():
         QgsApplication.processEvents()
         report["status"] = dialog.status.text()
         dialog.grab().save(str(OUT / "segment_dialog.png"))
+        dialog.close()
+    finetune = actions.get("segment_plugin_fine_tune")
+    report["finetune_in_toolbar"] = toolbar is not None and finetune in toolbar.actions()
+    if finetune is not None:
+        finetune.trigger()
+        shown = [
+            w
+            for w in QApplication.topLevelWidgets()
+            if isinstance(w, QDialog) and w.isVisible() and w.windowTitle() == "Fine-tune model"
+        ]
+        if shown:
+            deadline = time.monotonic() + 150
+            busy = lambda: shown[0]._models_task or shown[0]._devices_task  # noqa: E731
+            while busy() and time.monotonic() < deadline:
+                QgsApplication.processEvents()
+                time.sleep(0.05)
+            QgsApplication.processEvents()
+            report["finetune_status"] = shown[0].status.text()
+            shown[0].grab().save(str(OUT / "finetune_dialog.png"))
+            shown[0].close()
     (OUT / "report.json").write_text(json.dumps(report))
     QTimer.singleShot(200, iface.actionExit().trigger)
 

@@ -39,6 +39,7 @@ def dialog(plugin, labelled):
     next(a for a in plugin.actions if a.objectName() == "segment_plugin_fine_tune").trigger()
     dlg = plugin._finetune_dialog
     wait_until(lambda: not dlg.status.text().startswith("looking"), timeout=120)
+    wait_until(lambda: dlg._devices_task is None, timeout=120)
     dlg.model_combo.setCurrentText("tiny")
     dlg.polygon_combo.setLayer(labelled[1])
     dlg.field_combo.setField("kind")
@@ -51,6 +52,7 @@ def dialog(plugin, labelled):
 def test_mapping_table_and_checks_before_the_run(dialog, labelled):
     raster, layer = labelled
     assert dialog.raster_combo.currentLayer() == raster
+    assert dialog.devices_known and dialog.device_combo.itemText(0) in ("auto (CPU)", "auto (GPU)")
     assert dialog.name_edit.text() == "tiny_naip"
     values = [dialog.mapping_table.item(r, 0).text() for r in range(2)]
     assert values == ["field", "forest"]

@@ -63,7 +63,7 @@ def test_qgis_process_runs_engine_status_from_the_installed_zip(qgis_profile, en
 
 
 @pytest.mark.desktop
-def test_desktop_loads_the_zip_and_triggers_segment_layer(qgis_profile, tmp_path, engine_python):
+def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, engine_python):
     out = tmp_path / "smoke"
     out.mkdir()
     env = dict(os.environ, SMOKE_OUT=str(out))
@@ -84,8 +84,10 @@ def test_desktop_loads_the_zip_and_triggers_segment_layer(qgis_profile, tmp_path
     assert report["dialogs"] == ["Segment Layer"]
     # the model list came back from the engine subprocess (none bundled yet, or some found)
     assert "model(s) found" in report["status"] or report["status"] == "no models installed"
-    png = out / "segment_dialog.png"
-    assert png.stat().st_size > 10_000
+    assert report["finetune_in_toolbar"] and "model(s) found" in report["finetune_status"]
     artifacts = ROOT / "build" / "screenshots"
     artifacts.mkdir(parents=True, exist_ok=True)
-    (artifacts / "desktop_segment_dialog.png").write_bytes(png.read_bytes())
+    for name in ("segment_dialog.png", "finetune_dialog.png"):
+        png = out / name
+        assert png.stat().st_size > 10_000
+        (artifacts / f"desktop_{name}").write_bytes(png.read_bytes())

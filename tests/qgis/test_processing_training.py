@@ -86,23 +86,24 @@ def test_fine_tune_adds_a_user_model_with_before_and_after(
     assert results["MIOU_BEFORE"] is not None and results["MIOU_AFTER"] is not None
     listed = run_engine(["models"], engine_python).data["models"]
     assert "tiny-naip" in [m["card"]["name"] for m in listed if "card" in m]
-    with pytest.raises(QgsProcessingException, match="a model named 'tiny-naip' exists"):
-        algorithm = registry.algorithmById("segment_plugin:fine_tune")
-        algorithm.processAlgorithm(
-            {
-                "INPUT": raster,
-                "LABELS": layer,
-                "FIELD": "kind",
-                "MAPPING": json.dumps({"forest": 2, "field": 0}),
-                "BASE_MODEL": "tiny",
-                "NAME": "tiny-naip",
-                "EPOCHS": 1,
-                "PATCH": 0,
-                "FREEZE_ENCODER": False,
-            },
-            QgsProcessingContext(),
-            QgsProcessingFeedback(),
-        )
+    algorithm = registry.algorithmById("segment_plugin:fine_tune")
+    for taken in ("tiny-naip", "landcover"):  # a user model, the bundled model
+        with pytest.raises(QgsProcessingException, match=f"a model named '{taken}' exists"):
+            algorithm.processAlgorithm(
+                {
+                    "INPUT": raster,
+                    "LABELS": layer,
+                    "FIELD": "kind",
+                    "MAPPING": json.dumps({"forest": 2, "field": 0}),
+                    "BASE_MODEL": "tiny",
+                    "NAME": taken,
+                    "EPOCHS": 1,
+                    "PATCH": 0,
+                    "FREEZE_ENCODER": False,
+                },
+                QgsProcessingContext(),
+                QgsProcessingFeedback(),
+            )
 
 
 def test_empty_selection_is_refused_before_the_run(registry, labelled, tiny_models):
