@@ -130,7 +130,7 @@ class VectorizeParams(JobParams):
 
 
 LOSS_NAMES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
-CLASS_WEIGHT_SCHEMES = ("median_frequency", "inverse_frequency", "none")
+CLASS_WEIGHT_SCHEMES = ("median_frequency", "inverse_sqrt_frequency", "none")
 
 
 def _read_mapping(text: str) -> dict[str, int]:

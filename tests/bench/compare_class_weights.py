@@ -2,8 +2,8 @@
 
 Trains the default architecture three times from the same seed on the bundled model's data
 (Dubai tiles 1–7 + NAIP/Chesapeake RGB), changing only ``--class-weights`` (median frequency,
-plain inverse frequency, none), and reports each run's best validation mIoU and per-class IoU on
-the held-out Dubai tile 8. The runs are shorter than `make train-bundled` (128 px patches, fewer
+inverse square-root frequency, none), and reports each run's best validation mIoU and per-class IoU
+on the held-out Dubai tile 8. The runs are shorter than `make train-bundled` (128 px patches, fewer
 steps) so that all three fit in about an hour on a 2-core CPU; EPOCHS/STEPS override that.
 Each run resumes where it stopped (run it again after an interruption), and SCHEMES=a,b runs
 only those, so the runs can also go side by side in separate processes.
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "class-weights"
 LANDCOVER = ROOT.parent / "shared" / "data" / "landcover"
-SCHEMES = ("median_frequency", "inverse_frequency", "none")
+SCHEMES = ("median_frequency", "inverse_sqrt_frequency", "none")
 
 
 def run(scheme: str, epochs: int, steps: int) -> dict:

@@ -13,7 +13,7 @@ from segment_plugin.engine.training.losses import (
     cross_entropy,
     dice,
     focal,
-    inverse_frequency_weights,
+    inverse_sqrt_frequency_weights,
     make_loss,
     median_frequency_weights,
 )
@@ -88,10 +88,10 @@ def test_median_frequency_weights():
     assert weights.tolist() == pytest.approx([0.5, 1.0, 3.0, 0.0])
 
 
-def test_inverse_frequency_weights_and_scheme_names():
-    weights = inverse_frequency_weights([600, 300, 100, 0])
-    # 1/freq = 1.667, 3.333, 10 → mean 5 → scaled 1/3, 2/3, 2
-    assert weights.tolist() == pytest.approx([1 / 3, 2 / 3, 2.0, 0.0])
+def test_inverse_sqrt_frequency_weights_and_scheme_names():
+    weights = inverse_sqrt_frequency_weights([600, 300, 100, 0])
+    # 1/sqrt(freq) = 1.291, 1.826, 3.162 → mean 2.093 → 0.617, 0.872, 1.511
+    assert weights.tolist() == pytest.approx([0.6168, 0.8723, 1.5109, 0.0], abs=1e-4)
     assert class_weights("none", [1, 2]) is None
     assert class_weights("median_frequency", [600, 300, 100, 0]).tolist() == pytest.approx(
         [0.5, 1.0, 3.0, 0.0]

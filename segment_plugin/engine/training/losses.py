@@ -35,18 +35,18 @@ def median_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def inverse_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
-    """Plain inverse frequency, scaled to mean 1 over present classes; 0 for absent classes.
+def inverse_sqrt_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
+    """1 / sqrt(freq), scaled to mean 1 over present classes; 0 for absent classes.
 
-    Kept as the alternative `make compare-class-weights` measures against median frequency:
-    it pushes rare classes much harder (a class at 1 % of pixels weighs 100× one at 100 %).
+    A softer balance than median frequency. (Plain inverse frequency is not offered: scaled
+    to mean 1 it is median-frequency balancing times a constant, the same weighting.)
     """
     counts = np.asarray(pixel_counts, np.float64)
     present = counts > 0
     if not present.any():
         return np.ones_like(counts, dtype=np.float32)
     weights = np.zeros_like(counts)
-    weights[present] = counts.sum() / counts[present]
+    weights[present] = np.sqrt(counts.sum() / counts[present])
     weights[present] /= weights[present].mean()
     return weights.astype(np.float32)
 
@@ -55,8 +55,8 @@ def class_weights(scheme: str, pixel_counts: Sequence[int]) -> np.ndarray | None
     """Per-class loss weights for a scheme in CLASS_WEIGHT_SCHEMES (None: unweighted)."""
     if scheme == "median_frequency":
         return median_frequency_weights(pixel_counts)
-    if scheme == "inverse_frequency":
-        return inverse_frequency_weights(pixel_counts)
+    if scheme == "inverse_sqrt_frequency":
+        return inverse_sqrt_frequency_weights(pixel_counts)
     if scheme == "none":
         return None
     choices = ", ".join(CLASS_WEIGHT_SCHEMES)
