@@ -137,7 +137,7 @@ train-bundled: setup
 	    $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) --images $(DATA)/naip_chesapeake \
 	    --val-images $(DATA)/dubai/tile_8 --classes $(DATA)/classes.json --bands 3 \
 	    --arch separable_unet --name landcover --description "$(BUNDLED_DESCRIPTION)" \
-	    --epochs $(TRAIN_EPOCHS) --patch 256 --batch 8 \
+	    --epochs $(TRAIN_EPOCHS) --patch 256 --tile-size 512 --batch 8 \
 	    --steps-per-epoch 50 --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) \
 	    $$(test -f $(TRAIN_DIR)/.training/state.json && echo --resume)
 	mkdir -p $(BUNDLED)

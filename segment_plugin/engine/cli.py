@@ -271,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--bands", type=int, help="use the first N bands of the images")
     tr.add_argument("--epochs", type=int, default=20)
     tr.add_argument("--patch", type=int, default=256, help="patch size: 128, 256 or 512")
+    tr.add_argument(
+        "--tile-size",
+        type=int,
+        help="inference tile written in the model card (default: max(patch, 256)); larger "
+        "tiles give the model more context",
+    )
     tr.add_argument("--batch", type=int, default=8)
     tr.add_argument("--steps-per-epoch", type=int)
     tr.add_argument("--learning-rate", type=float, default=1e-3)

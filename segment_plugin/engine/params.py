@@ -162,6 +162,7 @@ class TrainParams(JobParams):
     bands: int | None = None  # default: the base model's, else the images'
     epochs: int = 20
     patch: int = 256
+    tile_size: int | None = None  # the card's inference tile; default max(patch, 256)
     batch: int = 8
     steps_per_epoch: int | None = None  # None: about one pass over the training pixels
     learning_rate: float = 1e-3

@@ -168,7 +168,7 @@ def _model_and_card(
             normalization=norm,
             input_dtype=dtype if dtype in DTYPE_RANGE else "float32",
             resolution_m=None,
-            tile_size=max(params.patch, 256),
+            tile_size=params.tile_size or max(params.patch, 256),
             input_multiple=input_multiple(),
             architecture=params.arch,
         )
