@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 from qgis.core import (
     Qgis,
-    QgsApplication,
     QgsCoordinateTransform,
     QgsMapLayerProxyModel,
-    QgsProcessingAlgRunnerTask,
-    QgsProcessingContext,
     QgsProcessingFeatureSourceDefinition,
     QgsProject,
     QgsRasterLayer,
@@ -32,8 +28,6 @@ from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QColorDialog,
     QComboBox,
-    QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
@@ -42,7 +36,6 @@ from qgis.PyQt.QtWidgets import (
     QInputDialog,
     QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QRadioButton,
     QScrollArea,
@@ -53,14 +46,13 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-from segment_plugin.gui.engine_devices import request_devices, show_devices
+from segment_plugin.gui.algorithm_dialog import AlgorithmDialog
 from segment_plugin.gui.label_values import field_values, raster_values
 from segment_plugin.gui.metrics_chart import MetricsChart
 from segment_plugin.processing.alg_segment_layer import DEVICES
 from segment_plugin.processing.alg_training import PATCHES
 from segment_plugin.processing.engine_feedback import DialogFeedback
 from segment_plugin.settings import PluginSettings
-from segment_plugin.tasks.engine_task import EngineCommandTask
 
 IGNORE = 255
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -74,30 +66,21 @@ def _iou_text(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
-class FineTuneDialog(QDialog):
+class FineTuneDialog(AlgorithmDialog):
     """Fine-tune a model on the user's labels: live chart, per-class IoU, before/after."""
 
     modelTrained = pyqtSignal(str)  # noqa: N815 - the new model's name (also after a cancel)
 
+    RUN_NAME = "Fine-tuning"
+
     def __init__(self, iface, parent=None) -> None:
-        super().__init__(parent or iface.mainWindow())
-        self.iface = iface
+        super().__init__(iface, parent)
         self.setWindowTitle("Fine-tune model")
         self.resize(1100, 820)
         self.setMinimumSize(900, 600)
-        self.models: dict[str, dict] = {}
-        self.user_dir: str | None = None
         self.new_classes: list[dict] = []
         self._base: str | None = None
-        self.task: QgsProcessingAlgRunnerTask | None = None
-        self.feedback: DialogFeedback | None = None
-        self.last_results: dict | None = None
-        self.last_error: str | None = None
         self.before: dict = {}
-        self._models_task: EngineCommandTask | None = None
-        self._devices_task: EngineCommandTask | None = None
-        self.devices_known = False
-        self._started = 0.0
         self._build()
         self.raster_combo.layerChanged.connect(self._suggest_name)
         self.polygon_combo.layerChanged.connect(self.field_combo.setLayer)
@@ -231,20 +214,8 @@ class FineTuneDialog(QDialog):
         self.iou_table.verticalHeader().hide()
         right.addWidget(QLabel("Per-class IoU on the validation area"))
         right.addWidget(self.iou_table, 1)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        right.addWidget(self.progress)
-        right.addWidget(self.status)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.train_button = self.buttons.addButton("Train", QDialogButtonBox.AcceptRole)
-        self.cancel_button = self.buttons.addButton("Cancel training", QDialogButtonBox.ActionRole)
-        self.cancel_button.setEnabled(False)
+        self.train_button = self.add_run_controls(right, "Train", "Cancel training")
         self.train_button.clicked.connect(self.train)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.buttons.rejected.connect(self.reject)
-        right.addWidget(self.buttons)
 
     def _label_kind_changed(self, *_args) -> None:
         polygons = self.polygons_radio.isChecked()
@@ -254,44 +225,9 @@ class FineTuneDialog(QDialog):
         self.refresh_mapping()
 
     # ---- models -------------------------------------------------------------------------
-    def load_models(self) -> None:
-        """Ask the engine for the installed models (a background task)."""
-        if self.last_results is None and self.last_error is None:
-            self.status.setText("looking for models…")
-        task = EngineCommandTask(
-            "Segment Plugin: listing models", ["models"], PluginSettings.load().engine().python
-        )
-        task.completed.connect(self._models_loaded)
-        self._models_task = task
-        QgsApplication.taskManager().addTask(task)
-        if not self.devices_known and self._devices_task is None:
-            self._devices_task = request_devices(self._devices_loaded)
-
-    def _devices_loaded(self, outcome) -> None:
-        self._devices_task = None
-        self.devices_known = show_devices(self.device_combo, outcome)
-
-    def _models_loaded(self, outcome) -> None:
-        self._models_task = None
-        if not outcome.ok:
-            self.status.setText(f"<b>No engine</b>: {outcome.message}")
-            return
-        self.user_dir = outcome.data.get("user_dir")
-        self.models = {
-            entry["card"]["name"]: entry["card"]
-            for entry in outcome.data.get("models", [])
-            if "card" in entry
-        }
-        current = self.model_combo.currentText() or PluginSettings.load().last_model
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItems(sorted(self.models))
-        if current in self.models:
-            self.model_combo.setCurrentText(current)
-        self.model_combo.blockSignals(False)
-        if self.last_results is None and self.last_error is None:  # keep a run's outcome shown
-            self.status.setText(f"{len(self.models)} model(s) found")
-        self._model_changed()
+    def wanted_model(self) -> str:
+        """Keep the chosen base model when the list is reloaded; else the one used last."""
+        return self.model_combo.currentText() or super().wanted_model()
 
     def _model_changed(self, *_args) -> None:
         card = self.models.get(self.model_combo.currentText())
@@ -475,26 +411,16 @@ class FineTuneDialog(QDialog):
             self.last_error = problem
             self.status.setText(problem)
             return
-        algorithm = QgsApplication.processingRegistry().algorithmById("segment_plugin:fine_tune")
-        self.context = QgsProcessingContext()
-        self.context.setProject(QgsProject.instance())
-        self.feedback = DialogFeedback()
-        # slots of this dialog: Qt queues the calls to the GUI thread (the task runs elsewhere)
-        self.feedback.progressChanged.connect(self._on_progress)
-        self.feedback.progressTextReceived.connect(self._on_progress_text)
-        self.feedback.metricsReceived.connect(self._on_metrics)
-        self.task = QgsProcessingAlgRunnerTask(
-            algorithm, self.parameters(), self.context, self.feedback
-        )
-        self.task.executed.connect(self._finished)
-        self.last_results, self.last_error, self.before = None, None, {}
+        self.before = {}
         self.chart.reset(self.epochs_spin.value())
         self._reset_iou_table(["Base model", "Latest epoch", "Best"])
-        self.train_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("preparing the labels and the base model…")
-        self._started = time.monotonic()
-        QgsApplication.taskManager().addTask(self.task)
+        self.start("segment_plugin:fine_tune", "preparing the labels and the base model…")
+
+    def connect_feedback(self, feedback: DialogFeedback) -> None:
+        """Also the engine's progress text and per-epoch metrics."""
+        super().connect_feedback(feedback)
+        feedback.progressTextReceived.connect(self._on_progress_text)
+        feedback.metricsReceived.connect(self._on_metrics)
 
     def _reset_iou_table(self, headers: list[str]) -> None:
         names = [c["name"] for c in self.classes()]
@@ -510,10 +436,6 @@ class FineTuneDialog(QDialog):
         for row in range(self.iou_table.rowCount()):
             name = self.iou_table.item(row, 0).text()
             self.iou_table.setItem(row, column, QTableWidgetItem(_iou_text(per_class.get(name))))
-
-    @pyqtSlot(float)
-    def _on_progress(self, value: float) -> None:
-        self.progress.setValue(int(value))
 
     @pyqtSlot(str)
     def _on_progress_text(self, text: str) -> None:
@@ -535,31 +457,18 @@ class FineTuneDialog(QDialog):
     def cancel(self) -> None:
         """Stop after the current batch: the engine ends, the best epoch so far is kept."""
         if self.feedback is not None:
-            self.feedback.cancel()
+            super().cancel()
             self.status.setText("cancelling after the current batch…")
 
     def _finished(self, ok: bool, results: dict) -> None:
-        self.task = None
-        self.train_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.run_ended()
         name = self.name_edit.text().strip()
         if not ok:
-            cancelled = self.feedback is not None and self.feedback.isCanceled()
             kept = (
                 self.user_dir is not None and (Path(self.user_dir) / name / "model.json").exists()
             )
-            if cancelled:
-                self.last_error = "cancelled" + (
-                    f"; the best epoch so far is kept as model {name!r}" if kept else ""
-                )
-            else:
-                reason = self.feedback.last_error if self.feedback is not None else ""
-                self.last_error = reason or "failed (see the Processing log)"
-                self.iface.messageBar().pushMessage(
-                    "Fine-tune model", self.last_error, Qgis.Critical, 0
-                )
-            self.status.setText(f"Fine-tuning: {self.last_error}")
-            self.progress.setValue(0)
+            note = f"; the best epoch so far is kept as model {name!r}" if kept else ""
+            self.show_failure(cancelled_note=note)
             if kept:
                 self.modelTrained.emit(name)
             return

@@ -14,11 +14,7 @@ from pathlib import Path
 
 from qgis.core import (
     Qgis,
-    QgsApplication,
     QgsMapLayerProxyModel,
-    QgsProcessingAlgRunnerTask,
-    QgsProcessingContext,
-    QgsProcessingFeedback,
     QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
@@ -28,47 +24,35 @@ from qgis.PyQt.QtCore import pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
-    QDialog,
-    QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
     QLabel,
-    QProgressBar,
     QSpinBox,
     QTextBrowser,
     QVBoxLayout,
 )
 
-from segment_plugin.gui.engine_devices import request_devices, show_devices
+from segment_plugin.gui.algorithm_dialog import AlgorithmDialog
 from segment_plugin.gui.styling import raster_classes, style_class_polygons
 from segment_plugin.processing.alg_segment_layer import DEVICES
-from segment_plugin.processing.engine_feedback import DialogFeedback
 from segment_plugin.processing.raster_input import is_plain_file
 from segment_plugin.settings import PluginSettings
-from segment_plugin.tasks.engine_task import EngineCommandTask
 
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-class SegmentDialog(QDialog):
+class SegmentDialog(AlgorithmDialog):
     """Segment a raster layer: model, bands, extent, tiling, outputs → layers in the project."""
 
+    RUN_NAME = "Segmentation"
+
     def __init__(self, iface, parent=None) -> None:
-        super().__init__(parent or iface.mainWindow())
-        self.iface = iface
+        super().__init__(iface, parent)
         self.setWindowTitle("Segment Layer")
         self.setMinimumWidth(560)
-        self.models: dict[str, dict] = {}
-        self.task: QgsProcessingAlgRunnerTask | None = None
-        self.feedback: QgsProcessingFeedback | None = None
-        self.last_results: dict | None = None
-        self.last_error: str | None = None
-        self._models_task: EngineCommandTask | None = None
-        self._devices_task: EngineCommandTask | None = None
-        self.devices_known = False
         self._started = 0.0
         self._build()
         self._load_settings()
@@ -151,63 +135,14 @@ class SegmentDialog(QDialog):
         out_form.addRow("Simplify:", self.simplify_spin)
         layout.addWidget(out_box)
 
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 100)
-        self.status = QLabel()
-        self.status.setWordWrap(True)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Close)
-        self.run_button = self.buttons.addButton("Run", QDialogButtonBox.AcceptRole)
-        self.cancel_button = self.buttons.addButton("Cancel run", QDialogButtonBox.ActionRole)
-        self.cancel_button.setEnabled(False)
+        self.run_button = self.add_run_controls(layout, "Run", "Cancel run")
         self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.buttons.rejected.connect(self.reject)
-        layout.addWidget(self.buttons)
 
     def _load_settings(self) -> None:
         settings = PluginSettings.load()
         self.tile_spin.setValue(settings.tile_size)
 
     # ---- models -------------------------------------------------------------------------
-    def load_models(self) -> None:
-        """Ask the engine for the installed models and its devices (background tasks)."""
-        engine = PluginSettings.load().engine()
-        self.status.setText("looking for models…")
-        task = EngineCommandTask("Segment Plugin: listing models", ["models"], engine.python)
-        task.completed.connect(self._models_loaded)
-        self._models_task = task
-        QgsApplication.taskManager().addTask(task)
-        self._devices_task = request_devices(self._devices_loaded)
-
-    def _devices_loaded(self, outcome) -> None:
-        """Show what the engine found: auto → the device it will use; gpu disabled without one."""
-        self._devices_task = None
-        self.devices_known = show_devices(self.device_combo, outcome)
-
-    def _models_loaded(self, outcome) -> None:
-        self._models_task = None
-        if not outcome.ok:
-            self.status.setText(f"<b>No engine</b>: {outcome.message}")
-            return
-        self.models = {
-            entry["card"]["name"]: entry["card"]
-            for entry in outcome.data.get("models", [])
-            if "card" in entry
-        }
-        wanted = PluginSettings.load().last_model
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItems(sorted(self.models))
-        if wanted in self.models:
-            self.model_combo.setCurrentText(wanted)
-        self.model_combo.blockSignals(False)
-        self.status.setText(
-            f"{len(self.models)} model(s) found" if self.models else "no models installed"
-        )
-        self._model_changed()
-
     def _model_changed(self, *_args) -> None:
         card = self.models.get(self.model_combo.currentText())
         if card is None:
@@ -311,53 +246,23 @@ class SegmentDialog(QDialog):
         if self.output_widget.filePath():
             settings.output_folder = str(Path(self.output_widget.filePath()).parent)
         settings.save()
-        algorithm = QgsApplication.processingRegistry().algorithmById(
-            "segment_plugin:segment_layer"
-        )
-        self.context = QgsProcessingContext()
-        self.context.setProject(QgsProject.instance())
-        self.feedback = DialogFeedback()
-        # a slot of this dialog: Qt queues the call to the GUI thread (the task runs elsewhere)
-        self.feedback.progressChanged.connect(self._on_progress)
-        self.task = QgsProcessingAlgRunnerTask(
-            algorithm, self.parameters(), self.context, self.feedback
-        )
-        self.task.executed.connect(self._finished)
-        self.last_results, self.last_error = None, None
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("running…")
         self._started = time.monotonic()
-        QgsApplication.taskManager().addTask(self.task)
+        self.start("segment_plugin:segment_layer", "running…")
 
     @pyqtSlot(float)
     def _on_progress(self, value: float) -> None:
-        self.progress.setValue(int(value))
+        """The bar, and an estimate of the time left in the status line."""
+        super()._on_progress(value)
         elapsed = time.monotonic() - self._started
         if value >= 2 and elapsed > 2:
             remaining = elapsed * (100 - value) / value
             self.status.setText(f"running… about {_duration(remaining)} left")
 
-    def cancel(self) -> None:
-        """Stop the run: the engine process is terminated, nothing partial stays."""
-        if self.feedback is not None:
-            self.feedback.cancel()
-
     def _finished(self, ok: bool, results: dict) -> None:
-        self.task = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        """Cancel or failure: one message, nothing partial stays; success: the layers."""
+        self.run_ended()
         if not ok:
-            if self.feedback is not None and self.feedback.isCanceled():
-                self.last_error = "cancelled"
-            else:
-                reason = self.feedback.last_error if self.feedback is not None else ""
-                self.last_error = reason or "failed (see the Processing log)"
-                self.iface.messageBar().pushMessage(
-                    "Segment Layer", self.last_error, Qgis.Critical, 0
-                )
-            self.status.setText(f"Segmentation: {self.last_error}")
-            self.progress.setValue(0)
+            self.show_failure()
             return
         self.last_results = results
         self.progress.setValue(100)
