@@ -21,7 +21,7 @@ from segment_plugin import plugin_files
 from segment_plugin.engine.errors import CancelledError, SegmentPluginError
 from segment_plugin.engine.info import engine_info, format_info
 from segment_plugin.engine.models.architectures import ARCHITECTURES
-from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, LOSS_NAMES
+from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES
 from segment_plugin.engine.progress import (
     PROTOCOL_VERSION,
     JsonLinesReporter,
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     seg.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile/4)")
     seg.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
-    seg.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    seg.add_argument("--device", choices=DEVICES, default="auto")
     seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(seg)
@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")
     tr.add_argument("--patience", type=int, default=5, help="early stopping (epochs)")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
+    tr.add_argument("--device", choices=DEVICES, default="auto")
     tr.add_argument("--name", help="model name in its card (default: the folder's name)")
     tr.add_argument("--description", default="", help="one line for the model card")
     tr.add_argument("--resume", action="store_true", help="continue from the last epoch")

@@ -152,10 +152,8 @@ def rasterize_labels(
         except (TypeError, ValueError) as exc:
             raise InputError(f"values of {field!r} are not class codes: give a mapping") from exc
     else:
-        text = {str(k): v for k, v in mapping.items()}
-        unmapped = sorted({str(v) for v in polygons[field] if str(v) not in text})
-        if unmapped:
-            raise InputError(f"values of {field!r} without a class: {', '.join(unmapped)}")
+        values = sorted({str(v) for v in polygons[field]})
+        text = _text_mapping(mapping, values, f"values of {field!r}")
         codes = [int(text[str(v)]) for v in polygons[field]]
     labels = rasterize(
         list(zip(polygons.geometry, codes)),
@@ -169,15 +167,21 @@ def rasterize_labels(
     return labels
 
 
+def _text_mapping(mapping: dict[Any, int], values: Sequence[Any], what: str) -> dict[str, int]:
+    """``mapping`` keyed by text (how label values are compared); unmapped values refused."""
+    text = {str(k): int(v) for k, v in mapping.items()}
+    unmapped = list(dict.fromkeys(str(v) for v in values if str(v) not in text))
+    if unmapped:
+        raise InputError(f"{what} without a class: {', '.join(unmapped)}")
+    return text
+
+
 def _mapped(values: np.ndarray, mapping: dict[Any, int] | None, where: str) -> np.ndarray:
     """Label raster values → class codes through ``mapping`` (keys compared as text)."""
     if mapping is None:
         return values
-    text = {str(k): int(v) for k, v in mapping.items()}
     present = [v for v in np.unique(values) if v != IGNORE_INDEX]
-    unmapped = [str(v) for v in present if str(v) not in text]
-    if unmapped:
-        raise InputError(f"{where}: values without a class: {', '.join(unmapped)}")
+    text = _text_mapping(mapping, present, f"{where}: values")
     table = np.full(max(int(values.max()), 255) + 1, IGNORE_INDEX, np.uint8)
     for value in present:
         table[int(value)] = text[str(value)]

@@ -23,16 +23,20 @@ def _keras() -> Any:
     return load()
 
 
-def median_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
-    """Median-frequency balancing: median(freq) / freq(class); 0 for absent classes."""
+def _balanced(pixel_counts: Sequence[int], weigh: Any) -> np.ndarray:
+    """``weigh(frequencies)`` for the classes present; 0 for absent ones; all 1 if none is."""
     counts = np.asarray(pixel_counts, np.float64)
     present = counts > 0
     if not present.any():
         return np.ones_like(counts, dtype=np.float32)
-    freq = counts / counts.sum()
-    weights = np.zeros_like(freq)
-    weights[present] = np.median(freq[present]) / freq[present]
+    weights = np.zeros_like(counts)
+    weights[present] = weigh(counts[present] / counts.sum())
     return weights.astype(np.float32)
+
+
+def median_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
+    """Median-frequency balancing: median(freq) / freq(class); 0 for absent classes."""
+    return _balanced(pixel_counts, lambda freq: np.median(freq) / freq)
 
 
 def inverse_sqrt_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
@@ -41,14 +45,12 @@ def inverse_sqrt_frequency_weights(pixel_counts: Sequence[int]) -> np.ndarray:
     A softer balance than median frequency. (Plain inverse frequency is not offered: scaled
     to mean 1 it is median-frequency balancing times a constant, the same weighting.)
     """
-    counts = np.asarray(pixel_counts, np.float64)
-    present = counts > 0
-    if not present.any():
-        return np.ones_like(counts, dtype=np.float32)
-    weights = np.zeros_like(counts)
-    weights[present] = np.sqrt(counts.sum() / counts[present])
-    weights[present] /= weights[present].mean()
-    return weights.astype(np.float32)
+
+    def weigh(freq: np.ndarray) -> np.ndarray:
+        weights = 1 / np.sqrt(freq)
+        return weights / weights.mean()
+
+    return _balanced(pixel_counts, weigh)
 
 
 def class_weights(scheme: str, pixel_counts: Sequence[int]) -> np.ndarray | None:
