@@ -66,8 +66,12 @@ class _LabelledRaster(PluginAlgorithm):
             QgsProcessingParameterExtent("EXTENT", "Area of interest (default: all)", optional=True)
         )
 
-    def engine_label_args(self, parameters, context, feedback) -> tuple[list[str], list]:
-        """Engine arguments for the image and its labels, and temporary files to delete."""
+    def engine_label_args(self, parameters, context, feedback, temporary: list) -> list[str]:
+        """Engine arguments for the image and its labels.
+
+        Files exported for the engine are appended to ``temporary`` as they are made, so the
+        caller's ``finally`` deletes them whatever fails.
+        """
         layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
         extent = None
         if parameters.get("EXTENT"):
@@ -76,33 +80,26 @@ class _LabelledRaster(PluginAlgorithm):
         has_polygons = bool(parameters.get("LABELS"))
         if has_polygons == (label_raster is not None):
             raise QgsProcessingException("give label polygons (LABELS) or a class raster, not both")
-        temporary: list = []
-        try:
-            raster, temp = engine_readable_path(layer, extent, feedback)
-            temporary.append(temp)
-            if has_polygons:
-                field = self.parameterAsString(parameters, "FIELD", context)
-                if not field:
-                    raise QgsProcessingException("choose the field that holds the class (FIELD)")
-                labels = labels_to_gpkg(self.parameterAsSource(parameters, "LABELS", context))
-                temporary.append(labels)
-                args = ["--labels", str(labels), "--field", field]
-            else:
-                labels, temp = engine_readable_path(label_raster, None, feedback)
-                temporary.append(temp)
-                args = ["--labels", str(labels)]
-        except Exception:
-            _delete(temporary)
-            raise
+        field = self.parameterAsString(parameters, "FIELD", context)
+        if has_polygons and not field:
+            raise QgsProcessingException("choose the field that holds the class (FIELD)")
         mapping = self.parameterAsString(parameters, "MAPPING", context).strip()
         if mapping:
             try:
                 json.loads(mapping)
             except ValueError as exc:
-                _delete(temporary)
                 raise QgsProcessingException(f"MAPPING is not JSON: {exc}") from exc
-            args += ["--mapping", mapping]
-        return [str(raster), *args], [p for p in temporary if p is not None]
+        raster, temp = engine_readable_path(layer, extent, feedback)
+        temporary.append(temp)
+        if has_polygons:
+            labels = labels_to_gpkg(self.parameterAsSource(parameters, "LABELS", context))
+            temporary.append(labels)
+            args = ["--labels", str(labels), "--field", field]
+        else:
+            labels, temp = engine_readable_path(label_raster, None, feedback)
+            temporary.append(temp)
+            args = ["--labels", str(labels)]
+        return [str(raster), *args, *(["--mapping", mapping] if mapping else [])]
 
 
 def _classes_file(text: str) -> Path:
@@ -149,10 +146,11 @@ class ExportTrainingChipsAlgorithm(_LabelledRaster):
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Chips folder"))
 
     def processAlgorithm(self, parameters, context, feedback) -> dict:  # noqa: D102, N802
-        args, temporary = self.engine_label_args(parameters, context, feedback)
         output = self.parameterAsString(parameters, "OUTPUT", context)
         patch = PATCHES[self.parameterAsEnum(parameters, "PATCH", context)]
+        temporary: list = []
         try:
+            args = self.engine_label_args(parameters, context, feedback, temporary)
             result = run_or_raise(
                 ["export-chips", *args, "--output", output, "--patch", patch], feedback
             )
@@ -243,36 +241,37 @@ class FineTuneAlgorithm(_LabelledRaster):
         if Path(output).exists() or name in names:  # a bundled model is never shadowed either
             raise QgsProcessingException(f"a model named {name!r} exists: choose another name")
         classes = self.parameterAsString(parameters, "CLASSES", context).strip()
-        args, temporary = self.engine_label_args(parameters, context, feedback)
-        if classes:
-            temporary.append(_classes_file(classes))
-        args = [
-            "train",
-            "--raster",
-            *args,
-            "--output",
-            output,
-            "--name",
-            name,
-            "--base-model",
-            self.parameterAsString(parameters, "BASE_MODEL", context),
-            "--epochs",
-            str(self.parameterAsInt(parameters, "EPOCHS", context)),
-            "--patch",
-            PATCHES[self.parameterAsEnum(parameters, "PATCH", context)],
-            "--learning-rate",
-            str(self.parameterAsDouble(parameters, "LEARNING_RATE", context)),
-            "--val-fraction",
-            str(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
-        ]
-        args += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
-        if classes:
-            args += ["--classes", str(temporary[-1])]
-        if self.parameterAsBoolean(parameters, "FREEZE_ENCODER", context):
-            args.append("--freeze-encoder")
-        if not self.parameterAsBoolean(parameters, "AUGMENT", context):
-            args.append("--no-augment")
+        temporary: list = []
         try:
+            args = [
+                "train",
+                "--raster",
+                *self.engine_label_args(parameters, context, feedback, temporary),
+                "--output",
+                output,
+                "--name",
+                name,
+                "--base-model",
+                self.parameterAsString(parameters, "BASE_MODEL", context),
+                "--epochs",
+                str(self.parameterAsInt(parameters, "EPOCHS", context)),
+                "--patch",
+                PATCHES[self.parameterAsEnum(parameters, "PATCH", context)],
+                "--learning-rate",
+                str(self.parameterAsDouble(parameters, "LEARNING_RATE", context)),
+                "--val-fraction",
+                str(self.parameterAsDouble(parameters, "VAL_FRACTION", context)),
+                "--device",
+                DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)],
+            ]
+            if classes:
+                classes_path = _classes_file(classes)
+                temporary.append(classes_path)
+                args += ["--classes", str(classes_path)]
+            if self.parameterAsBoolean(parameters, "FREEZE_ENCODER", context):
+                args.append("--freeze-encoder")
+            if not self.parameterAsBoolean(parameters, "AUGMENT", context):
+                args.append("--no-augment")
             result = run_or_raise(args, feedback)
         finally:
             _delete(temporary)
