@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from segment_plugin.engine import outputs, raster_io
+from segment_plugin.engine.devices import GPU, select_device
 from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.models.package import IGNORE_CODE, ModelCard, ModelPackage
 from segment_plugin.engine.models.registry import resolve_model
@@ -85,16 +86,6 @@ def working_grid(
     return WorkingGrid(height, width, height / dataset.height, width / dataset.width)
 
 
-def select_device(device: str) -> str:
-    """The TensorFlow device to run on, e.g. ``/GPU:0``; ``auto`` takes a GPU when there is one."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if device == "gpu" and not gpus:
-        raise InputError("--device gpu: TensorFlow sees no GPU in this engine environment")
-    return "/GPU:0" if gpus and device != "cpu" else "/CPU:0"
-
-
 def mixed_precision_copy(model: Any) -> Any:
     """The model rebuilt to compute in float16 (weights kept), its softmax head in float32.
 
@@ -127,18 +118,18 @@ class Predictor:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (n, h, w, classes) for a batch (n, h, w, bands)."""
-        import tensorflow as tf
+        import keras
 
         if self.tta:
             variants = [batch, batch[:, :, ::-1], batch[:, ::-1, :], batch[:, ::-1, ::-1]]
-            with tf.device(self.device):
+            with keras.device(self.device):
                 out = np.asarray(self.model.predict_on_batch(np.concatenate(variants)))
             n = len(batch)
             parts = [out[i * n : (i + 1) * n] for i in range(4)]
             parts = [parts[0], parts[1][:, :, ::-1], parts[2][:, ::-1, :], parts[3][:, ::-1, ::-1]]
             probs = np.mean(parts, axis=0)
         else:
-            with tf.device(self.device):
+            with keras.device(self.device):
                 probs = np.asarray(self.model.predict_on_batch(batch))
         return self._as_probabilities(probs.astype(np.float32, copy=False))
 
@@ -483,7 +474,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
             reporter.log(normalizer.warning, "warning")
         device = select_device(params.device)
         model = package.load_model()
-        if device.startswith("/GPU"):
+        if device == GPU:
             model = mixed_precision_copy(model)
             reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
         tile = params.tile or card.tile_size

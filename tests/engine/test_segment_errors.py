@@ -144,7 +144,7 @@ def test_gpu_requested_without_gpu(capsys, tmp_path, rgb, tiny_model):
     code, lines = segment_cli(
         capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, "--device", "gpu"
     )
-    assert_one_error(code, lines, "TensorFlow sees no GPU")
+    assert_one_error(code, lines, "Keras (tensorflow) sees no GPU")
     assert no_outputs(tmp_path)
 
 

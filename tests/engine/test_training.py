@@ -176,6 +176,9 @@ def test_train_save_load_evaluate_round_trip(dubai_chips, tmp_path, capsys):
     card = package.card
     assert card.architecture == "separable_unet" and [c.name for c in card.classes][1] == "building"
     assert card.metrics["miou"] == result["val_miou"] and card.training["epochs"] >= 1
+    assert card.training["planned_epochs"] == 2
+    device = card.training["device"]
+    assert device.startswith("CPU, ") and "(tensorflow 2." in device
     assert set(card.metrics["per_class_iou"]) == {
         "background",
         "building",

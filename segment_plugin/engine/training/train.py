@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from segment_plugin.engine.devices import describe, select_device
 from segment_plugin.engine.errors import CancelledError, InputError, OutputError
 from segment_plugin.engine.models.architectures import build_model, input_multiple
 from segment_plugin.engine.models.package import (
@@ -225,18 +226,14 @@ class _EpochEnd:
 
 def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train (or fine-tune) a model and write its package to ``params.output``."""
-    import tensorflow as tf
-
-    from segment_plugin.engine.inference import select_device
-
     reporter = reporter or Reporter()
     device = select_device(params.device)
-    reporter.log(f"training on {device}")
-    with tf.device(device):
-        return _train(params, reporter)
+    reporter.log(f"training on {device} (Keras backend {_keras().backend.backend()})")
+    with _keras().device(device):
+        return _train(params, reporter, describe(device))
 
 
-def _train(params: TrainParams, reporter: Reporter) -> dict[str, Any]:
+def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, Any]:
     keras = _keras()
     keras.utils.set_random_seed(params.seed)
     output = params.output
@@ -347,7 +344,9 @@ def _train(params: TrainParams, reporter: Reporter) -> dict[str, Any]:
         if improved:
             state.update(best_miou=miou, best_epoch=epoch + 1, stale=0, best_report=report)
             save_package(
-                model, _final_card(card, params, train_scenes, val_scenes, state, report), output
+                model,
+                _final_card(card, params, train_scenes, val_scenes, state, report, device),
+                output,
             )
         else:
             state["stale"] += 1
@@ -417,6 +416,7 @@ def _final_card(
     val_scenes: list[Scene],
     state: dict,
     report: dict,
+    device: str,
 ) -> ModelCard:
     training = {
         "data": [str(p) for p in params.images],
@@ -425,6 +425,7 @@ def _final_card(
         else f"{len(val_scenes)} held-out images",
         "images": len(train_scenes),
         "epochs": state["epoch"],
+        "planned_epochs": params.epochs,
         "best_epoch": state["best_epoch"],
         "patch": params.patch,
         "batch": params.batch,
@@ -436,6 +437,7 @@ def _final_card(
         "base_model": params.base_model,
         "seed": params.seed,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "device": device,
     }
     measured = {
         "miou": report["miou"],
