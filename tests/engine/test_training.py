@@ -14,6 +14,7 @@ from conftest import SHARED, Recorder, shared_raster, write_raster
 from segment_plugin.engine import cli
 from segment_plugin.engine.errors import CancelledError, InputError, OutputError
 from segment_plugin.engine.models.package import ModelPackage
+from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.params import EvaluateParams, TrainParams
 from segment_plugin.engine.training.augment import geometric, resize_nearest
 from segment_plugin.engine.training.chips import labelled_scene, near_duplicates, pairs_folder
@@ -225,7 +226,9 @@ def test_fine_tune_with_frozen_encoder_changes_only_the_decoder(dubai_chips, tmp
             learning_rate=0.01,
         )
     )
-    tuned = ModelPackage.open(tmp_path / "tuned").load_model()
+    # the weights training ended with (the package holds the best model, maybe the base itself)
+    tuned = ModelPackage.open(tmp_path / "base").load_model()
+    tuned.load_weights(tmp_path / "tuned" / ".training" / "last.weights.h5")
     assert before_after["base_val_report"]["miou"] is not None  # measured on the same area
     for before, after in zip(base.layers, tuned.layers):
         same = all(np.array_equal(a, b) for a, b in zip(before.get_weights(), after.get_weights()))
@@ -233,6 +236,24 @@ def test_fine_tune_with_frozen_encoder_changes_only_the_decoder(dubai_chips, tmp
             assert same, before.name
         elif before.name.startswith("dec") and before.get_weights():
             assert not same, before.name
+
+
+def test_fine_tuning_that_does_not_improve_hands_back_the_base_model(dubai_chips, tmp_path):
+    """A wrecking learning rate: every epoch is worse than the base, so the base is kept."""
+    reporter = Recorder()
+    result = train(
+        quick(dubai_chips, tmp_path, base_model="landcover", classes=None, learning_rate=50.0),
+        reporter,
+    )
+    before = result["base_val_report"]["miou"]
+    assert result["best_epoch"] == 0 and result["val_miou"] == before
+    assert all(e["val_miou"] < before for e in result["history"])
+    base = resolve_model("landcover").load_model()
+    kept = ModelPackage.open(tmp_path / "model")
+    assert kept.card.metrics["miou"] == before and kept.card.training["best_epoch"] == 0
+    for a, b in zip(base.get_weights(), kept.load_model().get_weights()):
+        assert np.array_equal(a, b)
+    assert any("did not improve on the base model" in m for m in reporter.logs())
 
 
 def test_new_classes_reinitialise_the_head(dubai_chips, tmp_path):

@@ -327,6 +327,15 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         reporter.metrics(
             epoch=0, base=True, val_miou=before["miou"], val_per_class_iou=before["per_class_iou"]
         )
+        if before["miou"] is not None:
+            # the base model is the first candidate (epoch 0): fine-tuning that never beats it
+            # on the validation area hands it back rather than a worse model
+            state.update(best_miou=before["miou"], best_epoch=0, best_report=before)
+            save_package(
+                model,
+                _final_card(card, params, train_scenes, val_scenes, state, before, device),
+                output,
+            )
 
     def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
         report, val_loss = validate(model)
@@ -395,6 +404,12 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
                 f"{state['best_miou']:.4f}) is kept in {output}"
             ) from None
     seconds = time.monotonic() - started
+    if state["best_epoch"] == 0:
+        reporter.log(
+            f"fine-tuning did not improve on the base model's val mIoU {state['best_miou']:.4f}: "
+            f"{output} holds the base model",
+            "warning",
+        )
     patches = (state["epoch"] - ctx["first_step"] // steps) * steps * params.batch
     return {
         "output": str(output),
