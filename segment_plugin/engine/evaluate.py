@@ -43,7 +43,7 @@ def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarra
         normalizer = Normalizer(card, stats, str(scene.image.dtype))
         size = min(tile, *scene.labels.shape)
         size -= size % card.input_multiple
-        predicted = predict_array(model, normalizer, scene.image, size, size // 4)
+        predicted = predict_array(model, normalizer, scene.image, size, size // 4, tta=params.tta)
         matrix += metrics.confusion_matrix(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
     return matrix, [c.name for c in card.classes], card.name
@@ -80,7 +80,9 @@ def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarr
     with tempfile.TemporaryDirectory(prefix="segment-evaluate-") as tmp:
         predicted_path = Path(tmp) / "predicted.tif"
         segment(
-            SegmentParams(params.raster, predicted_path, model=params.model, tile=params.tile),
+            SegmentParams(
+                params.raster, predicted_path, model=params.model, tile=params.tile, tta=params.tta
+            ),
             reporter,
         )
         matrix = _compare_rasters(predicted_path, params.reference, card.class_codes)

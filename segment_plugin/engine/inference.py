@@ -105,6 +105,21 @@ def mixed_precision_copy(model: Any) -> Any:
     return copy
 
 
+def predict_tiles(model: Any, batch: np.ndarray, tta: bool = False) -> np.ndarray:
+    """Model output (n, h, w, classes) for tiles (n, h, w, bands).
+
+    ``tta``: the mean over the tiles and their three flips (each flipped back), one model call.
+    """
+    if not tta:
+        return np.asarray(model.predict_on_batch(batch))
+    variants = [batch, batch[:, :, ::-1], batch[:, ::-1, :], batch[:, ::-1, ::-1]]
+    out = np.asarray(model.predict_on_batch(np.concatenate(variants)))
+    n = len(batch)
+    parts = [out[i * n : (i + 1) * n] for i in range(4)]
+    parts = [parts[0], parts[1][:, :, ::-1], parts[2][:, ::-1, :], parts[3][:, ::-1, ::-1]]
+    return np.mean(parts, axis=0)
+
+
 class Predictor:
     """Runs the model on batches of normalised tiles; optional flip test-time augmentation."""
 
@@ -120,17 +135,8 @@ class Predictor:
         """Probabilities (n, h, w, classes) for a batch (n, h, w, bands)."""
         import keras
 
-        if self.tta:
-            variants = [batch, batch[:, :, ::-1], batch[:, ::-1, :], batch[:, ::-1, ::-1]]
-            with keras.device(self.device):
-                out = np.asarray(self.model.predict_on_batch(np.concatenate(variants)))
-            n = len(batch)
-            parts = [out[i * n : (i + 1) * n] for i in range(4)]
-            parts = [parts[0], parts[1][:, :, ::-1], parts[2][:, ::-1, :], parts[3][:, ::-1, ::-1]]
-            probs = np.mean(parts, axis=0)
-        else:
-            with keras.device(self.device):
-                probs = np.asarray(self.model.predict_on_batch(batch))
+        with keras.device(self.device):
+            probs = predict_tiles(self.model, batch, self.tta)
         return self._as_probabilities(probs.astype(np.float32, copy=False))
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
@@ -336,11 +342,18 @@ class _Pipeline:
 
 
 def predict_array(
-    model: Any, normalizer: Normalizer, image: np.ndarray, tile: int, overlap: int, batch: int = 4
+    model: Any,
+    normalizer: Normalizer,
+    image: np.ndarray,
+    tile: int,
+    overlap: int,
+    batch: int = 4,
+    tta: bool = False,
 ) -> np.ndarray:
     """Channel indices (h, w) for an in-memory image (bands, h, w).
 
-    The same tiling and blending as :func:`segment`, for evaluation and validation.
+    The same tiling, blending and test-time augmentation as :func:`segment`, for evaluation
+    and validation.
     """
     height, width = image.shape[1:]
     grid = TileGrid(height, width, tile, overlap)
@@ -354,7 +367,7 @@ def predict_array(
             tiles.append((row, col, normalizer(values)))
     for start in range(0, len(tiles), batch):
         chunk = tiles[start : start + batch]
-        probs = np.asarray(model.predict_on_batch(np.stack([t[2] for t in chunk])))
+        probs = predict_tiles(model, np.stack([t[2] for t in chunk]), tta)
         for (row, col, _), tile_probs in zip(chunk, probs):
             for first, rows in accumulator.add_in_order(row, col, tile_probs):
                 out[first : first + rows.shape[0]] = rows.argmax(-1)

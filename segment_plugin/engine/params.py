@@ -230,6 +230,7 @@ class EvaluateParams(JobParams):
     prediction: Path | None = None  # … or an existing class raster, compared to the reference
     report: Path | None = None  # also write an HTML report
     tile: int | None = None
+    tta: bool = False  # as segment --tta: the mean over flipped copies
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -245,3 +246,5 @@ class EvaluateParams(JobParams):
             )
         if self.images is None and self.reference is None:
             raise InputError("--raster and --prediction need --reference (the reference classes)")
+        if self.tta and self.prediction is not None:
+            raise InputError("--tta needs a model to run: not with --prediction")

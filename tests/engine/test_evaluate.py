@@ -54,6 +54,8 @@ def test_bad_combinations(tmp_path):
         EvaluateParams(images=tmp_path, prediction=tmp_path / "p.tif", reference=tmp_path / "r.tif")
     with pytest.raises(InputError, match="need --reference"):
         EvaluateParams(prediction=tmp_path / "p.tif")
+    with pytest.raises(InputError, match="--tta needs a model to run"):
+        EvaluateParams(prediction=tmp_path / "p.tif", reference=tmp_path / "r.tif", tta=True)
     a = write_raster(tmp_path / "a.tif", np.zeros((1, 8, 8), np.uint8))
     b = write_raster(tmp_path / "b.tif", np.zeros((1, 8, 9), np.uint8))
     with pytest.raises(InputError, match="is not on the grid"):

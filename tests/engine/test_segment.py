@@ -148,6 +148,22 @@ def test_no_crs_is_allowed_with_a_warning(tmp_path, tiny_model):
     assert result["class_area_m2"] is None
 
 
+def test_tta_is_flip_equivariant():
+    """The flip average answers a flipped tile with the flipped answer; one model pass does not."""
+    from conftest import build_tiny_model
+
+    from segment_plugin.engine.inference import predict_tiles
+
+    model = build_tiny_model()
+    tiles = (np.moveaxis(scene(48, 48), 0, -1)[None] / 255.0).astype(np.float32)
+    for axis in (1, 2):
+        flipped = np.flip(tiles, axis)
+        tta = predict_tiles(model, tiles, tta=True)
+        assert np.allclose(predict_tiles(model, flipped, tta=True), np.flip(tta, axis), atol=1e-5)
+        plain = predict_tiles(model, tiles)
+        assert not np.allclose(predict_tiles(model, flipped), np.flip(plain, axis), atol=1e-3)
+
+
 def test_tta_agrees_with_plain_inference(tmp_path, tiny_model):
     raster = write_raster(tmp_path / "in.tif", scene(100, 90))
     plain, _ = run(tmp_path, raster, tiny_model, name="plain.tif")
