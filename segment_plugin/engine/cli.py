@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     start = tr.add_mutually_exclusive_group()
     start.add_argument("--base-model", help="fine-tune this model (name or folder)")
     start.add_argument("--arch", default="separable_unet", choices=ARCHITECTURES)
+    tr.add_argument(
+        "--filters",
+        type=int,
+        help="a new model's width: filters of its first level, doubled per level "
+        "(default 16 for separable_unet, 32 for the others)",
+    )
     tr.add_argument("--classes", type=Path, help="classes.json (needed for a new model)")
     tr.add_argument("--bands", type=int, help="use the first N bands of the images")
     tr.add_argument("--epochs", type=int, default=20)

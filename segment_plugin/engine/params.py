@@ -158,6 +158,7 @@ class TrainParams(JobParams):
     val_images: Path | None = None  # None: split by image (pairs) or by area (raster + labels)
     base_model: str | None = None  # fine-tune this model package
     arch: str = "separable_unet"
+    filters: int | None = None  # a new model's first-level width (doubles per level)
     classes: Path | None = None  # classes.json; default: the base model's classes
     bands: int | None = None  # default: the base model's, else the images'
     epochs: int = 20
@@ -213,6 +214,11 @@ class TrainParams(JobParams):
             raise InputError(f"patch must be a multiple of 16 (128, 256, 512), got {self.patch}")
         if self.epochs < 1 or self.batch < 1:
             raise InputError("epochs and batch must be at least 1")
+        if self.filters is not None and (self.base_model or self.filters < 4):
+            raise InputError(
+                "--filters (at least 4) sets a new model's width; "
+                "a fine-tuned model keeps its base model's"
+            )
         if not 0 < self.val_fraction < 1:
             raise InputError(f"val-fraction must be between 0 and 1, got {self.val_fraction}")
 

@@ -172,9 +172,11 @@ def test_near_duplicates_flagged(dubai_chips):
 
 def test_train_save_load_evaluate_round_trip(dubai_chips, tmp_path, capsys):
     reporter = Recorder()
-    result = train(quick(dubai_chips, tmp_path, epochs=2), reporter)
+    result = train(quick(dubai_chips, tmp_path, epochs=2, filters=8), reporter)
     package = ModelPackage.open(tmp_path / "model")
     card = package.card
+    assert card.training["filters"] == 8
+    assert package.load_model().get_layer("enc0_sep1").filters == 8
     assert card.architecture == "separable_unet" and [c.name for c in card.classes][1] == "building"
     assert card.metrics["miou"] == result["val_miou"] and card.training["epochs"] >= 1
     assert card.training["planned_epochs"] == 2
@@ -356,6 +358,9 @@ def test_train_bad_input(dubai_chips, tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no image/mask pairs"):
         train(quick(dubai_chips, tmp_path, images=(empty,), output=tmp_path / "m2"))
+    for filters, base in ((2, None), (16, "landcover")):
+        with pytest.raises(InputError, match="--filters .at least 4. sets a new model's width"):
+            quick(dubai_chips, tmp_path, filters=filters, base_model=base)
     with pytest.raises(InputError, match="a new model needs --classes"):
         train(quick(dubai_chips, tmp_path, classes=None, output=tmp_path / "m3"))
     # a models folder that cannot be created (its parent is a file; root could write anywhere

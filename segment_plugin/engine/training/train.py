@@ -156,7 +156,7 @@ def _model_and_card(
             if dtype == "uint8"
             else Normalization("percentile")
         )
-        model = build_model(params.arch, bands, len(classes))
+        model = build_model(params.arch, bands, len(classes), params.filters)
         names = (
             DEFAULT_BAND_NAMES[:bands]
             if bands <= 4
@@ -448,6 +448,7 @@ def _final_card(
         "class_weights": params.class_weights,
         "learning_rate": params.learning_rate,
         "augment": params.augment,
+        "filters": params.filters,
         "freeze_encoder": params.freeze_encoder,
         "base_model": params.base_model,
         "seed": params.seed,
