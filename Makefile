@@ -27,7 +27,7 @@ help:
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
-	@echo "make check-backends  the bundled model loads and agrees under JAX (.venv-jax)"
+	@echo "make check-backends  the bundled model loads and agrees under JAX, and training runs under JAX (.venv-jax)"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
 
@@ -139,7 +139,7 @@ DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 TRAIN_DIR     := build/train-bundled/landcover
 TRAIN_EPOCHS  ?= 60
-TRAIN_PATIENCE ?= 12
+TRAIN_PATIENCE ?= 30
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery; separable residual U-Net trained on the Dubai aerial dataset and NAIP/Chesapeake
 train-bundled: setup

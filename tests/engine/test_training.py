@@ -501,18 +501,19 @@ def test_polygon_labels_bad_input(digitised, tmp_path):
         train(TrainParams(field="kind", mapping=mapping, **common))
 
 
-def test_patch_sampler_draws_scenes_by_labelled_area():
-    """Scenes are drawn by their labelled pixels, beyond the cap on stored anchor positions."""
-    from segment_plugin.engine.training.chips import PatchSampler, Scene
+def test_patch_sampler_draws_scenes_by_labelled_pixels_up_to_a_cap():
+    """Scenes are drawn by labelled pixels, each counting at most ANCHORS_PER_SCENE."""
+    from segment_plugin.engine.training.chips import ANCHORS_PER_SCENE, PatchSampler, Scene
 
     def scene(name: str, side: int, labelled: slice) -> Scene:
         labels = np.full((side, side), 255, np.uint8)
         labels[labelled] = 1
         return Scene(name, np.zeros((3, side, side), np.uint8), labels)
 
-    big = scene("big", 1000, np.s_[:, :])  # 1 000 000 labelled pixels, 200 000 anchors kept
+    big = scene("big", 1000, np.s_[:, :])  # 1 000 000 labelled pixels
     small = scene("small", 500, np.s_[:, :])  # 250 000
     sparse = scene("sparse", 500, np.s_[:100, :])  # 50 000: only these are labelled
     sampler = PatchSampler([big, small, sparse], 64, lambda x: x, 255.0, augment=False)
-    assert sampler.weights.tolist() == pytest.approx([1e6 / 1.3e6, 2.5e5 / 1.3e6, 5e4 / 1.3e6])
-    assert [a[0].size for a in sampler.anchors] == [200_000, 200_000, 50_000]
+    counted = [ANCHORS_PER_SCENE, ANCHORS_PER_SCENE, 50_000]
+    assert sampler.weights.tolist() == pytest.approx([c / sum(counted) for c in counted])
+    assert [a[0].size for a in sampler.anchors] == counted
