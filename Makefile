@@ -137,18 +137,21 @@ compare-class-weights: setup
 # Resumable: run it again and it continues from its last epoch (state in build/train-bundled).
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
-TRAIN_DIR     := build/train-bundled/landcover
-TRAIN_EPOCHS  ?= 60
+TRAIN_ARCH    ?= efficientnet_lite0_unet
+TRAIN_DIR     := build/train-bundled/$(TRAIN_ARCH)
+TRAIN_EPOCHS  ?= 40
 TRAIN_PATIENCE ?= 30
+TRAIN_LR      ?= 5e-4
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
-    imagery; separable residual U-Net trained on the Dubai aerial dataset and NAIP/Chesapeake
+    imagery; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on the Dubai aerial dataset \
+    and NAIP/Chesapeake
 train-bundled: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
 	$(ENGINE_VENV)/bin/segment-plugin train \
 	    $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) --images $(DATA)/naip_chesapeake \
 	    --val-images $(DATA)/dubai/tile_8 --classes $(DATA)/classes.json --bands 3 \
-	    --arch separable_unet --name landcover --description "$(BUNDLED_DESCRIPTION)" \
-	    --epochs $(TRAIN_EPOCHS) --patch 256 --tile-size 512 --batch 8 \
+	    --arch $(TRAIN_ARCH) --name landcover --description "$(BUNDLED_DESCRIPTION)" \
+	    --epochs $(TRAIN_EPOCHS) --patch 256 --tile-size 512 --batch 8 --learning-rate $(TRAIN_LR) \
 	    --steps-per-epoch 50 --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) \
 	    $$(test -f $(TRAIN_DIR)/.training/state.json && echo --resume)
 	mkdir -p $(BUNDLED)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-ARCHITECTURES = ("separable_unet", "unet", "unet_aspp")
+ARCHITECTURES = ("separable_unet", "unet", "unet_aspp", "efficientnet_lite0_unet")
 
 
 def _keras() -> Any:
@@ -97,10 +97,48 @@ def _unet(
     return keras.Model(inputs, outputs, name=name)
 
 
+def _efficientnet_lite0_unet(bands: int, classes: int, base: int, pretrained: bool) -> Any:
+    """EfficientNet-Lite0 encoder (ImageNet weights) with a light separable U-Net decoder.
+
+    The decoder climbs from stride 32 to full resolution; each step upsamples (nearest
+    neighbour, then a convolution — no transposed convolution, hence no checkerboard), joins the
+    encoder's features of that resolution (the image itself at the last step) and refines them
+    with a separable residual block of ``base * 8`` down to ``base`` filters.
+    """
+    from segment_plugin.engine.models import efficientnet_lite
+
+    keras = _keras()
+    layers = keras.layers
+    inputs = keras.Input((None, None, bands), name="image")
+    *skips, x = efficientnet_lite.encoder(inputs)
+    skips = [inputs, *skips]
+    for level in reversed(range(len(skips))):
+        filters = base * 2 ** max(level - 1, 0)
+        x = layers.UpSampling2D(2, interpolation="nearest", name=f"up{level}")(x)
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _separable_residual_block(x, filters, f"dec{level}")
+    outputs = layers.Conv2D(classes, 1, activation="softmax", dtype="float32", name="classes")(x)
+    model = keras.Model(inputs, outputs, name="efficientnet_lite0_unet")
+    if pretrained:
+        efficientnet_lite.load_imagenet_weights(model)
+    return model
+
+
 def build_model(
-    arch: str, bands: int, classes: int, base: int | None = None, depth: int = 4
+    arch: str,
+    bands: int,
+    classes: int,
+    base: int | None = None,
+    depth: int = 4,
+    pretrained: bool = True,
 ) -> Any:
-    """Build ``separable_unet`` (default for CPU), ``unet`` or ``unet_aspp``."""
+    """Build ``separable_unet`` (default for CPU), ``unet``, ``unet_aspp`` or the pretrained one.
+
+    ``pretrained`` only concerns ``efficientnet_lite0_unet``: its encoder starts from ImageNet
+    weights (the others always start from random weights).
+    """
+    if arch == "efficientnet_lite0_unet":
+        return _efficientnet_lite0_unet(bands, classes, base or 16, pretrained)
     if arch == "separable_unet":
         return _unet(
             bands,
@@ -118,6 +156,6 @@ def build_model(
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
-def input_multiple(depth: int = 4) -> int:
-    """Tile sizes must be multiples of this (one halving per level)."""
-    return 2**depth
+def input_multiple(depth: int = 4, arch: str = "separable_unet") -> int:
+    """Tile sizes must be multiples of this (one halving per level; the EfficientNet has five)."""
+    return 32 if arch == "efficientnet_lite0_unet" else 2**depth

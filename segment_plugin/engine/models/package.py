@@ -201,15 +201,31 @@ class ModelPackage:
             )
 
 
+def _without_optimizer(model: Any) -> Any:
+    """An uncompiled copy of a compiled model (same layers, names and weights).
+
+    A ``.keras`` file of a compiled model also holds the optimizer's state (Adam's two slots:
+    two thirds of the file), which nobody loading a package needs: fine-tuning starts a fresh
+    optimizer, and training keeps its own state for ``--resume`` in ``.training/``.
+    """
+    if getattr(model, "optimizer", None) is None:
+        return model
+    # rebuilt from its architecture alone (clone_model would also revive the compile config,
+    # and with it the training loss, which is not a registered Keras object)
+    copy = _keras().Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_package(model: Any, card: ModelCard, folder: str | os.PathLike[str]) -> ModelPackage:
-    """Write ``model.keras`` and ``model.json`` into ``folder``, each atomically."""
+    """Write ``model.keras`` (weights, no optimizer state) and ``model.json``, each atomically."""
     card.validate()
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     partial_model = path / f".{MODEL_FILE}.partial.keras"
     partial_card = path / f".{CARD_FILE}.partial"
     try:
-        model.save(partial_model)
+        _without_optimizer(model).save(partial_model)
         partial_card.write_text(card.to_json(), encoding="utf-8")
         os.replace(partial_model, path / MODEL_FILE)
         os.replace(partial_card, path / CARD_FILE)

@@ -44,7 +44,8 @@ from segment_plugin.engine.training.chips import (
 from segment_plugin.engine.training.losses import class_weights, make_loss
 
 DEFAULT_BAND_NAMES = ("red", "green", "blue", "nir")
-ENCODER_PREFIXES = ("enc", "pool", "bottleneck")
+# encoder layers of the U-Nets (enc*, pool*, bottleneck) and of the EfficientNet (stem*, block*)
+ENCODER_PREFIXES = ("enc", "pool", "bottleneck", "stem", "block")
 STATE_DIR = ".training"
 
 
@@ -170,7 +171,7 @@ def _model_and_card(
             input_dtype=dtype if dtype in DTYPE_RANGE else "float32",
             resolution_m=None,
             tile_size=params.tile_size or max(params.patch, 256),
-            input_multiple=input_multiple(),
+            input_multiple=input_multiple(arch=params.arch),
             architecture=params.arch,
         )
     if model.inputs[0].shape[-1] != scenes[0].image.shape[0]:
@@ -181,7 +182,9 @@ def _model_and_card(
     if params.freeze_encoder:
         frozen = [layer for layer in model.layers if layer.name.startswith(ENCODER_PREFIXES)]
         if not frozen:
-            raise InputError("--freeze-encoder: this model has no encoder layers (enc*/pool*)")
+            raise InputError(
+                "--freeze-encoder: this model has no encoder layers (enc*, pool*, stem*, block*)"
+            )
         for layer in frozen:
             layer.trainable = False
         reporter.log(f"encoder frozen: {len(frozen)} layers")
