@@ -15,7 +15,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled \
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled card-bundled \
 	compare-class-weights check-backends
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
+	@echo "make card-bundled   its measured figures into its card (after make bench)"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
 	@echo "make check-backends  the bundled model loads and agrees under JAX, and training runs under JAX (.venv-jax)"
 
@@ -156,6 +157,17 @@ train-bundled: setup
 	    $$(test -f $(TRAIN_DIR)/.training/state.json && echo --resume)
 	mkdir -p $(BUNDLED)
 	cp $(TRAIN_DIR)/model.keras $(TRAIN_DIR)/model.json $(BUNDLED)/
+
+# The bundled model's card figures, measured: tile-8 mIoU at the card's tile and with --tta,
+# CPU speed from make bench (run it first), file size.
+card-bundled: setup
+	@mkdir -p build/card
+	$(ENGINE_VENV)/bin/segment-plugin evaluate --model landcover --images $(DATA)/dubai/tile_8 \
+	    > build/card/evaluate.json
+	$(ENGINE_VENV)/bin/segment-plugin evaluate --model landcover --images $(DATA)/dubai/tile_8 \
+	    --tta > build/card/evaluate_tta.json
+	$(ENGINE_PY) tests/bench/card_figures.py build/card/evaluate.json \
+	    build/card/evaluate_tta.json build/bench/bench_segment.json
 
 clean:
 	rm -rf build dist .pytest_cache

@@ -176,7 +176,8 @@ def seam_agreement(package: ModelPackage) -> dict:
         stats = raster_stats(src, (1, 2, 3), 2, 98)
     normalizer = Normalizer(package.card, stats, "uint8")
     x = normalizer(image)
-    size = (min(x.shape[0], x.shape[1]) // 16) * 16
+    multiple = package.card.input_multiple
+    size = (min(x.shape[0], x.shape[1]) // multiple) * multiple
     x = x[:size, :size]
     reference = np.asarray(model.predict_on_batch(x[None])[0])
     default = package.card.tile_size

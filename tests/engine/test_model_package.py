@@ -72,3 +72,32 @@ def test_registry_finds_user_models_by_name(tmp_path, monkeypatch, capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "mine [user]" in out and "unusable" in out
+
+
+def test_bundled_model_is_what_its_card_and_the_plugin_promise():
+    """The shipped landcover package: LandCover.ai classes, RGB uint8 in, safe to load, small."""
+    import io
+    import zipfile
+
+    import h5py
+
+    package = resolve_model("landcover")
+    card = package.card
+    assert [(c.code, c.name) for c in card.classes] == [
+        (0, "background"),
+        (1, "building"),
+        (2, "woodland"),
+        (3, "water"),
+        (4, "road"),
+    ]
+    assert card.bands == ("red", "green", "blue") and card.input_dtype == "uint8"
+    assert card.normalization.method == "scale"
+    assert card.tile_size % card.input_multiple == 0
+    assert {"miou", "per_class_iou", "on"} <= set(card.metrics)
+    keras_file = package.path / "model.keras"
+    assert keras_file.stat().st_size <= 15e6
+    with zipfile.ZipFile(keras_file) as archive:  # weights only: no optimizer state shipped
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+            assert "layers" in weights and "optimizer" not in weights
+    model = package.load_model()  # safe_mode=True
+    assert model.inputs[0].shape[-1] == 3 and model.outputs[0].shape[-1] == 5

@@ -225,7 +225,11 @@ def test_train_save_load_evaluate_round_trip(dubai_chips, tmp_path, capsys):
 @pytest.mark.parametrize("arch", ["separable_unet", "efficientnet_lite0_unet"])
 def test_fine_tune_with_frozen_encoder_changes_only_the_decoder(dubai_chips, tmp_path, arch):
     train(quick(dubai_chips, tmp_path, output=tmp_path / "base", arch=arch))
-    assert ModelPackage.open(tmp_path / "base").card.input_multiple == input_multiple(arch=arch)
+    base_card = ModelPackage.open(tmp_path / "base").card
+    assert base_card.input_multiple == input_multiple(arch=arch)
+    assert base_card.training["initial_weights"].startswith(
+        "ImageNet" if arch.startswith("efficientnet") else "random"
+    )
     base = ModelPackage.open(tmp_path / "base").load_model()
     before_after = train(
         quick(

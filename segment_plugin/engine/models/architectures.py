@@ -156,6 +156,15 @@ def build_model(
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 
+def initial_weights(arch: str) -> str:
+    """Where a new model of ``arch`` starts from, as its card records it."""
+    if arch == "efficientnet_lite0_unet":
+        from segment_plugin.engine.models.efficientnet_lite import WEIGHTS_SOURCE
+
+        return WEIGHTS_SOURCE
+    return "random"
+
+
 def input_multiple(depth: int = 4, arch: str = "separable_unet") -> int:
     """Tile sizes must be multiples of this (one halving per level; the EfficientNet has five)."""
     return 32 if arch == "efficientnet_lite0_unet" else 2**depth

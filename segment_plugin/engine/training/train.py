@@ -18,7 +18,11 @@ import numpy as np
 
 from segment_plugin.engine.devices import describe, select_device
 from segment_plugin.engine.errors import CancelledError, InputError, OutputError
-from segment_plugin.engine.models.architectures import build_model, input_multiple
+from segment_plugin.engine.models.architectures import (
+    build_model,
+    initial_weights,
+    input_multiple,
+)
 from segment_plugin.engine.models.package import (
     ModelCard,
     Normalization,
@@ -454,6 +458,7 @@ def _final_card(
         "filters": params.filters,
         "freeze_encoder": params.freeze_encoder,
         "base_model": params.base_model,
+        "initial_weights": params.base_model or initial_weights(params.arch),
         "seed": params.seed,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "device": device,
