@@ -7,6 +7,7 @@ import json
 import shutil
 import warnings
 import zipfile
+from dataclasses import replace
 
 import h5py
 import numpy as np
@@ -377,6 +378,15 @@ def test_train_bad_input(dubai_chips, tmp_path):
             quick(dubai_chips, tmp_path, filters=filters, base_model=base)
     with pytest.raises(InputError, match="a new model needs --classes"):
         train(quick(dubai_chips, tmp_path, classes=None, output=tmp_path / "m3"))
+    # RGB and RGB+NIR pairs: one clear message for a new model; a base model takes its own bands
+    naip = SHARED / "landcover" / "naip_chesapeake"
+    mixed = quick(
+        dubai_chips, tmp_path, images=(dubai_chips / "train", naip), output=tmp_path / "m4"
+    )
+    with pytest.raises(InputError, match=r"different numbers of bands \(3, 4\): .* --bands N"):
+        train(mixed)
+    tuned = train(replace(mixed, classes=None, base_model="landcover", steps_per_epoch=1))
+    assert tuned["val_miou"] is not None
     # a models folder that cannot be created (its parent is a file; root could write anywhere
     # else, so permissions alone would not prove it) fails before any data is read
     (tmp_path / "a_file").write_text("x")

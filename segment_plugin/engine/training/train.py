@@ -87,9 +87,13 @@ def _raster_bands(params: TrainParams) -> list[int] | None:
 
 def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], list[Scene]]:
     """Training and validation scenes: pairs split by image, a labelled raster split by area."""
-    pairs = [s for folder in params.images for s in pairs_folder(folder, codes, params.bands)]
+    # a base model takes its own number of bands: the first ones of each image, as with --bands
+    pair_bands = params.bands or (
+        len(resolve_model(params.base_model).card.bands) if params.base_model else None
+    )
+    pairs = [s for folder in params.images for s in pairs_folder(folder, codes, pair_bands)]
     if params.val_images:
-        train_scenes, val_scenes = pairs, pairs_folder(params.val_images, codes, params.bands)
+        train_scenes, val_scenes = pairs, pairs_folder(params.val_images, codes, pair_bands)
     elif len(pairs) >= 2 or params.raster is None:
         train_scenes, val_scenes = _split(pairs, params.val_fraction, params.seed)
     else:
@@ -105,6 +109,12 @@ def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], 
             train_part, val_part = split_by_area(scene, params.val_fraction)
             train_scenes.append(train_part)
             val_scenes.append(val_part)
+    counts = sorted({scene.image.shape[0] for scene in train_scenes + val_scenes})
+    if len(counts) > 1:
+        raise InputError(
+            f"the images have different numbers of bands ({', '.join(map(str, counts))}): "
+            "use the first N of each with --bands N"
+        )
     return train_scenes, val_scenes
 
 
