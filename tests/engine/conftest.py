@@ -40,6 +40,18 @@ LANDCOVER_CLASSES = (
 )
 
 
+def assert_weights_only(keras_file: Path) -> None:
+    """A saved ``model.keras`` holds the layers' weights and no optimizer state."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(keras_file) as archive:
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+            assert "layers" in weights and "optimizer" not in weights
+
+
 def shared_raster(name: str) -> Path:
     path = RASTERS / name
     if not path.exists():

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import build_tiny_model, tiny_card
+from conftest import assert_weights_only, build_tiny_model, tiny_card
 
 from segment_plugin.engine import cli
 from segment_plugin.engine.errors import ModelError
@@ -76,11 +76,6 @@ def test_registry_finds_user_models_by_name(tmp_path, monkeypatch, capsys):
 
 def test_bundled_model_is_what_its_card_and_the_plugin_promise():
     """The shipped landcover package: LandCover.ai classes, RGB uint8 in, safe to load, small."""
-    import io
-    import zipfile
-
-    import h5py
-
     package = resolve_model("landcover")
     card = package.card
     assert [(c.code, c.name) for c in card.classes] == [
@@ -96,8 +91,6 @@ def test_bundled_model_is_what_its_card_and_the_plugin_promise():
     assert {"miou", "per_class_iou", "on"} <= set(card.metrics)
     keras_file = package.path / "model.keras"
     assert keras_file.stat().st_size <= 15e6
-    with zipfile.ZipFile(keras_file) as archive:  # weights only: no optimizer state shipped
-        with h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
-            assert "layers" in weights and "optimizer" not in weights
+    assert_weights_only(keras_file)  # no optimizer state shipped
     model = package.load_model()  # safe_mode=True
     assert model.inputs[0].shape[-1] == 3 and model.outputs[0].shape[-1] == 5

