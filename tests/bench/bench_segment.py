@@ -3,7 +3,8 @@
 (a) overhead = end-to-end ``segment`` wall ÷ model-only ``predict_on_batch`` wall on the same tiles;
 (b) peak RSS of a whole ``segment-plugin segment`` process on a 5k×5k and a 20k×20k RGB raster;
 (c) Mpx/s; (d) seams: agreement with a single-pass prediction for Hann blending at three tile
-sizes, plain averaging and no overlap. Big rasters are made from real imagery: the 1000×1000
+sizes, plain averaging and no overlap, and how much more often the class changes across tile
+border lines than it does in the single pass. Big rasters are made from real imagery: the 1000×1000
 Gorinchem 25 cm orthophoto from ../shared/data repeated on a grid, every other copy mirrored so
 neighbours meet edge to edge.
 """
@@ -163,6 +164,31 @@ def segment_process(raster: Path, model: Path) -> dict:
     }
 
 
+def border_change_ratio(tiled: np.ndarray, reference: np.ndarray, lines: list[int]) -> float:
+    """How much more often the class changes across tile-border lines, tiled vs single pass.
+
+    A seam is a line where the class changes because a tile ends, not because the scene does.
+    Expected changes on the border lines: the single pass's count there (so the stride-32
+    model's habit of snapping class edges to its 32 px grid, where tile borders also lie, is
+    not counted), scaled by how much more often the tiled result changes class anywhere (so a
+    result that is noisier everywhere, from less context, is not counted either). Returns
+    observed ÷ expected, each + 1 so that no changes at all is 1.0: 1.0 = no seams.
+    """
+    inner = [line for line in lines if 0 < line < min(tiled.shape)]
+
+    def changes(labels: np.ndarray) -> tuple[int, int]:
+        """(changes across the border lines, changes across all lines)."""
+        across_cols = labels[:, 1:] != labels[:, :-1]  # [:, i - 1]: between column i - 1 and i
+        across_rows = labels[1:] != labels[:-1]
+        before = [i - 1 for i in inner]
+        at_borders = across_cols[:, before].sum() + across_rows[before].sum()
+        return int(at_borders), int(across_cols.sum() + across_rows.sum())
+
+    (tiled_borders, tiled_all), (ref_borders, ref_all) = changes(tiled), changes(reference)
+    expected = ref_borders * tiled_all / max(1, ref_all)
+    return (tiled_borders + 1) / (expected + 1)
+
+
 def seam_agreement(package: ModelPackage) -> dict:
     """Tiled vs single-pass argmax on the demo raster.
 
@@ -199,9 +225,13 @@ def seam_agreement(package: ModelPackage) -> dict:
                     probs[start : start + rows.shape[0]] = rows
         start, rows = acc.finish()
         probs[start : start + rows.shape[0]] = rows
+        borders = sorted({r for r in grid.rows} | {r + tile for r in grid.rows})
         results[name] = {
             "argmax_agreement": round(float((probs.argmax(-1) == reference.argmax(-1)).mean()), 5),
             "mean_abs_prob_diff": round(float(np.abs(probs - reference).mean()), 6),
+            "border_change_ratio": round(
+                border_change_ratio(probs.argmax(-1), reference.argmax(-1), borders), 3
+            ),
         }
     return results
 
