@@ -25,6 +25,7 @@ from segment_plugin.engine.models.architectures import (
 )
 from segment_plugin.engine.models.package import (
     ModelCard,
+    ModelPackage,
     Normalization,
     _keras,
     read_classes_json,
@@ -71,26 +72,29 @@ def _split(scenes: list[Scene], fraction: float, seed: int) -> tuple[list[Scene]
     return [scenes[i] for i in order[n_val:]], [scenes[i] for i in order[:n_val]]
 
 
-def _raster_bands(params: TrainParams) -> list[int] | None:
+def _raster_bands(params: TrainParams, base: ModelCard | None) -> list[int] | None:
     """0-based bands of ``params.raster`` for the model: --bands, else matched like segment does."""
     if params.bands:
         return list(range(params.bands))
-    if not params.base_model:
+    if base is None:
         return None
     import rasterio
 
     from segment_plugin.engine.raster_io import resolve_bands
 
     with rasterio.open(params.raster) as src:
-        return [b - 1 for b in resolve_bands(src, resolve_model(params.base_model).card, None)]
+        return [b - 1 for b in resolve_bands(src, base, None)]
 
 
-def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], list[Scene]]:
-    """Training and validation scenes: pairs split by image, a labelled raster split by area."""
+def _training_data(
+    params: TrainParams, codes: list[int], base: ModelCard | None
+) -> tuple[list[Scene], list[Scene]]:
+    """Training and validation scenes: pairs split by image, a labelled raster split by area.
+
+    ``base`` is the card of the model being fine-tuned, if any: it decides the bands.
+    """
     # a base model takes its own number of bands: the first ones of each image, as with --bands
-    pair_bands = params.bands or (
-        len(resolve_model(params.base_model).card.bands) if params.base_model else None
-    )
+    pair_bands = params.bands or (len(base.bands) if base is not None else None)
     pairs = [s for folder in params.images for s in pairs_folder(folder, codes, pair_bands)]
     if params.val_images:
         train_scenes, val_scenes = pairs, pairs_folder(params.val_images, codes, pair_bands)
@@ -100,7 +104,7 @@ def _training_data(params: TrainParams, codes: list[int]) -> tuple[list[Scene], 
         train_scenes, val_scenes = pairs, []
     if params.raster is not None:
         scene = labelled_scene(params.raster, params.labels, params.field, params.mapping, codes)
-        bands = _raster_bands(params)
+        bands = _raster_bands(params, base)
         if bands is not None:
             scene.image = scene.image[bands]
         if params.val_images:
@@ -145,12 +149,11 @@ class _Batches:
 
 
 def _model_and_card(
-    params: TrainParams, scenes: list[Scene], reporter: Reporter
+    params: TrainParams, base: ModelPackage | None, scenes: list[Scene], reporter: Reporter
 ) -> tuple[Any, ModelCard]:
     keras = _keras()
-    if params.base_model:
-        package = resolve_model(params.base_model)
-        base_card, model = package.card, package.load_model()
+    if base is not None:
+        base_card, model = base.card, base.load_model()
         classes = read_classes_json(params.classes) if params.classes else base_card.classes
         if [c.code for c in classes] != base_card.class_codes:
             reporter.log(f"new class list: the head of {base_card.name} is re-initialised")
@@ -260,19 +263,21 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     if params.resume and not (state_dir / "state.json").exists():
         raise InputError(f"nothing to resume in {output} (no {STATE_DIR}/state.json)")
     ensure_writable_folder(output.parent, "the models folder")
+    base = resolve_model(params.base_model) if params.base_model else None
+    base_card = base.card if base is not None else None
     if params.classes:
         codes = [c.code for c in read_classes_json(params.classes)]
-    elif params.base_model:
-        codes = resolve_model(params.base_model).card.class_codes
+    elif base_card is not None:
+        codes = base_card.class_codes
     else:
         raise InputError("a new model needs --classes classes.json (or --base-model)")
 
-    train_scenes, val_scenes = _training_data(params, codes)
+    train_scenes, val_scenes = _training_data(params, codes, base_card)
     duplicates = near_duplicates(train_scenes + val_scenes)
     for a, b in duplicates[:10]:
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
     counts = class_pixel_counts(train_scenes, len(codes))
-    model, card = _model_and_card(params, train_scenes, reporter)
+    model, card = _model_and_card(params, base, train_scenes, reporter)
     weights = class_weights(params.class_weights, counts)
     stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
     normalizer = Normalizer(card, stats, card.input_dtype)
@@ -334,9 +339,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     sampler_val_patches = val_sampler.grid_patches()[:64]
 
     before = None
-    same_classes = params.base_model is not None and resolve_model(
-        params.base_model
-    ).card.class_codes == list(codes)
+    same_classes = base_card is not None and base_card.class_codes == list(codes)
     if same_classes and not params.resume:  # a re-initialised head has no "before"
         before, _ = validate(model)  # the base model on the same validation area
         reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
