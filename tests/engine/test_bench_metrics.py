@@ -16,7 +16,7 @@ BORDERS = [0, 64, 128, 192, 256]  # the tile lines of a 256 px image cut into 64
 
 
 def scene() -> np.ndarray:
-    """Two classes meeting at column 100 (not a tile line), a building block at rows 20–40."""
+    """Two classes meeting at column 100 (not a tile line), a block of a third at rows 20–40."""
     labels = np.zeros((256, 256), np.uint8)
     labels[:, 100:] = 1
     labels[20:40, 150:170] = 2
