@@ -1,31 +1,36 @@
 """`make card-bundled`: writes the bundled model's measured figures into its card.
 
 Reads what was measured, never a typed number: ``evaluate`` on Dubai tile 8 at the card's tile
-(plain and with ``--tta``), ``make bench``'s CPU speeds, the size of ``model.keras`` and, from the
-training state when there is one, the mean validation mIoU of the last 10 epochs: the shipped
-epoch was chosen by its tile-8 score, so that mean shows how much the choice flatters it.
-Usage: card_figures.py EVALUATE.json EVALUATE_TTA.json BENCH_SEGMENT.json [STATE.json]
+(plain and with ``--tta``), ``make bench``'s CPU speeds, the size of ``model.keras``; from the
+training state when there is one, the mean validation mIoU of the last 10 epochs (the shipped
+epoch was chosen by its tile-8 score, so that mean shows how much the choice flatters it); and
+``evaluate`` on the training tiles themselves, which tells underfitting (they score no better
+than tile 8) from poor transfer (they score far better).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
+
+import numpy as np
+
+from segment_plugin.engine.training import metrics as segmentation_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "resources" / "models" / "landcover"
 
 
-def last_json(path: str) -> dict:
-    return json.loads(Path(path).read_text().strip().splitlines()[-1])
+def last_json(path: Path) -> dict:
+    return json.loads(path.read_text().strip().splitlines()[-1])
 
 
-def main(evaluated: str, evaluated_tta: str, bench: str, state: str | None = None) -> None:
+def main(args: argparse.Namespace) -> None:
     card_path = BUNDLED / "model.json"
     card = json.loads(card_path.read_text())
-    plain, tta = last_json(evaluated), last_json(evaluated_tta)
-    speed = json.loads(Path(bench).read_text())
+    plain, tta = last_json(args.evaluate), last_json(args.tta)
+    speed = json.loads(args.bench.read_text())
     metrics = card["metrics"]
     metrics[f"miou_tile_{card['tile_size']}"] = round(plain["miou"], 5)
     metrics["per_class_iou_tile"] = {k: round(v, 5) for k, v in plain["per_class_iou"].items()}
@@ -38,17 +43,34 @@ def main(evaluated: str, evaluated_tta: str, bench: str, state: str | None = Non
         f"{speed['machine']['platform']}, tile {speed['tile']}",
     }
     metrics["size_mb"] = round((BUNDLED / "model.keras").stat().st_size / 1e6, 1)
-    if state and Path(state).exists():
-        history = json.loads(Path(state).read_text())["history"]
+    if args.state and args.state.exists():
+        history = json.loads(args.state.read_text())["history"]
         last = [epoch["val_miou"] for epoch in history[-10:]]
         metrics["miou_last_10_epochs_mean"] = round(sum(last) / len(last), 4)
+    if args.fit:
+        fits = {path.stem: last_json(path) for path in sorted(args.fit)}
+        pooled = sum(np.array(fit["confusion_matrix"], np.int64) for fit in fits.values())
+        metrics["miou_training_tiles"] = {
+            "pooled": segmentation_metrics.report(pooled, list(plain["per_class_iou"]))["miou"],
+            **{name: fit["miou"] for name, fit in fits.items()},
+        }
     partial = card_path.with_suffix(".json.partial")
     partial.write_text(json.dumps(card, indent=2) + "\n")
     partial.replace(card_path)
     print(json.dumps(metrics, indent=2))
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--evaluate", type=Path, required=True, help="evaluate on tile 8")
+    parser.add_argument("--tta", type=Path, required=True, help="evaluate --tta on tile 8")
+    parser.add_argument("--bench", type=Path, required=True, help="bench_segment.json")
+    parser.add_argument("--state", type=Path, help="make train-bundled's state.json")
+    parser.add_argument(
+        "--fit", type=Path, nargs="*", default=[], help="evaluate on training tiles, one file each"
+    )
+    return parser.parse_args(argv)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) not in (4, 5):
-        sys.exit(__doc__.strip().splitlines()[-1])
-    main(*sys.argv[1:])
+    main(parse())
