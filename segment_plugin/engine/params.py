@@ -77,6 +77,8 @@ class SegmentParams(JobParams):
     batch: int = 4
     device: str = "auto"
     tta: bool = False
+    # keep the bias the loss's class weights gave the outputs (see inference.undo_class_weights)
+    keep_class_weights: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:

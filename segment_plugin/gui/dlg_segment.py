@@ -107,10 +107,18 @@ class SegmentDialog(AlgorithmDialog):
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         self.tta_check = QCheckBox("test-time augmentation (4× slower, a little more accurate)")
+        self.keep_weights_check = QCheckBox("keep the training's class weights (more trees, roads)")
+        self.keep_weights_check.setToolTip(
+            "The model's loss weighted classes by their rarity in its training data, which biases "
+            "its outputs towards rare classes; by default that bias is undone (more accurate on "
+            "scenes like the training data). Keep it for scenes whose classes are mixed "
+            "differently: on the Dutch demo the bundled model then finds 3.6× the woodland."
+        )
         run_form.addRow("Tile size:", self.tile_spin)
         run_form.addRow("Overlap:", self.overlap_spin)
         run_form.addRow("Device:", self.device_combo)
         run_form.addRow("", self.tta_check)
+        run_form.addRow("", self.keep_weights_check)
         layout.addWidget(run_box)
 
         out_box = QGroupBox("Outputs")
@@ -220,6 +228,7 @@ class SegmentDialog(AlgorithmDialog):
             "OVERLAP": self.overlap_spin.value(),
             "DEVICE": self.device_combo.currentIndex(),
             "TTA": self.tta_check.isChecked(),
+            "KEEP_CLASS_WEIGHTS": self.keep_weights_check.isChecked(),
             "OUTPUT": self.output_widget.filePath(),
             "MIN_AREA": self.min_area_spin.value(),
             "SIMPLIFY": self.simplify_spin.value(),

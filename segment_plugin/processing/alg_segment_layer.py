@@ -110,6 +110,13 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
         )
         self.addParameter(QgsProcessingParameterBoolean("TTA", "Test-time augmentation", False))
+        self.addParameter(
+            QgsProcessingParameterBoolean(
+                "KEEP_CLASS_WEIGHTS",
+                "Keep the training's class weights (more of the rarer classes: trees, roads)",
+                False,
+            )
+        )
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Classes"))
         self.addParameter(
             QgsProcessingParameterVectorDestination(
@@ -153,6 +160,8 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
         args += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
         if self.parameterAsBoolean(parameters, "TTA", context):
             args.append("--tta")
+        if self.parameterAsBoolean(parameters, "KEEP_CLASS_WEIGHTS", context):
+            args.append("--keep-class-weights")
         try:
             result = run_or_raise(args, feedback)
         finally:

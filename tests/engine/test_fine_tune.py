@@ -81,4 +81,6 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
     package = ModelPackage.open(output)
     package.load_model()
     assert package.card.metrics["miou"] == pytest.approx(after["miou"], abs=1e-4)
+    # a short fine-tune's outputs keep most of the base's class-weight bias: its correction too
+    assert package.card.class_weights == resolve_model("landcover").card.class_weights
     assert resolve_model("landcover").path != output  # the bundled model is untouched

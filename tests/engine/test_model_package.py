@@ -23,6 +23,14 @@ def test_save_open_load_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.keras"]
 
 
+def test_class_weights_round_trip_and_default_to_none(tmp_path):
+    weighted = tiny_card(class_weights=(0.2, 1.0, 1.1, 0.6, 1.2))
+    assert ModelCard.from_dict(json.loads(weighted.to_json())) == weighted
+    data = json.loads(tiny_card().to_json())
+    del data["class_weights"]  # cards written before the field existed
+    assert ModelCard.from_dict(data).class_weights is None
+
+
 def test_safe_mode_refuses_a_lambda_layer(tmp_path):
     import keras
 
@@ -49,6 +57,8 @@ def test_card_must_match_the_network(tmp_path):
         ({"normalization": {"method": "magic"}}, "unknown normalization"),
         ({"normalization": {"method": "meanstd", "mean": [1], "std": [1]}}, "one mean and one std"),
         ({"bands": None}, "malformed"),
+        ({"class_weights": [1.0, 2.0]}, "class_weights needs one positive number per class"),
+        ({"class_weights": [1.0, 1.0, 0.0, 1.0, 1.0]}, "one positive number per class"),
     ],
 )
 def test_bad_cards_are_refused_by_name(change, message):
@@ -89,6 +99,7 @@ def test_bundled_model_is_what_its_card_and_the_plugin_promise():
     assert card.normalization.method == "scale"
     assert card.tile_size % card.input_multiple == 0
     assert {"miou", "per_class_iou", "on"} <= set(card.metrics)
+    assert card.class_weights is not None and len(card.class_weights) == 5  # trained weighted
     keras_file = package.path / "model.keras"
     assert keras_file.stat().st_size <= 15e6
     assert_weights_only(keras_file)  # no optimizer state shipped

@@ -164,6 +164,36 @@ def test_tta_is_flip_equivariant():
         assert not np.allclose(predict_tiles(model, flipped), np.flip(plain, axis), atol=1e-3)
 
 
+def test_undo_class_weights_divides_and_renormalises():
+    from segment_plugin.engine.inference import undo_class_weights
+
+    probs = np.array([[0.5, 0.5], [0.8, 0.2]], np.float32)
+    assert undo_class_weights(probs, None) is probs
+    assert np.allclose(undo_class_weights(probs, (2.0, 1.0)), [[1 / 3, 2 / 3], [2 / 3, 1 / 3]])
+    assert np.allclose(undo_class_weights(probs, (3.0, 3.0)), probs)  # only ratios matter
+
+
+def test_segment_undoes_the_cards_class_weights(tmp_path):
+    """A class the loss weighted heavily is called less, the others' order is untouched."""
+    from conftest import build_tiny_model, tiny_card
+
+    from segment_plugin.engine.models.package import save_package
+
+    raster = write_raster(tmp_path / "in.tif", scene(60, 60))  # one 64 px tile: no blending
+    save_package(build_tiny_model(), tiny_card(), tmp_path / "plain")
+    plain = read(run(tmp_path, raster, tmp_path / "plain", name="plain.tif")[0]["output"])[0]
+    codes, counts = np.unique(plain, return_counts=True)
+    common = int(codes[counts.argmax()])
+    weights = tuple(1e4 if c.code == common else 1.0 for c in LANDCOVER_CLASSES)
+    save_package(build_tiny_model(), tiny_card(class_weights=weights), tmp_path / "weighted")
+    weighted = read(run(tmp_path, raster, tmp_path / "weighted", name="w.tif")[0]["output"])[0]
+    assert counts.max() > 0.2 * plain.size and (weighted == common).mean() < 0.01
+    others = plain != common
+    assert np.array_equal(weighted[others], plain[others])
+    kept, _ = run(tmp_path, raster, tmp_path / "weighted", name="k.tif", keep_class_weights=True)
+    assert np.array_equal(read(kept["output"])[0], plain)  # --keep-class-weights: as trained
+
+
 def test_tta_agrees_with_plain_inference(tmp_path, tiny_model):
     raster = write_raster(tmp_path / "in.tif", scene(100, 90))
     plain, _ = run(tmp_path, raster, tiny_model, name="plain.tif")

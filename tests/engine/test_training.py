@@ -183,6 +183,8 @@ def test_train_save_load_evaluate_round_trip(dubai_chips, tmp_path, capsys):
     assert package.load_model().get_layer("enc0_sep1").filters == 8
     assert card.architecture == "separable_unet" and [c.name for c in card.classes][1] == "building"
     assert card.metrics["miou"] == result["val_miou"] and card.training["epochs"] >= 1
+    # median-frequency weights by default: the card carries them for inference to undo
+    assert len(card.class_weights) == 5 and min(card.class_weights) < 1 < max(card.class_weights)
     assert card.training["planned_epochs"] == 2
     device = card.training["device"]
     assert device.startswith("CPU, ") and "(tensorflow 2." in device
@@ -263,6 +265,7 @@ def test_fine_tuning_that_does_not_improve_hands_back_the_base_model(dubai_chips
     base = resolve_model("landcover").load_model()
     kept = ModelPackage.open(tmp_path / "model")
     assert kept.card.metrics["miou"] == before and kept.card.training["best_epoch"] == 0
+    assert kept.card.class_weights == resolve_model("landcover").card.class_weights
     for a, b in zip(base.get_weights(), kept.load_model().get_weights()):
         assert np.array_equal(a, b)
     assert any("did not improve on the base model" in m for m in reporter.logs())

@@ -100,16 +100,23 @@ def qgis_process(config: Path, *args: str, timeout: float = 180) -> subprocess.C
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory, engine_python):
-    """A user model folder holding the engine tests' tiny model, made by the engine itself."""
+    """A user model folder holding the engine tests' tiny model, made by the engine itself.
+
+    ``tiny_weighted`` is the same network with a card whose class weights all but rule out
+    every class except building, unless they are kept (--keep-class-weights).
+    """
     folder = tmp_path_factory.mktemp("user_models")
     script = (
         "import sys; sys.path.insert(0, 'tests/engine'); "
         "from conftest import build_tiny_model, tiny_card; "
         "from segment_plugin.engine.models.package import save_package; "
-        "save_package(build_tiny_model(), tiny_card(), sys.argv[1])"
+        "save_package(build_tiny_model(), tiny_card(), sys.argv[1] + '/tiny'); "
+        "weights = (1e4, 1.0, 1e4, 1e4, 1e4); "
+        "card = tiny_card(name='tiny_weighted', class_weights=weights); "
+        "save_package(build_tiny_model(), card, sys.argv[1] + '/tiny_weighted')"
     )
     subprocess.run(
-        [str(engine_python), "-c", script, str(folder / "tiny")],
+        [str(engine_python), "-c", script, str(folder)],
         cwd=ROOT,
         check=True,
         capture_output=True,

@@ -65,6 +65,26 @@ def test_segment_layer_on_the_demo_raster(registry, tiny_models, demo, tmp_path)
     assert min(f.geometry().area() for f in vector.getFeatures()) >= 1.0
 
 
+def test_keep_class_weights_reaches_the_engine(registry, tiny_models, demo, tmp_path):
+    """tiny_weighted's card weighs all classes but building 10⁴: undone, nearly all is building;
+    kept, it segments as the unweighted tiny model does."""
+    layer = QgsRasterLayer(str(demo), "demo")
+    pixels = {}
+    for model, keep in (("tiny", False), ("tiny_weighted", False), ("tiny_weighted", True)):
+        parameters = {
+            "INPUT": layer,
+            "MODEL": model,
+            "KEEP_CLASS_WEIGHTS": keep,
+            "OUTPUT": str(tmp_path / f"{model}_{keep}.tif"),
+        }
+        results, ok = run(registry, "segment_plugin:segment_layer", parameters)
+        assert ok
+        pixels[model, keep] = json.loads(results["SUMMARY"])["class_pixels"]
+    undone = pixels["tiny_weighted", False]
+    assert undone["building"] > 0.9 * sum(undone.values())
+    assert pixels["tiny_weighted", True] == pixels["tiny", False]
+
+
 def test_extent_subset_is_exported_then_segmented(registry, tiny_models, demo, tmp_path):
     layer = QgsRasterLayer(str(demo), "demo")
     full = layer.extent()

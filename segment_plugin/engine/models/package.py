@@ -68,6 +68,9 @@ class ModelCard:
     input_multiple: int = 1  # tile sizes must be multiples of this (2**depth for a U-Net)
     architecture: str = ""
     description: str = ""
+    # the loss's class weights, one per class; inference divides probabilities by them to undo
+    # their bias (see inference.undo_class_weights); None: trained without weights
+    class_weights: tuple[float, ...] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     schema_version: int = CARD_SCHEMA_VERSION
@@ -113,6 +116,9 @@ class ModelCard:
                 input_multiple=int(data.get("input_multiple", 1)),
                 architecture=str(data.get("architecture", "")),
                 description=str(data.get("description", "")),
+                class_weights=None
+                if data.get("class_weights") is None
+                else tuple(float(w) for w in data["class_weights"]),
                 training=dict(data.get("training", {})),
                 metrics=dict(data.get("metrics", {})),
                 schema_version=version,
@@ -140,6 +146,11 @@ class ModelCard:
             raise ModelError(f"{source}: meanstd needs one mean and one std per band")
         if norm.method == "percentile" and not 0 <= norm.low < norm.high <= 100:
             raise ModelError(f"{source}: percentile needs 0 <= low < high <= 100")
+        weights = self.class_weights
+        if weights is not None and (
+            len(weights) != len(codes) or not all(0 < w < float("inf") for w in weights)
+        ):
+            raise ModelError(f"{source}: class_weights needs one positive number per class")
         if self.tile_size < 16:
             raise ModelError(f"{source}: tile_size {self.tile_size} is too small")
         if self.input_multiple < 1 or self.tile_size % self.input_multiple:

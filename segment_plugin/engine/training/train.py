@@ -209,6 +209,25 @@ def _model_and_card(
     return model, replace(card, description=params.description) if params.description else card
 
 
+def _card_class_weights(
+    weights: np.ndarray | None, kept_head_of: ModelCard | None
+) -> tuple[float, ...] | None:
+    """The class weights whose bias inference undoes (see inference.undo_class_weights).
+
+    A fine-tune that keeps its base model's head (``kept_head_of``) keeps its weights too: a few
+    epochs move the outputs little from the base's bias. Measured on the Chesapeake fine-tune of
+    tests/engine/test_fine_tune.py (3 epochs of 8 steps): undoing the base's weights scored val
+    mIoU 0.211, the fine-tune's own loss weights 0.167 (background 0.54, woodland 0.09, water
+    6.5: far from what 24 steps learnt), nothing 0.195. A new model, or a new head, gets its own
+    loss's weights; a class absent from its training labels (weight 0) was never weighted: 1.
+    """
+    if kept_head_of is not None:
+        return kept_head_of.class_weights
+    if weights is None:
+        return None
+    return tuple(round(float(w), 5) if w > 0 else 1.0 for w in weights)
+
+
 class _EpochEnd:
     """Keras callback: validation metrics, best model, early stopping, progress, cancel, resume."""
 
@@ -279,6 +298,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     counts = class_pixel_counts(train_scenes, len(codes))
     model, card = _model_and_card(params, base, train_scenes, reporter)
     weights = class_weights(params.class_weights, counts)
+    same_classes = base_card is not None and base_card.class_codes == list(codes)
+    kept_head_of = base_card if same_classes else None
+    card = replace(card, class_weights=_card_class_weights(weights, kept_head_of))
     stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
     normalizer = Normalizer(card, stats, card.input_dtype)
     value_range = DTYPE_RANGE.get(card.input_dtype, (0.0, 1.0))[1]
@@ -322,12 +344,23 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
 
     from segment_plugin.engine.inference import predict_array
 
-    def validate(model: Any) -> tuple[dict[str, Any], float]:
+    def validate(model: Any, weights: tuple[float, ...] | None) -> tuple[dict[str, Any], float]:
+        """Validation metrics and the training loss on validation patches.
+
+        The metrics are of the model as inference runs it: corrected for ``weights``, the class
+        weights its card will carry.
+        """
         matrix = np.zeros((len(codes), len(codes)), np.int64)
         losses = []
         for scene in val_scenes:
             predicted = predict_array(
-                model, normalizer, scene.image, params.patch, params.patch // 4, params.batch
+                model,
+                normalizer,
+                scene.image,
+                params.patch,
+                params.patch // 4,
+                params.batch,
+                class_weights=weights,
             )
             matrix += metrics.confusion_matrix(scene.labels, predicted, len(codes))
         for image, labels in sampler_val_patches:
@@ -339,9 +372,8 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     sampler_val_patches = val_sampler.grid_patches()[:64]
 
     before = None
-    same_classes = base_card is not None and base_card.class_codes == list(codes)
     if same_classes and not params.resume:  # a re-initialised head has no "before"
-        before, _ = validate(model)  # the base model on the same validation area
+        before, _ = validate(model, card.class_weights)  # the base model, same area
         reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
         # epoch 0 = the base model, so that a live chart starts where fine-tuning starts
         reporter.metrics(
@@ -358,7 +390,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             )
 
     def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
-        report, val_loss = validate(model)
+        report, val_loss = validate(model, card.class_weights)
         miou = report["miou"] if report["miou"] is not None else 0.0
         entry = {
             "epoch": epoch + 1,
