@@ -128,7 +128,9 @@ def undo_class_weights(probs: np.ndarray, weights: Sequence[float] | None) -> np
     one) calls too little background and too much road. Dividing by w_c and renormalising gives
     p(c) back. Measured on the bundled model: Dubai tile 8 mIoU 0.678 → 0.694, its own training
     tiles 0.688 → 0.723; partial corrections (w_c to a power below 1) scored lower on the
-    training tiles. ``None`` (trained without weights): unchanged.
+    training tiles. ``None`` (trained without weights): unchanged. Applied to blended rows, as to
+    a single pass's output, not to each tile: renormalising each tile would reweigh the
+    overlapping tiles against each other.
     """
     if weights is None:
         return probs
@@ -140,19 +142,11 @@ def undo_class_weights(probs: np.ndarray, weights: Sequence[float] | None) -> np
 class Predictor:
     """Runs the model on batches of normalised tiles; optional flip test-time augmentation."""
 
-    def __init__(
-        self,
-        model: Any,
-        device: str,
-        tta: bool,
-        reporter: Reporter,
-        class_weights: Sequence[float] | None = None,
-    ) -> None:
+    def __init__(self, model: Any, device: str, tta: bool, reporter: Reporter) -> None:
         self.model = model
         self.device = device
         self.tta = tta
         self.reporter = reporter
-        self.class_weights = class_weights
         self._checked = False
         self._softmax = False
 
@@ -162,8 +156,7 @@ class Predictor:
 
         with keras.device(self.device):
             probs = predict_tiles(self.model, batch, self.tta)
-        probs = self._as_probabilities(probs.astype(np.float32, copy=False))
-        return undo_class_weights(probs, self.class_weights)
+        return self._as_probabilities(probs.astype(np.float32, copy=False))
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
         if not self._checked:
@@ -213,6 +206,7 @@ class _Pipeline:
         wgrid: WorkingGrid,
         normalizer: Normalizer,
         batch: int,
+        class_weights: Sequence[float] | None,
     ) -> None:
         self.src_path = src_path
         self.bands = list(bands)
@@ -220,6 +214,7 @@ class _Pipeline:
         self.wgrid = wgrid
         self.normalizer = normalizer
         self.batch = batch
+        self.class_weights = class_weights  # undone on blended rows, see undo_class_weights
         self.codes = np.asarray(normalizer.card.class_codes, np.uint8)
 
     # -- reader thread ---------------------------------------------------------------------
@@ -282,6 +277,7 @@ class _Pipeline:
                 if item is _DONE:
                     return
                 start, probs = item
+                probs = undo_class_weights(probs, self.class_weights)
                 n = probs.shape[0]
                 mask = src.dataset_mask(
                     window=self.wgrid.input_window(start, 0, n, width), out_shape=(n, width)
@@ -387,6 +383,10 @@ def predict_array(
     classes = model.outputs[0].shape[-1]
     accumulator = RollingAccumulator(grid, classes, blend_window(tile))
     out = np.empty((height, width), np.uint8)
+
+    def put(first: int, rows: np.ndarray) -> None:
+        out[first : first + rows.shape[0]] = undo_class_weights(rows, class_weights).argmax(-1)
+
     tiles = []
     for row in grid.rows:
         for col in grid.cols:
@@ -395,12 +395,10 @@ def predict_array(
     for start in range(0, len(tiles), batch):
         chunk = tiles[start : start + batch]
         probs = predict_tiles(model, np.stack([t[2] for t in chunk]), tta)
-        probs = undo_class_weights(probs, class_weights)
         for (row, col, _), tile_probs in zip(chunk, probs):
             for first, rows in accumulator.add_in_order(row, col, tile_probs):
-                out[first : first + rows.shape[0]] = rows.argmax(-1)
-    first, rows = accumulator.finish()
-    out[first : first + rows.shape[0]] = rows.argmax(-1)
+                put(first, rows)
+    put(*accumulator.finish())
     return out
 
 
@@ -548,9 +546,9 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
                 width=wgrid.width,
                 transform=src.transform @ Affine.scale(1 / wgrid.fx, 1 / wgrid.fy),
             )
-        pipeline = _Pipeline(src.name, bands, grid, wgrid, normalizer, params.batch)
         weights = None if params.keep_class_weights else card.class_weights
-        predictor = Predictor(model, device, params.tta, reporter, weights)
+        pipeline = _Pipeline(src.name, bands, grid, wgrid, normalizer, params.batch, weights)
+        predictor = Predictor(model, device, params.tta, reporter)
         counts = pipeline.run(predictor, working, profile, reporter)
         if wgrid.resampled:
             reporter.log("writing the result back on the input grid")

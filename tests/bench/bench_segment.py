@@ -28,7 +28,7 @@ WORK = ROOT / "build" / "bench"
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
 TILE, OVERLAP, BATCH = 256, 64, 4
 
-from segment_plugin.engine.inference import segment  # noqa: E402
+from segment_plugin.engine.inference import segment, undo_class_weights  # noqa: E402
 from segment_plugin.engine.models.architectures import build_model, input_multiple  # noqa: E402
 from segment_plugin.engine.models.package import ModelPackage, Normalization, save_package  # noqa: E402
 from segment_plugin.engine.models.registry import bundled_models_dir  # noqa: E402
@@ -205,7 +205,8 @@ def seam_agreement(package: ModelPackage) -> dict:
     multiple = package.card.input_multiple
     size = (min(x.shape[0], x.shape[1]) // multiple) * multiple
     x = x[:size, :size]
-    reference = np.asarray(model.predict_on_batch(x[None])[0])
+    weights = package.card.class_weights  # undone as segment undoes them
+    reference = undo_class_weights(np.asarray(model.predict_on_batch(x[None])[0]), weights)
     reference_classes = reference.argmax(-1)
     default = package.card.tile_size
     runs = [(f"hann_tile{t}_overlap{t // 4}", t, t // 4, True) for t in (128, 256, 512)]
@@ -226,6 +227,7 @@ def seam_agreement(package: ModelPackage) -> dict:
                     probs[start : start + rows.shape[0]] = rows
         start, rows = acc.finish()
         probs[start : start + rows.shape[0]] = rows
+        probs = undo_class_weights(probs, weights)
         classes = probs.argmax(-1)
         borders = sorted(set(grid.rows) | {r + tile for r in grid.rows})  # square: rows = cols
         results[name] = {
