@@ -344,11 +344,10 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
 
     from segment_plugin.engine.inference import predict_array
 
-    def validate(model: Any, weights: tuple[float, ...] | None) -> tuple[dict[str, Any], float]:
+    def validate(model: Any) -> tuple[dict[str, Any], float]:
         """Validation metrics and the training loss on validation patches.
 
-        The metrics are of the model as inference runs it: corrected for ``weights``, the class
-        weights its card will carry.
+        The metrics are of the model as inference runs it, its card's class weights undone.
         """
         matrix = np.zeros((len(codes), len(codes)), np.int64)
         losses = []
@@ -360,7 +359,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
                 params.patch,
                 params.patch // 4,
                 params.batch,
-                class_weights=weights,
+                class_weights=card.class_weights,
             )
             matrix += metrics.confusion_matrix(scene.labels, predicted, len(codes))
         for image, labels in sampler_val_patches:
@@ -373,7 +372,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
 
     before = None
     if same_classes and not params.resume:  # a re-initialised head has no "before"
-        before, _ = validate(model, card.class_weights)  # the base model, same area
+        before, _ = validate(model)  # the base model on the same validation area
         reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
         # epoch 0 = the base model, so that a live chart starts where fine-tuning starts
         reporter.metrics(
@@ -390,7 +389,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             )
 
     def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
-        report, val_loss = validate(model, card.class_weights)
+        report, val_loss = validate(model)
         miou = report["miou"] if report["miou"] is not None else 0.0
         entry = {
             "epoch": epoch + 1,
