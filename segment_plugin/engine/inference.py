@@ -123,14 +123,14 @@ def predict_tiles(model: Any, batch: np.ndarray, tta: bool = False) -> np.ndarra
 def undo_class_weights(probs: np.ndarray, weights: Sequence[float] | None) -> np.ndarray:
     """Probabilities (..., classes) without the bias of the class weights a model was trained with.
 
-    A cross-entropy whose class c weighs w_c is minimised by outputs proportional to w_c·p(c), so
-    a model trained with median-frequency weights (background 0.19, road 1.24 for the bundled
+    A cross-entropy whose class c weighs w_c is minimised by outputs proportional to w_c·p(c),
+    so a model trained with median-frequency weights (background 0.19, road 1.24 for the bundled
     one) calls too little background and too much road. Dividing by w_c and renormalising gives
-    p(c) back. Measured on the bundled model: Dubai tile 8 mIoU 0.678 → 0.694, its own training
-    tiles 0.688 → 0.723; partial corrections (w_c to a power below 1) scored lower on the
-    training tiles. ``None`` (trained without weights): unchanged. Applied to blended rows, as to
-    a single pass's output, not to each tile: renormalising each tile would reweigh the
-    overlapping tiles against each other.
+    p(c) back. Measured on the bundled model's first stage: Dubai tile 8 mIoU 0.678 → 0.694, its
+    own training tiles 0.688 → 0.723; partial corrections (w_c to a power below 1) scored lower
+    on the training tiles. ``None`` (trained without weights): unchanged. Applied to blended
+    rows, as to a single pass's output, not to each tile: renormalising each tile would reweigh
+    the overlapping tiles against each other.
     """
     if weights is None:
         return probs

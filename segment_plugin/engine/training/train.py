@@ -216,10 +216,11 @@ def _card_class_weights(
 
     A fine-tune that keeps its base model's head (``kept_head_of``) keeps its weights too: a few
     epochs move the outputs little from the base's bias. Measured on the Chesapeake fine-tune of
-    tests/engine/test_fine_tune.py (3 epochs of 8 steps): undoing the base's weights scored val
-    mIoU 0.211, the fine-tune's own loss weights 0.167 (background 0.54, woodland 0.09, water
-    6.5: far from what 24 steps learnt), nothing 0.195. A new model, or a new head, gets its own
-    loss's weights; a class absent from its training labels (weight 0) was never weighted: 1.
+    tests/engine/test_fine_tune.py (3 epochs of 8 steps, from the first-stage bundled model):
+    undoing the base's weights scored val mIoU 0.211, the fine-tune's own loss weights 0.167
+    (background 0.54, woodland 0.09, water 6.5: far from what 24 steps learnt), nothing 0.195. A
+    new model, or a new head, gets its own loss's weights; a class absent from its training
+    labels (weight 0) was never weighted: 1.
     """
     if kept_head_of is not None:
         return kept_head_of.class_weights
