@@ -321,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--report", type=Path, help="also write an HTML report")
     ev.add_argument("--tile", type=int)
     ev.add_argument("--tta", action="store_true", help="as segment --tta (4× slower)")
+    ev.add_argument(
+        "--keep-class-weights",
+        action="store_true",
+        help="as segment --keep-class-weights: measure which suits your region",
+    )
     ev.add_argument("--overwrite", action="store_true")
     _add_common(ev)
     ev.set_defaults(handler=_cmd_evaluate)

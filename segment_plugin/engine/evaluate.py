@@ -50,7 +50,7 @@ def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarra
             size,
             size // 4,
             tta=params.tta,
-            class_weights=card.class_weights,
+            class_weights=None if params.keep_class_weights else card.class_weights,
         )
         matrix += metrics.confusion_matrix(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
@@ -89,7 +89,12 @@ def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarr
         predicted_path = Path(tmp) / "predicted.tif"
         segment(
             SegmentParams(
-                params.raster, predicted_path, model=params.model, tile=params.tile, tta=params.tta
+                params.raster,
+                predicted_path,
+                model=params.model,
+                tile=params.tile,
+                tta=params.tta,
+                keep_class_weights=params.keep_class_weights,
             ),
             reporter,
         )

@@ -239,6 +239,7 @@ class EvaluateParams(JobParams):
     report: Path | None = None  # also write an HTML report
     tile: int | None = None
     tta: bool = False  # as segment --tta: the mean over flipped copies
+    keep_class_weights: bool = False  # as segment --keep-class-weights
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -254,5 +255,6 @@ class EvaluateParams(JobParams):
             )
         if self.images is None and self.reference is None:
             raise InputError("--raster and --prediction need --reference (the reference classes)")
-        if self.tta and self.prediction is not None:
-            raise InputError("--tta needs a model to run: not with --prediction")
+        for flag, value in (("--tta", self.tta), ("--keep-class-weights", self.keep_class_weights)):
+            if value and self.prediction is not None:
+                raise InputError(f"{flag} needs a model to run: not with --prediction")

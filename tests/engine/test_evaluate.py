@@ -56,7 +56,32 @@ def test_bad_combinations(tmp_path):
         EvaluateParams(prediction=tmp_path / "p.tif")
     with pytest.raises(InputError, match="--tta needs a model to run"):
         EvaluateParams(prediction=tmp_path / "p.tif", reference=tmp_path / "r.tif", tta=True)
+    with pytest.raises(InputError, match="--keep-class-weights needs a model to run"):
+        EvaluateParams(
+            prediction=tmp_path / "p.tif", reference=tmp_path / "r.tif", keep_class_weights=True
+        )
     a = write_raster(tmp_path / "a.tif", np.zeros((1, 8, 8), np.uint8))
     b = write_raster(tmp_path / "b.tif", np.zeros((1, 8, 9), np.uint8))
     with pytest.raises(InputError, match="is not on the grid"):
         evaluate(EvaluateParams(prediction=a, reference=b))
+
+
+def test_keep_class_weights_measures_the_model_as_trained(tmp_path):
+    """The reference is what the unweighted network segments; the same network whose card
+    weighs all classes but building 10⁴ matches it only with --keep-class-weights."""
+    from conftest import build_tiny_model, scene, tiny_card
+
+    from segment_plugin.engine.inference import segment
+    from segment_plugin.engine.models.package import save_package
+    from segment_plugin.engine.params import SegmentParams
+
+    raster = write_raster(tmp_path / "in.tif", scene(80, 80))
+    save_package(build_tiny_model(), tiny_card(), tmp_path / "plain")
+    weights = (1e4, 1.0, 1e4, 1e4, 1e4)
+    save_package(build_tiny_model(), tiny_card(class_weights=weights), tmp_path / "weighted")
+    reference = tmp_path / "ref.tif"
+    segment(SegmentParams(raster, reference, model=str(tmp_path / "plain")))
+    common = {"raster": raster, "reference": reference, "model": str(tmp_path / "weighted")}
+    kept = evaluate(EvaluateParams(**common, keep_class_weights=True))
+    undone = evaluate(EvaluateParams(**common))
+    assert kept["miou"] == 1.0 and undone["miou"] < 0.5
