@@ -69,7 +69,7 @@ def test_bad_combinations(tmp_path):
 def test_keep_class_weights_measures_the_model_as_trained(tmp_path):
     """The reference is what the unweighted network segments; the same network whose card
     weighs all classes but building 10⁴ matches it only with --keep-class-weights."""
-    from conftest import build_tiny_model, scene, tiny_card
+    from conftest import BUILDING_ONLY_WEIGHTS, build_tiny_model, scene, tiny_card
 
     from segment_plugin.engine.inference import segment
     from segment_plugin.engine.models.package import save_package
@@ -77,8 +77,8 @@ def test_keep_class_weights_measures_the_model_as_trained(tmp_path):
 
     raster = write_raster(tmp_path / "in.tif", scene(80, 80))
     save_package(build_tiny_model(), tiny_card(), tmp_path / "plain")
-    weights = (1e4, 1.0, 1e4, 1e4, 1e4)
-    save_package(build_tiny_model(), tiny_card(class_weights=weights), tmp_path / "weighted")
+    weighted_card = tiny_card(class_weights=BUILDING_ONLY_WEIGHTS)
+    save_package(build_tiny_model(), weighted_card, tmp_path / "weighted")
     reference = tmp_path / "ref.tif"
     segment(SegmentParams(raster, reference, model=str(tmp_path / "plain")))
     common = {"raster": raster, "reference": reference, "model": str(tmp_path / "weighted")}

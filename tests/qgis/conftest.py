@@ -108,11 +108,10 @@ def tiny_models(tmp_path_factory, engine_python):
     folder = tmp_path_factory.mktemp("user_models")
     script = (
         "import sys; sys.path.insert(0, 'tests/engine'); "
-        "from conftest import build_tiny_model, tiny_card; "
+        "from conftest import BUILDING_ONLY_WEIGHTS, build_tiny_model, tiny_card; "
         "from segment_plugin.engine.models.package import save_package; "
         "save_package(build_tiny_model(), tiny_card(), sys.argv[1] + '/tiny'); "
-        "weights = (1e4, 1.0, 1e4, 1e4, 1e4); "
-        "card = tiny_card(name='tiny_weighted', class_weights=weights); "
+        "card = tiny_card(name='tiny_weighted', class_weights=BUILDING_ONLY_WEIGHTS); "
         "save_package(build_tiny_model(), card, sys.argv[1] + '/tiny_weighted')"
     )
     subprocess.run(
