@@ -66,7 +66,9 @@ def test_qgis_process_runs_engine_status_from_the_installed_zip(qgis_profile, en
 def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, engine_python):
     out = tmp_path / "smoke"
     out.mkdir()
-    env = dict(os.environ, SMOKE_OUT=str(out))
+    user_models = tmp_path / "no_user_models"  # not the other tests' tiny models, nor ~/.local's
+    user_models.mkdir()
+    env = dict(os.environ, SMOKE_OUT=str(out), SEGMENT_PLUGIN_MODELS=str(user_models))
     for name in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "QT_QPA_PLATFORM"):
         env.pop(name, None)  # the desktop app draws on Xvfb with the throw-away profile
     command = ["timeout", "240", "xvfb-run", "-a", "qgis", "--profiles-path", str(qgis_profile)]
@@ -82,9 +84,9 @@ def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, en
     assert report["loaded"] and report["action"]
     assert report["in_raster_menu"] and report["in_toolbar"]
     assert report["dialogs"] == ["Segment Layer"]
-    # the model list came back from the engine subprocess (none bundled yet, or some found)
-    assert "model(s) found" in report["status"] or report["status"] == "no models installed"
-    assert report["finetune_in_toolbar"] and "model(s) found" in report["finetune_status"]
+    # the model list came back from the engine subprocess: the zip's bundled model alone
+    assert report["status"] == "1 model(s) found"
+    assert report["finetune_in_toolbar"] and report["finetune_status"] == "1 model(s) found"
     artifacts = ROOT / "build" / "screenshots"
     artifacts.mkdir(parents=True, exist_ok=True)
     for name in ("segment_dialog.png", "finetune_dialog.png"):
