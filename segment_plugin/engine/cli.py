@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--bands", type=_band_list, help="input bands for the model, e.g. 3,2,1")
     seg.add_argument("--resolution", type=float, help="work at this many metres per pixel")
     seg.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    seg.add_argument("--overlap", type=int, help="tile overlap in pixels (default: tile/4)")
+    seg.add_argument("--overlap", type=int, help="tile overlap in px (default: 3/8 of the tile)")
     seg.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     seg.add_argument("--device", choices=DEVICES, default="auto")
     seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")

@@ -22,6 +22,7 @@ from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, band_stats
 from segment_plugin.engine.params import EvaluateParams, SegmentParams
 from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.tiling import default_overlap
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import code_lookup, pairs_folder
 
@@ -48,7 +49,7 @@ def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarra
             normalizer,
             scene.image,
             size,
-            size // 4,
+            default_overlap(size),
             tta=params.tta,
             class_weights=None if params.keep_class_weights else card.class_weights,
         )

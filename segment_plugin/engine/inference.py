@@ -32,7 +32,13 @@ from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
 from segment_plugin.engine.progress import Reporter, ScaledReporter
 from segment_plugin.engine.styling import write_qml
-from segment_plugin.engine.tiling import RollingAccumulator, TileGrid, blend_window, pad_to_tile
+from segment_plugin.engine.tiling import (
+    RollingAccumulator,
+    TileGrid,
+    blend_window,
+    default_overlap,
+    pad_to_tile,
+)
 
 RESAMPLE_TOLERANCE = 0.05  # work at the input's resolution when within 5 % of the model's
 QUEUE_DEPTH = 3  # batches read ahead / row blocks waiting to be written
@@ -517,7 +523,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
             model = mixed_precision_copy(model)
             reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
         tile = params.tile or card.tile_size
-        overlap = params.overlap if params.overlap is not None else tile // 4
+        overlap = params.overlap if params.overlap is not None else default_overlap(tile)
         if overlap >= tile:
             raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
         if tile % card.input_multiple:

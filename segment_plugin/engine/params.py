@@ -73,7 +73,7 @@ class SegmentParams(JobParams):
     bands: tuple[int, ...] | None = None  # 1-based input band per model band; None: from the card
     resolution: float | None = None  # metres per pixel to work at; None: the model's
     tile: int | None = None  # None: the model card's tile size
-    overlap: int | None = None  # None: a quarter of the tile
+    overlap: int | None = None  # None: 3/8 of the tile (tiling.default_overlap)
     batch: int = 4
     device: str = "auto"
     tta: bool = False

@@ -16,6 +16,17 @@ import numpy as np
 WINDOW_FLOOR = 1e-3
 
 
+def default_overlap(tile: int) -> int:
+    """The overlap used when none is given: 3/8 of the tile.
+
+    Measured on the demo raster with the bundled model at its tile of 512 (Hann blend, against a
+    single pass of the whole raster; ``make bench``): an overlap of a quarter of the tile left
+    1.33× the expected class changes on tile-border lines, a faint seam; 3/8 left 1.03 and half
+    0.94. 3/8 costs 1.44× the model work of a quarter (stride 320 instead of 384), half 2.25×.
+    """
+    return tile * 3 // 8
+
+
 def tile_origins(length: int, tile: int, stride: int) -> list[int]:
     """Start offsets of tiles along one axis: regular, the last one flush with the end.
 

@@ -103,7 +103,7 @@ class SegmentDialog(AlgorithmDialog):
         self.tile_spin.setSpecialValueText("model default")
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(0, 2048)
-        self.overlap_spin.setSpecialValueText("tile / 4")
+        self.overlap_spin.setSpecialValueText("3/8 of the tile")
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
         self.tta_check = QCheckBox("test-time augmentation (4× slower, a little more accurate)")

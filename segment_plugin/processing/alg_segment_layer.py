@@ -101,7 +101,7 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
         self.addParameter(QgsProcessingParameterExtent("EXTENT", "Extent", optional=True))
         for name, label, default in (
             ("TILE_SIZE", "Tile size (px, 0 = model's)", 0),
-            ("OVERLAP", "Tile overlap (px, 0 = tile/4)", 0),
+            ("OVERLAP", "Tile overlap (px, 0 = 3/8 of the tile)", 0),
         ):
             self.addParameter(
                 QgsProcessingParameterNumber(name, label, defaultValue=default, minValue=0)

@@ -36,6 +36,7 @@ from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats, Normalizer, 
 from segment_plugin.engine.outputs import ensure_writable_folder
 from segment_plugin.engine.params import TrainParams
 from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.tiling import default_overlap
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import (
     PatchSampler,
@@ -358,7 +359,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
                 normalizer,
                 scene.image,
                 params.patch,
-                params.patch // 4,
+                default_overlap(params.patch),
                 params.batch,
                 class_weights=card.class_weights,
             )
