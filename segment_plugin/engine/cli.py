@@ -31,6 +31,12 @@ from segment_plugin.engine.progress import (
 )
 
 Command = Callable[[argparse.Namespace, Reporter], None]
+
+#: GDAL's block cache in MB, unless the environment sets GDAL_CACHEMAX. GDAL's default, 5 % of the
+#: machine's memory, keeps the blocks read and written, so a segment run grew with the raster:
+#: 1.6 GB peak for 5000×5000 and 3.1 GB for 20000×20000 on a 24 GB machine; 2.2 GB with 256 MB,
+#: at the same speed (what still grows is the accumulator, which is as wide as the raster).
+GDAL_CACHE_MB = "256"
 P = TypeVar("P")
 
 
@@ -369,6 +375,7 @@ def _failed(reporter: Reporter, exc: SegmentPluginError) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the process exit code (0 ok, 2 bad input, 3 missing, 130 cancel)."""
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("GDAL_CACHEMAX", GDAL_CACHE_MB)  # read by GDAL at its first block I/O
     reporter: Reporter = JsonLinesReporter() if args.progress == "json" else TextReporter()
     reporter.emit(
         "start",

@@ -133,3 +133,12 @@ def test_sigterm_cancels_with_one_event_and_exit_130(tmp_path):
     tail = events(out)
     assert tail[0]["event"] == "error" and tail[0]["code"] == "cancelled"
     assert tail[-1] == {"event": "end", "status": "cancelled", "exit_code": 130}
+
+
+def test_gdal_block_cache_is_bounded_unless_the_environment_sets_it(monkeypatch, capsys):
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    assert cli.main(["models"]) == 0
+    assert os.environ["GDAL_CACHEMAX"] == cli.GDAL_CACHE_MB
+    monkeypatch.setenv("GDAL_CACHEMAX", "1024")
+    assert cli.main(["models"]) == 0
+    assert os.environ["GDAL_CACHEMAX"] == "1024"
