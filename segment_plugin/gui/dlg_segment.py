@@ -112,7 +112,7 @@ class SegmentDialog(AlgorithmDialog):
             "The model's loss weighted classes by their rarity in its training data, which biases "
             "its outputs towards rare classes; by default that bias is undone (more accurate on "
             "scenes like the training data). Keep it for scenes whose classes are mixed "
-            "differently: on the Dutch demo the bundled model then finds 4.6× the woodland."
+            "differently: on the Dutch demo the bundled model then finds 4.3× the woodland."
         )
         run_form.addRow("Tile size:", self.tile_spin)
         run_form.addRow("Overlap:", self.overlap_spin)

@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> None:
         "model_only_mpx_per_s": speed["mpx_per_s_model_only"],
         "end_to_end_mpx_per_s": speed["mpx_per_s_end_to_end"],
         "measured": f"make bench: {speed['machine']['cpus']}-core "
-        f"{speed['machine']['platform']}, tile {speed['tile']}",
+        f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}",
     }
     metrics["size_mb"] = round((BUNDLED / "model.keras").stat().st_size / 1e6, 1)
     if args.state and args.state.exists():
