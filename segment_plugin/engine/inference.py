@@ -126,7 +126,9 @@ def predict_tiles(model: Any, batch: np.ndarray, tta: bool = False) -> np.ndarra
     return np.mean(parts, axis=0)
 
 
-def undo_class_weights(probs: np.ndarray, weights: Sequence[float] | None) -> np.ndarray:
+def undo_class_weights(
+    probs: np.ndarray, weights: Sequence[float] | None, out: np.ndarray | None = None
+) -> np.ndarray:
     """Probabilities (..., classes) without the bias of the class weights a model was trained with.
 
     A cross-entropy whose class c weighs w_c is minimised by outputs proportional to w_c·p(c),
@@ -136,11 +138,12 @@ def undo_class_weights(probs: np.ndarray, weights: Sequence[float] | None) -> np
     own training tiles 0.688 → 0.723; partial corrections (w_c to a power below 1) scored lower
     on the training tiles. ``None`` (trained without weights): unchanged. Applied to blended
     rows, as to a single pass's output, not to each tile: renormalising each tile would reweigh
-    the overlapping tiles against each other.
+    the overlapping tiles against each other. ``out=probs`` corrects in place: the blended rows
+    are as wide as the raster, and a copy of them is memory that grows with it.
     """
     if weights is None:
         return probs
-    out = probs / np.asarray(weights, probs.dtype)
+    out = np.divide(probs, np.asarray(weights, probs.dtype), out=out)
     out /= out.sum(axis=-1, keepdims=True)
     return out
 
@@ -283,7 +286,7 @@ class _Pipeline:
                 if item is _DONE:
                     return
                 start, probs = item
-                probs = undo_class_weights(probs, self.class_weights)
+                probs = undo_class_weights(probs, self.class_weights, out=probs)  # ours alone
                 n = probs.shape[0]
                 mask = src.dataset_mask(
                     window=self.wgrid.input_window(start, 0, n, width), out_shape=(n, width)
@@ -391,7 +394,8 @@ def predict_array(
     out = np.empty((height, width), np.uint8)
 
     def put(first: int, rows: np.ndarray) -> None:
-        out[first : first + rows.shape[0]] = undo_class_weights(rows, class_weights).argmax(-1)
+        rows = undo_class_weights(rows, class_weights, out=rows)
+        out[first : first + rows.shape[0]] = rows.argmax(-1)
 
     tiles = []
     for row in grid.rows:

@@ -171,6 +171,9 @@ def test_undo_class_weights_divides_and_renormalises():
     assert undo_class_weights(probs, None) is probs
     assert np.allclose(undo_class_weights(probs, (2.0, 1.0)), [[1 / 3, 2 / 3], [2 / 3, 1 / 3]])
     assert np.allclose(undo_class_weights(probs, (3.0, 3.0)), probs)  # only ratios matter
+    rows = probs.copy()  # in place, as segment does on its blended rows
+    assert undo_class_weights(rows, (2.0, 1.0), out=rows) is rows
+    assert np.allclose(rows, [[1 / 3, 2 / 3], [2 / 3, 1 / 3]])
 
 
 def test_segment_undoes_the_cards_class_weights(tmp_path):
