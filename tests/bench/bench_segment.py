@@ -198,6 +198,11 @@ def border_change_ratio(tiled: np.ndarray, reference: np.ndarray, lines: list[in
     return (tiled_borders + 1) / (expected + 1)
 
 
+def tile_border_lines(grid: TileGrid) -> list[int]:
+    """Row (= column, on a square grid) positions where a tile starts or ends."""
+    return sorted(set(grid.rows) | {r + grid.tile for r in grid.rows})
+
+
 def seam_agreement(package: ModelPackage) -> dict:
     """Tiled vs single-pass argmax on the demo raster.
 
@@ -244,7 +249,7 @@ def seam_agreement(package: ModelPackage) -> dict:
         probs[start : start + rows.shape[0]] = rows
         probs = undo_class_weights(probs, weights)
         classes = probs.argmax(-1)
-        borders = sorted(set(grid.rows) | {r + tile for r in grid.rows})  # square: rows = cols
+        borders = tile_border_lines(grid)
         results[name] = {
             "argmax_agreement": round(float((classes == reference_classes).mean()), 5),
             "mean_abs_prob_diff": round(float(np.abs(probs - reference).mean()), 6),

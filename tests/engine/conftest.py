@@ -54,6 +54,22 @@ def assert_weights_only(keras_file: Path) -> None:
             assert "layers" in weights and "optimizer" not in weights
 
 
+def single_pass_classes(raster: Path, model: str | Path) -> np.ndarray:
+    """The model on the whole RGB image at once, its card's class weights undone as segment
+    undoes them: the reference a seam-free tiling must reproduce."""
+    from segment_plugin.engine.inference import undo_class_weights
+    from segment_plugin.engine.models.registry import resolve_model
+    from segment_plugin.engine.normalize import Normalizer, raster_stats
+
+    package = resolve_model(str(model))
+    with rasterio.open(raster) as src:
+        stats = raster_stats(src, (1, 2, 3), 2, 98)
+        x = Normalizer(package.card, stats, "uint8")(src.read([1, 2, 3]))
+    probs = np.asarray(package.load_model().predict_on_batch(x[None])[0])
+    probs = undo_class_weights(probs, package.card.class_weights, out=probs)
+    return np.asarray(package.card.class_codes)[probs.argmax(-1)]
+
+
 def shared_raster(name: str) -> Path:
     path = RASTERS / name
     if not path.exists():

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from conftest import Recorder, shared_raster
+from conftest import Recorder, shared_raster, single_pass_classes
 from rasterio.windows import Window
 
-from segment_plugin.engine.inference import segment, undo_class_weights
+from segment_plugin.engine.inference import segment
 from segment_plugin.engine.models.registry import resolve_model
-from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
 from segment_plugin.engine.tiling import TileGrid, default_overlap
 
@@ -61,7 +60,6 @@ def test_bundled_model_tiled_at_the_default_overlap_has_no_seams(tmp_path):
     quarter of the tile measured 1.43 on this crop.)
     """
     demo = shared_raster("demo_nl_gorinchem_rgb_25cm.tif")
-    package = resolve_model("landcover")
     size = 992  # a multiple of 32 that the single pass can take whole
     crop = tmp_path / "demo_992.tif"
     with rasterio.open(demo) as src:
@@ -69,20 +67,14 @@ def test_bundled_model_tiled_at_the_default_overlap_has_no_seams(tmp_path):
         profile["transform"] = src.window_transform(Window(0, 0, size, size))
         with rasterio.open(crop, "w", **profile) as dst:
             dst.write(src.read(window=Window(0, 0, size, size)))
-    with rasterio.open(crop) as src:
-        stats = raster_stats(src, (1, 2, 3), 2, 98)
-        x = Normalizer(package.card, stats, "uint8")(src.read([1, 2, 3]))
-    probs = np.asarray(package.load_model().predict_on_batch(x[None])[0])
-    codes = np.asarray(package.card.class_codes)
-    single_pass = codes[undo_class_weights(probs, package.card.class_weights).argmax(-1)]
+    single_pass = single_pass_classes(crop, "landcover")
 
     out = tmp_path / "classes.tif"
     segment(SegmentParams(crop, out, model="landcover"), Recorder())
     with rasterio.open(out) as ds:
         tiled = ds.read(1)
-    tile = package.card.tile_size
-    grid = TileGrid(size, size, tile, default_overlap(tile))
-    borders = sorted(set(grid.rows) | {r + tile for r in grid.rows})
+    tile = resolve_model("landcover").card.tile_size
+    borders = bench_segment.tile_border_lines(TileGrid(size, size, tile, default_overlap(tile)))
     assert len(borders) > 2  # several tiles, so there are borders to look at
     assert (tiled == single_pass).mean() > 0.95
     assert bench_segment.border_change_ratio(tiled, single_pass, borders) < 1.1

@@ -7,13 +7,19 @@ import json
 import numpy as np
 import pytest
 import rasterio
-from conftest import DEMO, LANDCOVER_CLASSES, Recorder, scene, shared_raster, write_raster
+from conftest import (
+    DEMO,
+    LANDCOVER_CLASSES,
+    Recorder,
+    scene,
+    shared_raster,
+    single_pass_classes,
+    write_raster,
+)
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from segment_plugin.engine.inference import segment
-from segment_plugin.engine.models.package import ModelPackage
-from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
 
 CODES = {c.code for c in LANDCOVER_CLASSES} | {255}
@@ -29,17 +35,6 @@ def run(tmp_path, raster, model, name="classes.tif", **kwargs):
 def read(path):
     with rasterio.open(path) as ds:
         return ds.read(1), ds.profile, ds
-
-
-def single_pass_classes(raster, model_dir):
-    """The model on the whole image at once: the reference a seam-free tiling must reproduce."""
-    package = ModelPackage.open(model_dir)
-    model = package.load_model()
-    with rasterio.open(raster) as src:
-        stats = raster_stats(src, (1, 2, 3), 2, 98)
-        x = Normalizer(package.card, stats, "uint8")(src.read([1, 2, 3]))
-    probs = model.predict_on_batch(x[None])[0]
-    return np.asarray(package.card.class_codes)[probs.argmax(-1)]
 
 
 def test_tiled_output_matches_single_pass(tmp_path, tiny_model):
