@@ -131,7 +131,7 @@ class VectorizeParams(JobParams):
             raise InputError(f"simplify must not be negative, got {self.simplify}")
 
 
-LOSS_NAMES = ("ce", "dice", "focal", "ce+dice", "focal+dice")
+LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lovasz")
 CLASS_WEIGHT_SCHEMES = ("median_frequency", "inverse_sqrt_frequency", "none")
 
 

@@ -14,6 +14,7 @@ from segment_plugin.engine.training.losses import (
     dice,
     focal,
     inverse_sqrt_frequency_weights,
+    lovasz,
     make_loss,
     median_frequency_weights,
 )
@@ -72,11 +73,38 @@ def test_dice_by_hand_and_perfect():
     assert float(dice(np.array([[[0, 1], [2, 1]]]), perfect)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_lovasz_by_hand():
+    y_true, y_pred = probs_and_labels()
+    # labelled pixels A (0.5,0.5)→0, B (0.2,0.8)→1, C (0.7,0.3)→0. Class 0: errors A 0.5, C 0.3,
+    # B 0.2 (sorted); Jaccard loss after each: 1−1/2, 1−0/2, 1−0/3 → steps 0.5, 0.5, 0.
+    class0 = 0.5 * 0.5 + 0.3 * 0.5 + 0.2 * 0.0
+    # Class 1: errors A 0.5 (not 1), C 0.3 (not 1), B 0.2 (is 1); Jaccard 1−1/2, 1−1/3, 1−0/3.
+    class1 = 0.5 * 0.5 + 0.3 * (1 / 6) + 0.2 * (1 / 3)
+    assert float(lovasz(y_true, y_pred)) == pytest.approx((class0 + class1) / 2, rel=1e-5)
+    moved = y_pred.copy()
+    moved[0, 0, 1] = [0.0, 1.0]  # the unlabelled pixel's prediction changes nothing
+    assert float(lovasz(y_true, moved)) == pytest.approx(float(lovasz(y_true, y_pred)))
+
+
+def test_lovasz_of_one_hot_predictions_is_one_minus_iou():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, (2, 12, 12))  # class 4 absent: not averaged
+    truth[0, :3] = IGN
+    pred = rng.integers(0, 5, (2, 12, 12))
+    ious = metrics.per_class_iou(metrics.confusion_matrix(truth, pred, 5))[:4]
+    one_hot = np.eye(5, dtype=np.float32)[pred]
+    assert float(lovasz(truth, one_hot)) == pytest.approx(1 - np.mean(ious), rel=1e-5)
+
+
 def test_combined_losses_are_sums():
     y_true, y_pred = probs_and_labels()
     total = float(make_loss("ce+dice")(y_true, y_pred))
     assert total == pytest.approx(
         float(cross_entropy(y_true, y_pred)) + float(dice(y_true, y_pred))
+    )
+    total = float(make_loss("ce+lovasz", [1.0, 3.0])(y_true, y_pred))
+    assert total == pytest.approx(
+        float(cross_entropy(y_true, y_pred, [1.0, 3.0])) + float(lovasz(y_true, y_pred))
     )
     with pytest.raises(ValueError, match="unknown loss"):
         make_loss("hinge")
