@@ -142,7 +142,9 @@ compare-class-weights: setup
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 TRAIN_ARCH    ?= efficientnet_lite0_unet
-TRAIN_DIR     := build/train-bundled/$(TRAIN_ARCH)
+# Decoder width (--filters) of stage 1's new model; empty: the architecture's default.
+TRAIN_FILTERS ?=
+TRAIN_DIR     := build/train-bundled/$(TRAIN_ARCH)$(if $(TRAIN_FILTERS),-filters$(TRAIN_FILTERS))
 TRAIN_CONT_DIR := $(TRAIN_DIR)-continued
 TRAIN_EPOCHS  ?= 40
 TRAIN_PATIENCE ?= 30
@@ -159,7 +161,8 @@ resume = $$(test -f $(1)/.training/state.json && echo --resume)
 train-bundled: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
 	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
-	    --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) --learning-rate $(TRAIN_LR) \
+	    --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) $(if $(TRAIN_FILTERS),--filters $(TRAIN_FILTERS)) \
+	    --learning-rate $(TRAIN_LR) \
 	    --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) $(call resume,$(TRAIN_DIR))
 	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
 	    --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) --patience $(TRAIN_EPOCHS) \
