@@ -7,6 +7,7 @@ import shutil
 import warnings
 from dataclasses import replace
 
+import h5py
 import numpy as np
 import pytest
 import rasterio
@@ -366,8 +367,15 @@ def test_cancel_keeps_the_best_model_and_resume_continues(dubai_chips, tmp_path)
     with pytest.raises(CancelledError, match="best model so far \\(epoch 1"):
         train(quick(dubai_chips, tmp_path, epochs=3), CancelAfterFirstEpoch())
     assert ModelPackage.open(tmp_path / "model").card.training["epochs"] == 1
-    result = train(quick(dubai_chips, tmp_path, epochs=2, resume=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(quick(dubai_chips, tmp_path, epochs=2, resume=True))
     assert [h["epoch"] for h in result["history"]] == [1, 2]
+    # Adam's state came back with the weights: its step count (which also drives the cosine
+    # decay) went on from epoch 1's 3 steps to 6, and Keras skipped nothing on loading.
+    assert not [w for w in caught if "Skipping variable loading" in str(w.message)]
+    with h5py.File(tmp_path / "model" / ".training" / "last.weights.h5", "r") as saved:
+        assert int(saved["optimizer/vars/0"][()]) == 2 * 3  # Keras stores the step count first
 
 
 def test_train_bad_input(dubai_chips, tmp_path):

@@ -333,13 +333,11 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     state = {"epoch": 0, "best_miou": -1.0, "best_epoch": None, "history": [], "stale": 0}
     if params.resume:
         state = json.loads((state_dir / "state.json").read_text())
-        model.load_weights(state_dir / "last.weights.h5")
+        # Built first, the optimizer takes its step count and moments from the same file as the
+        # weights (an unbuilt one is skipped with a warning and would restart Adam and the
+        # cosine decay from step 0).
         model.optimizer.build(model.trainable_variables)
-        saved = np.load(state_dir / "optimizer.npz")
-        for variable, value in zip(
-            model.optimizer.variables, (saved[f"v{i}"] for i in range(len(saved.files)))
-        ):
-            variable.assign(value)
+        model.load_weights(state_dir / "last.weights.h5")
         reporter.log(
             f"resuming after epoch {state['epoch']} (best val mIoU {state['best_miou']:.4f})"
         )
@@ -413,14 +411,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         else:
             state["stale"] += 1
         state_dir.mkdir(parents=True, exist_ok=True)
-        model.save_weights(state_dir / "last.weights.h5")
-        np.savez(
-            state_dir / "optimizer.npz",
-            **{
-                f"v{i}": keras.ops.convert_to_numpy(v)
-                for i, v in enumerate(model.optimizer.variables)
-            },
-        )
+        model.save_weights(state_dir / "last.weights.h5")  # the optimizer's state included
         (state_dir / "state.json").write_text(json.dumps(state))
         reporter.metrics(**entry, best=improved)
         if state["stale"] >= params.patience:
