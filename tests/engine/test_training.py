@@ -367,6 +367,9 @@ def test_cancel_keeps_the_best_model_and_resume_continues(dubai_chips, tmp_path)
     with pytest.raises(CancelledError, match="best model so far \\(epoch 1"):
         train(quick(dubai_chips, tmp_path, epochs=3), CancelAfterFirstEpoch())
     assert ModelPackage.open(tmp_path / "model").card.training["epochs"] == 1
+    # the resume state alone, each file renamed into place whole (no partial left behind)
+    state_files = sorted(p.name for p in (tmp_path / "model" / ".training").iterdir())
+    assert state_files == ["last.weights.h5", "state.json"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = train(quick(dubai_chips, tmp_path, epochs=2, resume=True))

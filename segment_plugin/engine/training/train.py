@@ -9,9 +9,11 @@ sittings. Cancel stops after the current batch; the best model saved so far stay
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -410,9 +412,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             )
         else:
             state["stale"] += 1
-        state_dir.mkdir(parents=True, exist_ok=True)
-        model.save_weights(state_dir / "last.weights.h5")  # the optimizer's state included
-        (state_dir / "state.json").write_text(json.dumps(state))
+        _save_state(state_dir, model, state)
         reporter.metrics(**entry, best=improved)
         if state["stale"] >= params.patience:
             reporter.log(f"early stop: val mIoU did not improve for {params.patience} epochs")
@@ -466,6 +466,25 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         "patches_per_s": round(patches / seconds, 2) if seconds > 0 and patches > 0 else None,
         "params": json.loads(params.to_json()),
     }
+
+
+def _save_state(state_dir: Path, model: Any, state: dict[str, Any]) -> None:
+    """What ``--resume`` needs after an epoch: weights with the optimizer's state, then the log.
+
+    Each file is written under a temporary name and renamed, so a sitting that ends during the
+    write (CPU training spans several) leaves the previous epoch's state whole, not a torn file.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    partial_weights = state_dir / ".last.partial.weights.h5"  # Keras wants .weights.h5
+    partial_state = state_dir / ".state.json.partial"
+    try:
+        model.save_weights(partial_weights)
+        partial_state.write_text(json.dumps(state))
+        os.replace(partial_weights, state_dir / "last.weights.h5")
+        os.replace(partial_state, state_dir / "state.json")
+    finally:
+        partial_weights.unlink(missing_ok=True)
+        partial_state.unlink(missing_ok=True)
 
 
 def _final_card(
