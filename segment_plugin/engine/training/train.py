@@ -472,7 +472,9 @@ def _save_state(state_dir: Path, model: Any, state: dict[str, Any]) -> None:
     """What ``--resume`` needs after an epoch: weights with the optimizer's state, then the log.
 
     Each file is written under a temporary name and renamed, so a sitting that ends during the
-    write (CPU training spans several) leaves the previous epoch's state whole, not a torn file.
+    write (CPU training spans several) leaves each file whole, never torn. Only between the two
+    renames can this epoch's weights meet the previous epoch's log: a resume then repeats one
+    epoch, which costs time, not a broken state.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     partial_weights = state_dir / ".last.partial.weights.h5"  # Keras wants .weights.h5
