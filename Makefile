@@ -141,6 +141,7 @@ compare-class-weights: setup
 # build/train-bundled/*/.training).
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
+# efficientnet_lite1_unet: the deeper encoder (16.7 MB saved, over the bundled model's 15 MB)
 TRAIN_ARCH    ?= efficientnet_lite0_unet
 # Decoder width (--filters) of stage 1's new model; empty: the architecture's default.
 TRAIN_FILTERS ?=
@@ -152,9 +153,10 @@ TRAIN_LR      ?= 5e-4
 TRAIN_CONT_LR ?= 2e-4
 TRAIN_DATA    := $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) \
     --images $(DATA)/naip_chesapeake --val-images $(DATA)/dubai/tile_8 --bands 3
+TRAIN_ENCODER := $(if $(findstring lite1,$(TRAIN_ARCH)),Lite1,Lite0)
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
-    imagery; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on the Dubai aerial dataset \
-    and NAIP/Chesapeake
+    imagery; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, trained on the Dubai \
+    aerial dataset and NAIP/Chesapeake
 TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" --epochs $(TRAIN_EPOCHS) \
     --patch 256 --tile-size 512 --batch 8 --steps-per-epoch 50
 resume = $$(test -f $(1)/.training/state.json && echo --resume)

@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--filters",
         type=int,
         help="a new model's width: filters of its first level, doubled per level "
-        "(default 16 for separable_unet and efficientnet_lite0_unet's decoder, 32 for unet "
+        "(default 16 for separable_unet and the efficientnet_lite*_unet decoders, 32 for unet "
         "and unet_aspp)",
     )
     tr.add_argument("--classes", type=Path, help="classes.json (needed for a new model)")

