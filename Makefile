@@ -138,7 +138,8 @@ compare-class-weights: setup
 # in two stages: 40 epochs from the ImageNet start, then 40 more from stage 1's best epoch at a
 # lower learning rate (a warm restart; a fine-tune with the same data, so it keeps stage 1's
 # class weights). Resumable: run it again and each stage continues from its last epoch (state in
-# build/train-bundled/*/.training).
+# build/train-bundled/*/.training). The card it writes has empty `limitations`: write them into
+# model.json after looking at its output (make demo, the other rasters in ../shared/data/rasters).
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 # efficientnet_lite1_unet: the deeper encoder (16.7 MB saved, over the bundled model's 15 MB)

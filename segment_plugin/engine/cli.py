@@ -109,6 +109,8 @@ def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
                 f"resolution {card['resolution_m'] or 'any'} m; tile {card['tile_size']}"
                 + (f"; mIoU {miou:.3f}" if miou is not None else "")
             )
+            if card["limitations"]:
+                print(f"  limitations: {card['limitations']}")
 
 
 def _cmd_vectorize(args: argparse.Namespace, reporter: Reporter) -> None:

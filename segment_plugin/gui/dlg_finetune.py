@@ -240,6 +240,7 @@ class FineTuneDialog(AlgorithmDialog):
         self.card_label.setToolTip(
             f"classes: {', '.join(c['name'] for c in card['classes'])}\n"
             f"bands: {', '.join(card['bands'])}\n{card.get('description', '')}"
+            + (f"\nknown limitations: {card['limitations']}" if card.get("limitations") else "")
         )
         if card["name"] != self._base:  # classes added for another base model do not carry over
             self._base, self.new_classes = card["name"], []

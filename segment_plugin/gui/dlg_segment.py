@@ -8,6 +8,7 @@ background task, so opening the dialog never blocks QGIS.
 
 from __future__ import annotations
 
+import html
 import json
 import time
 from pathlib import Path
@@ -78,7 +79,8 @@ class SegmentDialog(AlgorithmDialog):
         form.addRow("Model:", self.model_combo)
         layout.addLayout(form)
 
-        self.card_view = QTextBrowser()
+        self.card_view = QTextBrowser()  # scrolls: the card's prose can be long
+        self.card_view.setMinimumHeight(100)
         self.card_view.setMaximumHeight(130)
         layout.addWidget(self.card_view)
 
@@ -167,10 +169,14 @@ class SegmentDialog(AlgorithmDialog):
             else "no metrics"
         )
         resolution = card.get("resolution_m") or "any"
+        limitations = card.get("limitations")
+        # what a user choosing a model needs first: classes, accuracy, where it fails; then prose
         self.card_view.setHtml(
-            f"<b>{card['name']}</b> — {card.get('description', '')}<br>{classes}<br>"
+            f"<b>{card['name']}</b>: {miou}<br>{classes}<br>"
             f"bands: {', '.join(card['bands'])}; resolution: {resolution} m; "
-            f"tile {card['tile_size']} px; {miou}"
+            f"tile {card['tile_size']} px"
+            + (f"<br><i>Known limitations:</i> {html.escape(limitations)}" if limitations else "")
+            + f"<br>{html.escape(card.get('description', ''))}"
         )
         self._rebuild_band_rows(card["bands"])
 

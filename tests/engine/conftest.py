@@ -88,6 +88,7 @@ def tiny_card(**changes) -> ModelCard:
         tile_size=64,
         architecture="tiny-test-cnn",
         description="random-weight CNN for tests",
+        limitations="random weights: every scene",
     )
     return replace(card, **changes)
 

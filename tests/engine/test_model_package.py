@@ -23,12 +23,14 @@ def test_save_open_load_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.keras"]
 
 
-def test_class_weights_round_trip_and_default_to_none(tmp_path):
+def test_later_card_fields_round_trip_and_have_defaults(tmp_path):
     weighted = tiny_card(class_weights=(0.2, 1.0, 1.1, 0.6, 1.2))
     assert ModelCard.from_dict(json.loads(weighted.to_json())) == weighted
+    assert weighted.limitations  # the tiny card has some
     data = json.loads(tiny_card().to_json())
-    del data["class_weights"]  # cards written before the field existed
-    assert ModelCard.from_dict(data).class_weights is None
+    del data["class_weights"], data["limitations"]  # cards written before the fields existed
+    older = ModelCard.from_dict(data)
+    assert older.class_weights is None and older.limitations == ""
 
 
 def test_safe_mode_refuses_a_lambda_layer(tmp_path):
@@ -82,6 +84,7 @@ def test_registry_finds_user_models_by_name(tmp_path, monkeypatch, capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out
     assert "mine [user]" in out and "unusable" in out
+    assert "  limitations: random weights: every scene" in out
 
 
 def test_bundled_model_is_what_its_card_and_the_plugin_promise():
@@ -100,6 +103,7 @@ def test_bundled_model_is_what_its_card_and_the_plugin_promise():
     assert card.tile_size % card.input_multiple == 0
     assert {"miou", "per_class_iou", "on"} <= set(card.metrics)
     assert card.class_weights is not None and len(card.class_weights) == 5  # trained weighted
+    assert "Dubai" in card.limitations  # where it fails, in the card the dialogs show
     keras_file = package.path / "model.keras"
     assert keras_file.stat().st_size <= 15e6
     assert_weights_only(keras_file)  # no optimizer state shipped

@@ -276,6 +276,8 @@ def test_fine_tuning_that_does_not_improve_hands_back_the_base_model(dubai_chips
     kept = ModelPackage.open(tmp_path / "model")
     assert kept.card.metrics["miou"] == before and kept.card.training["best_epoch"] == 0
     assert kept.card.class_weights == resolve_model("landcover").card.class_weights
+    base_limits = resolve_model("landcover").card.limitations
+    assert kept.card.limitations == f"seen on landcover: {base_limits}"
     for a, b in zip(base.get_weights(), kept.load_model().get_weights()):
         assert np.array_equal(a, b)
     assert any("did not improve on the base model" in m for m in reporter.logs())

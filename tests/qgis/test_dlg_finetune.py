@@ -54,6 +54,7 @@ def test_mapping_table_and_checks_before_the_run(dialog, labelled):
     assert dialog.raster_combo.currentLayer() == raster
     assert dialog.devices_known and dialog.device_combo.itemText(0) in ("auto (CPU)", "auto (GPU)")
     assert dialog.name_edit.text() == "tiny_naip"
+    assert "known limitations: random weights: every scene" in dialog.card_label.toolTip()
     values = [dialog.mapping_table.item(r, 0).text() for r in range(2)]
     assert values == ["field", "forest"]
     assert dialog.mapping() == {}  # text values: the user chooses the classes

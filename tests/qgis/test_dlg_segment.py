@@ -66,6 +66,7 @@ def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers, e
     assert "tiny" in [dialog.model_combo.itemText(i) for i in range(dialog.model_combo.count())]
     dialog.model_combo.setCurrentText("tiny")
     assert "building" in dialog.card_view.toPlainText()
+    assert "Known limitations: random weights: every scene" in dialog.card_view.toPlainText()
     # RGB file: the model's red/green/blue are prefilled from the colour interpretation
     assert [c.currentIndex() + 1 for c in dialog.band_combos] == [1, 2, 3]
     assert dialog.output_widget.filePath().endswith("demo_nl_gorinchem_rgb_25cm_classes.tif")

@@ -68,6 +68,9 @@ class ModelCard:
     input_multiple: int = 1  # tile sizes must be multiples of this (2**depth for a U-Net)
     architecture: str = ""
     description: str = ""
+    # where the model is known to fail, written by whoever looked at its output on real scenes
+    # (measured figures cannot say it); shown beside the description in the plugin's dialogs
+    limitations: str = ""
     # the loss's class weights, one per class; inference divides probabilities by them to undo
     # their bias (see inference.undo_class_weights); None: trained without weights
     class_weights: tuple[float, ...] | None = None
@@ -116,6 +119,7 @@ class ModelCard:
                 input_multiple=int(data.get("input_multiple", 1)),
                 architecture=str(data.get("architecture", "")),
                 description=str(data.get("description", "")),
+                limitations=str(data.get("limitations", "")),
                 class_weights=None
                 if data.get("class_weights") is None
                 else tuple(float(w) for w in data["class_weights"]),

@@ -165,7 +165,10 @@ def _model_and_card(
                 len(classes), 1, activation="softmax", name="classes_finetuned"
             )
             model = keras.Model(model.inputs, head(features), name=model.name)
-        card = replace(base_card, classes=classes)
+        # the base's known failures were seen on the base, which fine-tuning may mend where it
+        # trained (or hand back unchanged): say whose they are
+        limitations = base_card.limitations and f"seen on {base_card.name}: {base_card.limitations}"
+        card = replace(base_card, classes=classes, limitations=limitations)
     else:
         if params.classes is None:
             raise InputError("a new model needs --classes classes.json (or --base-model)")
