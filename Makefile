@@ -15,7 +15,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled card-bundled \
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled card-bundled device-kit \
 	compare-class-weights check-backends
 
 help:
@@ -29,6 +29,7 @@ help:
 	@echo "make card-bundled   its measured figures into its card (after make bench)"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
 	@echo "make check-backends  the bundled model loads and agrees under JAX, and training runs under JAX (.venv-jax)"
+	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
 
@@ -128,6 +129,24 @@ check-backends: setup
 	    --arch efficientnet_lite0_unet --output build/backends/jax-trained --overwrite
 	$(ENGINE_VENV)/bin/segment-plugin evaluate --model build/backends/jax-trained \
 	    --images $(DATA)/dubai/tile_1
+
+# Training the bundled model on a lent GPU machine (DEVELOPERS.md, the device tool): what must
+# travel there, under .device/ (git-ignored): the engine's dependencies its image lacks, as wheels
+# for its Python 3.12, and the training data. A call carries at most 64 MiB with the working
+# tree, so they go in two calls to one warm machine (tests/bench/device_train.sh; README,
+# "Training on a lent GPU machine"). Starts from the bundled model: the ImageNet weights' wheel
+# (17 MB) would not fit beside either.
+DEVICE_KIT := .device
+device-kit: setup
+	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
+	rm -rf $(DEVICE_KIT) && mkdir -p $(DEVICE_KIT)/wheels
+	$(ENGINE_PY) -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+	    --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(DEVICE_KIT)/wheels \
+	    $$(grep -iE '^(keras|namex|optree|rasterio|affine|cligj|click-plugins)==' \
+	    segment_plugin/engine/constraints.txt)
+	cp -r $(DATA) $(DEVICE_KIT)/data
+	@du -sh $(DEVICE_KIT)/wheels $(DEVICE_KIT)/data
 
 compare-class-weights: setup
 	@mkdir -p build/class-weights

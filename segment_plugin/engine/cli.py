@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=int, default=5, help="early stopping (epochs)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", choices=DEVICES, default="auto")
+    tr.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="threads cutting training patches (default 1; a GPU needs several to stay busy)",
+    )
     tr.add_argument("--name", help="model name in its card (default: the folder's name)")
     tr.add_argument("--description", default="", help="one line for the model card")
     tr.add_argument("--resume", action="store_true", help="continue from the last epoch")

@@ -561,3 +561,30 @@ def test_patch_sampler_draws_scenes_by_labelled_pixels_up_to_a_cap():
     counted = [ANCHORS_PER_SCENE, ANCHORS_PER_SCENE, 50_000]
     assert sampler.weights.tolist() == pytest.approx([c / sum(counted) for c in counted])
     assert [a[0].size for a in sampler.anchors] == counted
+
+
+def test_patch_batches_do_not_depend_on_the_worker_threads(dubai_chips):
+    """--workers cuts patches in threads: the same batches, in order, epoch after epoch."""
+    import keras
+
+    from segment_plugin.engine.training.chips import PatchSampler
+    from segment_plugin.engine.training.train import _Batches
+
+    scenes = pairs_folder(dubai_chips / "train", [0, 1, 2, 3, 4])
+
+    def to_hwc(image: np.ndarray) -> np.ndarray:  # what the Normalizer hands the model
+        return image.transpose(1, 2, 0).astype(np.float32)
+
+    sampler = PatchSampler(scenes, 64, to_hwc, 255.0, augment=True)
+    # a model that hands back what it is given, summed per patch: the batches as predict sees them
+    inputs = keras.Input((64, 64, 3))
+    summary = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+
+    def two_epochs(workers: int) -> list[np.ndarray]:
+        batches = _Batches.make(sampler, batch=4, steps=6, seed=3, workers=workers)
+        return [summary.predict(batches, verbose=0) for _ in range(2)]
+
+    one, three = two_epochs(1), two_epochs(3)
+    assert one[0].shape == (24, 3) and not np.array_equal(one[0], one[1])  # new epoch, new patches
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)

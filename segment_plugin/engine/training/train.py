@@ -129,12 +129,15 @@ class _Batches:
     """A Keras PyDataset of random augmented patches (defined lazily: Keras is imported late)."""
 
     @staticmethod
-    def make(sampler: PatchSampler, batch: int, steps: int, seed: int) -> Any:
+    def make(sampler: PatchSampler, batch: int, steps: int, seed: int, workers: int = 1) -> Any:
         keras = _keras()
 
         class PatchBatches(keras.utils.PyDataset):
+            # threads (not processes): they share the scenes and this epoch counter; each
+            # batch's generator is seeded by (seed, epoch, index), so which thread cuts it and
+            # in which order does not change it
             def __init__(self) -> None:
-                super().__init__()
+                super().__init__(workers=workers)
                 self.epoch = 0
 
             def __len__(self) -> int:
@@ -317,7 +320,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     steps = params.steps_per_epoch or max(
         1, int(sum(s.height * s.width for s in train_scenes) / params.patch**2 / params.batch)
     )
-    batches = _Batches.make(sampler, params.batch, steps, params.seed)
+    batches = _Batches.make(sampler, params.batch, steps, params.seed, params.workers)
     schedule = keras.optimizers.schedules.CosineDecay(
         params.learning_rate, params.epochs * steps, alpha=0.05
     )
