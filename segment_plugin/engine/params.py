@@ -178,8 +178,9 @@ class TrainParams(JobParams):
     patience: int = 5
     seed: int = 0
     device: str = "auto"
-    # threads cutting the augmented patches: one keeps this 2-core CPU's model busy (~200 patches
-    # a second against ~8), a GPU needs several; the batches do not depend on it
+    # threads cutting the augmented patches: one keeps this 2-core CPU's model busy (~60 patches
+    # a second through Keras against the ~7 it trains on), a GPU needs several; the batches do
+    # not depend on it
     workers: int = 1
     name: str | None = None  # model name in its card; default: the output folder's name
     description: str = ""  # for the model card
