@@ -313,8 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="threads cutting training patches (default 1; a GPU needs several to stay busy)",
+        help="threads cutting training patches (default: 1 on the CPU, up to 8 with a GPU)",
     )
     tr.add_argument("--name", help="model name in its card (default: the folder's name)")
     tr.add_argument("--description", default="", help="one line for the model card")

@@ -178,10 +178,9 @@ class TrainParams(JobParams):
     patience: int = 5
     seed: int = 0
     device: str = "auto"
-    # threads cutting the augmented patches: one keeps this 2-core CPU's model busy (~60 patches
-    # a second through Keras against the ~7 it trains on), a GPU needs several; the batches do
-    # not depend on it
-    workers: int = 1
+    # threads cutting the augmented patches (None: devices.patch_workers chooses); the batches
+    # do not depend on it
+    workers: int | None = None
     name: str | None = None  # model name in its card; default: the output folder's name
     description: str = ""  # for the model card
     resume: bool = False
@@ -218,7 +217,7 @@ class TrainParams(JobParams):
             )
         if self.patch not in (128, 256, 512) and self.patch % 16:
             raise InputError(f"patch must be a multiple of 16 (128, 256, 512), got {self.patch}")
-        if self.epochs < 1 or self.batch < 1 or self.workers < 1:
+        if self.epochs < 1 or self.batch < 1 or (self.workers is not None and self.workers < 1):
             raise InputError("epochs, batch and workers must be at least 1")
         if self.filters is not None and (self.base_model or self.filters < 4):
             raise InputError(

@@ -588,3 +588,16 @@ def test_patch_batches_do_not_depend_on_the_worker_threads(dubai_chips):
     assert one[0].shape == (24, 3) and not np.array_equal(one[0], one[1])  # new epoch, new patches
     for a, b in zip(one, three):
         np.testing.assert_array_equal(a, b)
+
+
+def test_patch_threads_default_to_one_on_the_cpu_and_several_with_a_gpu(monkeypatch):
+    from segment_plugin.engine import devices
+
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 16)
+    assert devices.patch_workers(None, devices.CPU) == 1  # the model is the bottleneck there
+    assert devices.patch_workers(None, devices.GPU) == 8
+    assert devices.patch_workers(3, devices.GPU) == 3 and devices.patch_workers(2, devices.CPU) == 2
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 2)
+    assert devices.patch_workers(None, devices.GPU) == 2
+    with pytest.raises(InputError, match="epochs, batch and workers must be at least 1"):
+        TrainParams(output="m", images=("x",), workers=0)

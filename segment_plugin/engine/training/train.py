@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from segment_plugin.engine.devices import describe, select_device
+from segment_plugin.engine.devices import describe, patch_workers, select_device
 from segment_plugin.engine.errors import CancelledError, InputError, OutputError
 from segment_plugin.engine.models.architectures import (
     build_model,
@@ -277,7 +277,11 @@ def train(params: TrainParams, reporter: Reporter | None = None) -> dict[str, An
     """Train (or fine-tune) a model and write its package to ``params.output``."""
     reporter = reporter or Reporter()
     device = select_device(params.device)
-    reporter.log(f"training on {device} (Keras backend {_keras().backend.backend()})")
+    params = replace(params, workers=patch_workers(params.workers, device))
+    reporter.log(
+        f"training on {device} (Keras backend {_keras().backend.backend()}), "
+        f"{params.workers} thread(s) cutting patches"
+    )
     with _keras().device(device):
         return _train(params, reporter, describe(device))
 
