@@ -209,4 +209,4 @@ card-bundled: setup
 	    --fit $(foreach k,1 2 3 4 5 6 7,build/card/tile_$(k).json)
 
 clean:
-	rm -rf build dist .pytest_cache
+	rm -rf build dist .pytest_cache $(DEVICE_KIT)
