@@ -146,6 +146,9 @@ device-kit: setup
 	    $$(grep -iE '^(keras|namex|optree|rasterio|affine|cligj|click-plugins)==' \
 	    segment_plugin/engine/constraints.txt)
 	cp -r $(DATA) $(DEVICE_KIT)/data
+	@# train-bundled's data and patch flags, travelling with the data they name
+	echo '$(subst $(DATA),$(DEVICE_KIT)/data,$(TRAIN_DATA)) $(TRAIN_PATCHES)' \
+	    > $(DEVICE_KIT)/data/train_args
 	@du -sh $(DEVICE_KIT)/wheels $(DEVICE_KIT)/data
 
 compare-class-weights: setup
@@ -173,12 +176,13 @@ TRAIN_LR      ?= 5e-4
 TRAIN_CONT_LR ?= 2e-4
 TRAIN_DATA    := $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) \
     --images $(DATA)/naip_chesapeake --val-images $(DATA)/dubai/tile_8 --bands 3
+TRAIN_PATCHES := --patch 256 --tile-size 512
 TRAIN_ENCODER := $(if $(findstring lite1,$(TRAIN_ARCH)),Lite1,Lite0)
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, trained on the Dubai \
     aerial dataset and NAIP/Chesapeake
 TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" --epochs $(TRAIN_EPOCHS) \
-    --patch 256 --tile-size 512 --batch 8 --steps-per-epoch 50
+    $(TRAIN_PATCHES) --batch 8 --steps-per-epoch 50
 resume = $$(test -f $(1)/.training/state.json && echo --resume)
 train-bundled: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }

@@ -4,7 +4,8 @@
 #
 #   install  the wheels in .device/wheels into .device/site, which stays on the warm machine for
 #            the next call (the wheels and the data do not fit in one call's 64 MiB together)
-#   train    continues the bundled model on .device/data under Keras on JAX (the machine has JAX
+#   train    continues the bundled model on make train-bundled's data and patches (the flags in
+#            .device/data/train_args) under Keras on JAX (the machine has JAX
 #            and no TensorFlow; make check-backends proves that path) for EPOCHS × STEPS batches
 #            of BATCH patches, cut by WORKERS threads, validated on Dubai tile 8 after each epoch;
 #            the best epoch's package and the log go to $OUT. A SIGTERM after LIMIT seconds ends
@@ -23,18 +24,16 @@ install)
          rasterio.__version__, "jax", jax.__version__, jax.devices())'
     ;;
 train)
-    test -d "$DATA/dubai" || { echo "$DATA is missing: carry it (make device-kit)"; exit 1; }
+    test -f "$DATA/train_args" || { echo "$DATA is missing: carry it (make device-kit)"; exit 1; }
+    read -ra data_args <"$DATA/train_args"
     mkdir -p "$OUT"
     output=build/device-train/landcover
-    images=()
-    for k in 1 2 3 4 5 6 7; do images+=(--images "$DATA/dubai/tile_$k"); done
     status=0
     KERAS_BACKEND=jax PYTHONPATH="$PWD/.device/site:$PWD" PYTHONUNBUFFERED=1 \
-        timeout -s TERM "${LIMIT:-480}" "$PYTHON" -m segment_plugin.engine train "${images[@]}" \
-        --images "$DATA/naip_chesapeake" --val-images "$DATA/dubai/tile_8" --bands 3 \
+        timeout -s TERM "${LIMIT:-480}" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
         --base-model resources/models/landcover --name landcover \
         --epochs "${EPOCHS:-60}" --steps-per-epoch "${STEPS:-100}" --batch "${BATCH:-32}" \
-        --workers "${WORKERS:-12}" --patch 256 --tile-size 512 --learning-rate "${LR:-2e-4}" \
+        --workers "${WORKERS:-12}" --learning-rate "${LR:-2e-4}" \
         --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" \
         --output "$output" ${RESUME:+--resume} >>"$OUT/train.log" 2>&1 || status=$?
     grep -v '%\]' "$OUT/train.log" | tail -n 60  # the epochs' metrics, not each batch

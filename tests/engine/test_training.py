@@ -576,7 +576,8 @@ def test_patch_batches_do_not_depend_on_the_worker_threads(dubai_chips):
         return image.transpose(1, 2, 0).astype(np.float32)
 
     sampler = PatchSampler(scenes, 64, to_hwc, 255.0, augment=True)
-    # a model that hands back what it is given, summed per patch: the batches as predict sees them
+    # a model that hands back what it is given, averaged per patch: the batches as predict sees
+    # them
     inputs = keras.Input((64, 64, 3))
     summary = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
 

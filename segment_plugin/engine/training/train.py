@@ -129,7 +129,7 @@ class _Batches:
     """A Keras PyDataset of random augmented patches (defined lazily: Keras is imported late)."""
 
     @staticmethod
-    def make(sampler: PatchSampler, batch: int, steps: int, seed: int, workers: int = 1) -> Any:
+    def make(sampler: PatchSampler, batch: int, steps: int, seed: int, workers: int) -> Any:
         keras = _keras()
 
         class PatchBatches(keras.utils.PyDataset):
