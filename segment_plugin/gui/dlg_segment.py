@@ -45,6 +45,16 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+def measured_on(on: str) -> str:
+    """A card's ``metrics.on`` as a user reads it: the last two parts of a data path.
+
+    Cards record the validation data as the trainer saw it ("../shared/data/landcover/dubai/
+    tile_8", or "12 held-out images" for a split); the folder and its parent say which data.
+    """
+    parts = Path(on).parts
+    return "/".join(parts[-2:]) if len(parts) > 2 else on
+
+
 class SegmentDialog(AlgorithmDialog):
     """Segment a raster layer: model, bands, extent, tiling, outputs → layers in the project."""
 
@@ -164,10 +174,12 @@ class SegmentDialog(AlgorithmDialog):
         )
         metrics = card.get("metrics") or {}
         miou = (
-            f"mIoU {metrics['miou']:.3f} on {metrics.get('on', '?')}"
+            f"mIoU {metrics['miou']:.3f} on {html.escape(measured_on(metrics.get('on', '?')))}"
             if metrics.get("miou") is not None
             else "no metrics"
         )
+        # the whole path where the score was measured, for whoever wants to find that data
+        self.card_view.setToolTip(f"mIoU measured on {metrics['on']}" if "on" in metrics else "")
         resolution = card.get("resolution_m") or "any"
         limitations = card.get("limitations")
         # what a user choosing a model needs first: classes, accuracy, where it fails; then prose

@@ -67,6 +67,13 @@ def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers, e
     dialog.model_combo.setCurrentText("tiny")
     assert "building" in dialog.card_view.toPlainText()
     assert "Known limitations: random weights: every scene" in dialog.card_view.toPlainText()
+    # the bundled card measured on ../shared/data/landcover/dubai/tile_8: the dialog names the
+    # data, not the trainer's relative path (the whole path is the tooltip)
+    dialog.model_combo.setCurrentText("landcover")
+    assert " on dubai/tile_8" in dialog.card_view.toPlainText()
+    assert "../" not in dialog.card_view.toPlainText()
+    assert dialog.card_view.toolTip().endswith("landcover/dubai/tile_8")
+    dialog.model_combo.setCurrentText("tiny")
     # RGB file: the model's red/green/blue are prefilled from the colour interpretation
     assert [c.currentIndex() + 1 for c in dialog.band_combos] == [1, 2, 3]
     assert dialog.output_widget.filePath().endswith("demo_nl_gorinchem_rgb_25cm_classes.tif")
