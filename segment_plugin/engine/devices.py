@@ -11,7 +11,10 @@ import os
 
 from segment_plugin.engine.errors import InputError
 
-CPU = "cpu:0"
+# "cpu", not "cpu:0": under Keras' torch backend a variable created in keras.device("cpu:0")
+# is moved from torch's "cpu" to "cpu:0", a copy that is no longer a trainable leaf, and training
+# fails with "No gradients provided for any variable" (Keras 3.15.1, torch 2.11.0)
+CPU = "cpu"
 GPU = "gpu:0"
 
 
