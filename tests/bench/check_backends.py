@@ -1,10 +1,10 @@
-"""`make check-backends`: the bundled model, saved under TensorFlow, loads and agrees under JAX.
+"""`make check-backends`: the bundled model, saved under TensorFlow, agrees under JAX and torch.
 
 Model packages are Keras 3 files built from standard layers only, so any Keras backend should
 load them. This script runs twice: in the engine environment (TensorFlow) it writes reference
-probabilities for a fixed input; in a JAX environment (.venv-jax, made by the Makefile target)
-it loads the same model with ``safe_mode=True``, predicts the same input and compares. Only
-Keras and numpy are used, so the JAX environment needs nothing of the engine's.
+probabilities for a fixed input; in another backend's environment (.venv-jax, .venv-torch, made
+by the Makefile target) it loads the same model with ``safe_mode=True``, predicts the same input
+and compares. Only Keras and numpy are used here.
 Prints one JSON object (the comparison) on the second run.
 """
 
