@@ -187,6 +187,9 @@ TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" --epoch
 resume = $$(test -f $(1)/.training/state.json && echo --resume)
 train-bundled: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
+	@# the card's description names the ImageNet encoder: only those architectures have one
+	@case $(TRAIN_ARCH) in efficientnet_lite*_unet) ;; *) \
+	    echo "TRAIN_ARCH=$(TRAIN_ARCH): the bundled model is an efficientnet_lite*_unet"; exit 2;; esac
 	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
 	    --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) $(if $(TRAIN_FILTERS),--filters $(TRAIN_FILTERS)) \
 	    --learning-rate $(TRAIN_LR) \
