@@ -11,11 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from segment_plugin.engine.models import efficientnet_lite
-
-# The pretrained ones last: EfficientNet-Lite encoders (ImageNet weights) with a U-Net decoder,
-# one per variant that efficientnet_lite knows the checkpoint of.
-PRETRAINED = tuple(efficientnet_lite.VARIANTS)
+# The pretrained ones last: EfficientNet-Lite encoders (ImageNet weights) with a U-Net decoder.
+PRETRAINED = ("efficientnet_lite0_unet", "efficientnet_lite1_unet")
 ARCHITECTURES = ("separable_unet", "unet", "unet_aspp", *PRETRAINED)
 
 
@@ -110,6 +107,8 @@ def _efficientnet_unet(arch: str, bands: int, classes: int, base: int, pretraine
     encoder's features of that resolution (the image itself at the last step) and refines them
     with a separable residual block of ``base * 8`` down to ``base`` filters.
     """
+    from segment_plugin.engine.models import efficientnet_lite
+
     keras = _keras()
     layers = keras.layers
     inputs = keras.Input((None, None, bands), name="image")
@@ -162,7 +161,9 @@ def build_model(
 def initial_weights(arch: str) -> str:
     """Where a new model of ``arch`` starts from, as its card records it."""
     if arch in PRETRAINED:
-        return efficientnet_lite.VARIANTS[arch].weights_source
+        from segment_plugin.engine.models.efficientnet_lite import VARIANTS
+
+        return VARIANTS[arch].weights_source
     return "random"
 
 
@@ -172,5 +173,7 @@ def input_multiple(depth: int = 4, arch: str = "separable_unet") -> int:
     The EfficientNet halves once per skip level, whatever ``depth`` says.
     """
     if arch in PRETRAINED:
-        return 2 ** len(efficientnet_lite.skip_blocks(arch))
+        from segment_plugin.engine.models.efficientnet_lite import skip_blocks
+
+        return 2 ** len(skip_blocks(arch))
     return 2**depth
