@@ -52,3 +52,11 @@ def test_unknown_architecture():
 def test_separable_unet_is_the_small_one():
     sizes = {arch: build_model(arch, 3, 5).count_params() for arch in ARCHITECTURES}
     assert sizes["separable_unet"] * 10 < sizes["unet"] < sizes["unet_aspp"]
+
+
+def test_the_pretrained_architectures_are_the_encoder_variants():
+    # listed twice on purpose (architectures must import without numpy); they must agree
+    from segment_plugin.engine.models.architectures import PRETRAINED
+    from segment_plugin.engine.models.efficientnet_lite import VARIANTS
+
+    assert PRETRAINED == tuple(VARIANTS)

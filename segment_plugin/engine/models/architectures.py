@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 # The pretrained ones last: EfficientNet-Lite encoders (ImageNet weights) with a U-Net decoder.
+# Named here, not taken from efficientnet_lite.VARIANTS: that module imports numpy, and the CLI
+# imports this one, so `segment-plugin info` could no longer report an engine environment that
+# lacks numpy (tests/qgis/test_engine_setup.py); test_architectures checks the two agree.
 PRETRAINED = ("efficientnet_lite0_unet", "efficientnet_lite1_unet")
 ARCHITECTURES = ("separable_unet", "unet", "unet_aspp", *PRETRAINED)
 
