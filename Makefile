@@ -15,7 +15,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled card-bundled device-kit \
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled train-bundled-stages card-bundled device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -161,11 +161,16 @@ compare-class-weights: setup
 	    | tee build/class-weights/results.json
 
 # The bundled model: retrains resources/models/landcover from ../shared/data (never committed),
-# in two stages: 40 epochs from the ImageNet start, then 40 more from stage 1's best epoch at a
-# lower learning rate (a warm restart; a fine-tune with the same data, so it keeps stage 1's
-# class weights). Resumable: run it again and each stage continues from its last epoch (state in
-# build/train-bundled/*/.training). The card it writes has empty `limitations`: write them into
-# model.json after looking at its output (make demo, the other rasters in ../shared/data/rasters).
+# in three stages. 1: 40 epochs from the ImageNet start on Dubai + NAIP at their own scale; 2: 40
+# more from stage 1's best epoch at a lower learning rate (a warm restart; a fine-tune with the
+# same data, so it keeps stage 1's class weights); 3: every source of training/landcover_sources.json
+# (Dubai, NAIP and the partially labelled drone, roads and forest sets), each resampled to
+# TRAIN_RESOLUTION, with its share of the patches and its held-out images, from stage 2's best
+# (TRAIN_MS_BASE=resources/models/landcover starts it from the shipped model instead: stage 2's
+# output when the stages above last ran). Resumable: run it again and each stage continues from its
+# last epoch (state in build/train-bundled/*/.training). The card it writes has empty
+# `limitations`: write them into model.json after looking at its output (make demo, the other
+# rasters in ../shared/data/rasters).
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 # efficientnet_lite1_unet: the deeper encoder (16.7 MB saved, over the bundled model's 15 MB)
@@ -174,34 +179,51 @@ TRAIN_ARCH    ?= efficientnet_lite0_unet
 TRAIN_FILTERS ?=
 TRAIN_DIR     := build/train-bundled/$(TRAIN_ARCH)$(if $(TRAIN_FILTERS),-filters$(TRAIN_FILTERS))
 TRAIN_CONT_DIR := $(TRAIN_DIR)-continued
+TRAIN_MS_DIR  := $(TRAIN_DIR)-multisource
+TRAIN_MS_BASE ?= $(TRAIN_CONT_DIR)
 TRAIN_EPOCHS  ?= 40
 TRAIN_PATIENCE ?= 30
 TRAIN_LR      ?= 5e-4
 TRAIN_CONT_LR ?= 2e-4
+TRAIN_MS_LR   ?= 2e-4
+TRAIN_MS_EPOCHS ?= 16
+TRAIN_MS_STEPS ?= 150
+# metres per pixel of the multi-source stage (README, model card: why 0.5 m)
+TRAIN_RESOLUTION ?= 0.5
+TRAIN_SOURCES := training/landcover_sources.json
 TRAIN_DATA    := $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) \
     --images $(DATA)/naip_chesapeake --val-images $(DATA)/dubai/tile_8 --bands 3
 TRAIN_PATCHES := --patch 256 --tile-size 512
 TRAIN_ENCODER := $(if $(findstring lite1,$(TRAIN_ARCH)),Lite1,Lite0)
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
-    imagery; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, trained on the Dubai \
-    aerial dataset and NAIP/Chesapeake
-TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" --epochs $(TRAIN_EPOCHS) \
-    $(TRAIN_PATCHES) --batch 8 --steps-per-epoch 50
+    imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, \
+    trained on the Dubai aerial dataset, NAIP/Chesapeake, DroneDeploy (buildings, trees, water), \
+    Massachusetts Roads and DeepGlobe forest (partial labels)
+TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8
 resume = $$(test -f $(1)/.training/state.json && echo --resume)
 train-bundled: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
 	@# the card's description names the ImageNet encoder: only those architectures have one
 	@case $(TRAIN_ARCH) in efficientnet_lite*_unet) ;; *) \
 	    echo "TRAIN_ARCH=$(TRAIN_ARCH): the bundled model is an efficientnet_lite*_unet"; exit 2;; esac
-	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
-	    --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) $(if $(TRAIN_FILTERS),--filters $(TRAIN_FILTERS)) \
-	    --learning-rate $(TRAIN_LR) \
-	    --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) $(call resume,$(TRAIN_DIR))
-	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
-	    --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) --patience $(TRAIN_EPOCHS) \
-	    --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
+	$(if $(filter $(TRAIN_CONT_DIR),$(TRAIN_MS_BASE)),$(MAKE) --no-print-directory train-bundled-stages)
+	$(ENGINE_VENV)/bin/segment-plugin train --sources $(TRAIN_SOURCES) --data-root $(DATA) \
+	    --resolution $(TRAIN_RESOLUTION) $(TRAIN_COMMON) --epochs $(TRAIN_MS_EPOCHS) \
+	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
+	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
+	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 	mkdir -p $(BUNDLED)
-	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
+	cp $(TRAIN_MS_DIR)/model.keras $(TRAIN_MS_DIR)/model.json $(BUNDLED)/
+
+# Stages 1 and 2 of train-bundled: Dubai + NAIP at their own scale.
+train-bundled-stages: setup
+	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) --epochs $(TRAIN_EPOCHS) \
+	    --steps-per-epoch 50 --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) \
+	    $(if $(TRAIN_FILTERS),--filters $(TRAIN_FILTERS)) --learning-rate $(TRAIN_LR) \
+	    --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) $(call resume,$(TRAIN_DIR))
+	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) --epochs $(TRAIN_EPOCHS) \
+	    --steps-per-epoch 50 --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) \
+	    --patience $(TRAIN_EPOCHS) --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
 
 # The bundled model's card figures, measured: tile-8 mIoU at the card's tile and with --tta,
 # CPU speed from make bench (run it first), file size, the last epochs' mean mIoU when

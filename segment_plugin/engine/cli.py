@@ -277,6 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--field", help="… the polygon field that holds the class")
     tr.add_argument("--mapping", help='label value → class code as JSON, e.g. {"house": 1}')
     tr.add_argument("--val-images", type=Path, help="validation pairs folder (default: a split)")
+    tr.add_argument(
+        "--sources",
+        type=Path,
+        help="JSON file of labelled sets, each with its folder, ground resolution (gsd_m), share "
+        "of the patches (weight) and held-out images (validation patterns)",
+    )
+    tr.add_argument("--data-root", type=Path, help="the sources' folders are relative to this")
+    tr.add_argument(
+        "--resolution",
+        type=float,
+        help="metres per pixel to train at (default: the base model's); written in the card",
+    )
     tr.add_argument("--output", required=True, type=Path, help="model package folder to write")
     start = tr.add_mutually_exclusive_group()
     start.add_argument("--base-model", help="fine-tune this model (name or folder)")
@@ -302,7 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps-per-epoch", type=int)
     tr.add_argument("--learning-rate", type=float, default=1e-3)
     tr.add_argument("--loss", default="ce+dice", choices=LOSS_NAMES)
-    tr.add_argument("--class-weights", default="median_frequency", choices=CLASS_WEIGHT_SCHEMES)
+    tr.add_argument(
+        "--class-weights",
+        default="auto",
+        choices=CLASS_WEIGHT_SCHEMES,
+        help="the loss's class weights (auto: the base model's when fine-tuning, else "
+        "median_frequency)",
+    )
     tr.add_argument("--freeze-encoder", action="store_true")
     tr.add_argument("--no-augment", dest="augment", action="store_false")
     tr.add_argument("--val-fraction", type=float, default=0.2)
@@ -328,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model", default="landcover", help="model name or folder")
     ev.add_argument("--images", type=Path, help="folder of image/mask pairs")
+    ev.add_argument(
+        "--gsd",
+        type=float,
+        help="metres per pixel of --images that are not georeferenced (resampled to the model's)",
+    )
     ev.add_argument("--raster", type=Path, help="raster to segment …")
     ev.add_argument("--reference", type=Path, help="… and its reference class raster")
     ev.add_argument("--prediction", type=Path, help="compare this class raster to --reference")

@@ -27,23 +27,40 @@ from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import code_lookup, pairs_folder
 
 
-def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, list, str]:
+MIN_TILE = 256
+
+
+def _pairs_matrix(
+    params: EvaluateParams, reporter: Reporter
+) -> tuple[np.ndarray, list, str, tuple[int, ...] | None]:
+    """Confusion of a pairs folder; a partially labelled one's has an *other* row (and its
+    labelled classes are returned). Images of known resolution are resampled to the model's."""
     from segment_plugin.engine.inference import predict_array
 
     package = resolve_model(params.model)
     card = package.card
     model = package.load_model()
-    scenes = pairs_folder(params.images, card.class_codes, len(card.bands))
+    scenes = pairs_folder(params.images, card.class_codes, len(card.bands), params.gsd)
+    if card.resolution_m and any(s.gsd is None for s in scenes):
+        reporter.log(
+            f"{card.name} works at {card.resolution_m} m but the images' resolution is unknown: "
+            "they are evaluated at their own scale (give --gsd)",
+            "warning",
+        )
     tile = params.tile or card.tile_size
-    matrix = np.zeros((len(card.classes),) * 2, np.int64)
+    matrix = np.zeros((len(card.classes) + 1, len(card.classes)), np.int64)
     for k, scene in enumerate(scenes):
         reporter.cancel.check()
+        scene = scene.at_resolution(card.resolution_m)
         norm = card.normalization
         pixels = scene.image.reshape(scene.image.shape[0], -1)
         stats = band_stats(pixels, norm.low, norm.high)  # the whole image, as segment does
         normalizer = Normalizer(card, stats, str(scene.image.dtype))
         size = min(tile, *scene.labels.shape)
         size -= size % card.input_multiple
+        # a small chip (a 300 px drone chip is 60 px at 0.5 m) is padded to a tile that still
+        # gives the model context, as segment pads a small raster
+        size = max(size, min(tile, MIN_TILE))
         predicted = predict_array(
             model,
             normalizer,
@@ -53,9 +70,10 @@ def _pairs_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarra
             tta=params.tta,
             class_weights=None if params.keep_class_weights else card.class_weights,
         )
-        matrix += metrics.confusion_matrix(scene.labels, predicted, len(card.classes))
+        matrix += metrics.confusion_with_other(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
-    return matrix, [c.name for c in card.classes], card.name
+    labelled = scenes[0].labelled
+    return (matrix if labelled else matrix[:-1]), [c.name for c in card.classes], card.name, labelled
 
 
 def _check_same_grid(reference: Path, other: Path) -> None:
@@ -81,7 +99,9 @@ def _compare_rasters(prediction: Path, reference: Path, codes: list[int]) -> np.
     return matrix
 
 
-def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, list, str]:
+def _raster_matrix(
+    params: EvaluateParams, reporter: Reporter
+) -> tuple[np.ndarray, list, str, None]:
     from segment_plugin.engine.inference import segment
 
     card = resolve_model(params.model).card
@@ -100,10 +120,10 @@ def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarr
             reporter,
         )
         matrix = _compare_rasters(predicted_path, params.reference, card.class_codes)
-    return matrix, [c.name for c in card.classes], card.name
+    return matrix, [c.name for c in card.classes], card.name, None
 
 
-def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str]:
+def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str, None]:
     """An existing class raster vs the reference; classes from its metadata, else the codes seen."""
     from segment_plugin.engine.vectorize import class_names, open_class_raster, present_codes
 
@@ -117,7 +137,7 @@ def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str]:
         model = pred.tags().get("MODEL", params.prediction.name)
     codes = sorted(names)
     matrix = _compare_rasters(params.prediction, params.reference, codes)
-    return matrix, [names[c] for c in codes], model
+    return matrix, [names[c] for c in codes], model, None
 
 
 def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -127,15 +147,17 @@ def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[s
         source = params.images or params.raster or params.prediction
         outputs.check_output_path(params.report, source, params.overwrite)
     if params.images is not None:
-        matrix, names, model = _pairs_matrix(params, reporter)
+        matrix, names, model, labelled = _pairs_matrix(params, reporter)
         on = str(params.images)
     elif params.raster is not None:
-        matrix, names, model = _raster_matrix(params, reporter)
+        matrix, names, model, labelled = _raster_matrix(params, reporter)
         on = f"{params.raster} vs {params.reference}"
     else:
-        matrix, names, model = _prediction_matrix(params)
+        matrix, names, model, labelled = _prediction_matrix(params)
         on = f"{params.prediction} vs {params.reference}"
-    result = metrics.report(matrix, names)
+    result = metrics.report(matrix, names, labelled)
+    if labelled is not None:
+        reporter.log(result["partial_labels"])
     result.update(model=model, on=on)
     if params.report is not None:
         with outputs.committed([params.report]) as (temp,):

@@ -132,7 +132,8 @@ class VectorizeParams(JobParams):
 
 
 LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lovasz")
-CLASS_WEIGHT_SCHEMES = ("median_frequency", "inverse_sqrt_frequency", "none")
+# auto: a fine-tune that keeps its base's classes keeps its base's weights, else median_frequency
+CLASS_WEIGHT_SCHEMES = ("auto", "median_frequency", "inverse_sqrt_frequency", "none")
 
 
 def _read_mapping(text: str) -> dict[str, int]:
@@ -158,6 +159,10 @@ class TrainParams(JobParams):
     field: str | None = None  # … the class, or a class raster (no field),
     mapping: dict[str, int] | None = None  # … mapped to class codes (None: values are codes)
     val_images: Path | None = None  # None: split by image (pairs) or by area (raster + labels)
+    # a sources file (training/sources.py): several sets, each with its GSD, share and hold-out
+    sources: Path | None = None
+    data_root: Path | None = None  # the sources' folders are relative to this (default: its folder)
+    resolution: float | None = None  # metres per pixel to train at; default: the base model's
     base_model: str | None = None  # fine-tune this model package
     arch: str = "separable_unet"
     filters: int | None = None  # a new model's first-level width (doubles per level)
@@ -170,7 +175,7 @@ class TrainParams(JobParams):
     steps_per_epoch: int | None = None  # None: about one pass over the training pixels
     learning_rate: float = 1e-3
     loss: str = "ce+dice"
-    class_weights: str = "median_frequency"  # see CLASS_WEIGHT_SCHEMES
+    class_weights: str = "auto"  # see CLASS_WEIGHT_SCHEMES
     freeze_encoder: bool = False
     augment: bool = True
     val_fraction: float = 0.2
@@ -194,14 +199,16 @@ class TrainParams(JobParams):
                 setattr(self, name, Path(getattr(self, name)))
         if isinstance(self.mapping, str):
             self.mapping = _read_mapping(self.mapping)
-        if self.val_images is not None:
-            self.val_images = Path(self.val_images)
-        if self.classes is not None:
-            self.classes = Path(self.classes)
-        if not self.images and self.raster is None:
+        for name in ("val_images", "classes", "sources", "data_root"):
+            if getattr(self, name) is not None:
+                setattr(self, name, Path(getattr(self, name)))
+        if not self.images and self.raster is None and self.sources is None:
             raise InputError(
-                "give --images DIR (image/mask pairs) or --raster R --labels L [--field F]"
+                "give --images DIR (image/mask pairs), --sources FILE or --raster R --labels L "
+                "[--field F]"
             )
+        if self.resolution is not None and not self.resolution > 0:
+            raise InputError(f"resolution must be positive, got {self.resolution}")
         if self.raster is not None and self.labels is None:
             raise InputError(
                 "--raster needs --labels: a polygon layer with --field (its class field), "
@@ -236,6 +243,7 @@ class EvaluateParams(JobParams):
 
     model: str = "landcover"
     images: Path | None = None  # a folder of image/mask pairs …
+    gsd: float | None = None  # … whose metres per pixel, if they are not georeferenced
     raster: Path | None = None  # … or a raster to segment and
     reference: Path | None = None  # … its reference class raster
     prediction: Path | None = None  # … or an existing class raster, compared to the reference
@@ -256,6 +264,8 @@ class EvaluateParams(JobParams):
                 "give either --images DIR, --raster R --reference REF, "
                 "or --prediction CLASSES --reference REF"
             )
+        if self.gsd is not None and (self.images is None or not self.gsd > 0):
+            raise InputError("--gsd (positive, metres per pixel) is for --images only")
         if self.images is None and self.reference is None:
             raise InputError("--raster and --prediction need --reference (the reference classes)")
         for flag, value in (("--tta", self.tta), ("--keep-class-weights", self.keep_class_weights)):

@@ -10,28 +10,44 @@ from __future__ import annotations
 import numpy as np
 
 
-def resize_nearest(labels: np.ndarray, size: int) -> np.ndarray:
-    """(h, w) → (size, size), nearest neighbour (class labels must not be interpolated)."""
+def _shape(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_nearest(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(h, w) → (size, size) or ``size`` = (rows, cols), nearest neighbour (labels are codes)."""
     h, w = labels.shape
-    rows = np.minimum((np.arange(size) + 0.5) * h / size, h - 1).astype(int)
-    cols = np.minimum((np.arange(size) + 0.5) * w / size, w - 1).astype(int)
+    out_h, out_w = _shape(size)
+    rows = np.minimum((np.arange(out_h) + 0.5) * h / out_h, h - 1).astype(int)
+    cols = np.minimum((np.arange(out_w) + 0.5) * w / out_w, w - 1).astype(int)
     return labels[rows[:, None], cols[None, :]]
 
 
-def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
-    """(bands, h, w) → (bands, size, size), bilinear (pixel-centre aligned)."""
-    _, h, w = image.shape
-    if (h, w) == (size, size):
-        return image.astype(np.float32, copy=False)
+def resize_bilinear(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """(bands, h, w) → (bands, size, size) or ``size`` = (rows, cols), bilinear (centre-aligned).
 
-    def axis(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    Shrinking by more than 2× first averages whole blocks of pixels, so that fine detail is
+    averaged (as a coarser sensor would) rather than skipped.
+    """
+    _, h, w = image.shape
+    out_h, out_w = _shape(size)
+    if (h, w) == (out_h, out_w):
+        return image.astype(np.float32, copy=False)
+    fy, fx = max(1, h // (2 * out_h)), max(1, w // (2 * out_w))
+    if fy > 1 or fx > 1:
+        h, w = h // fy * fy, w // fx * fx
+        x = image[:, :h, :w].astype(np.float32, copy=False)
+        image = x.reshape(x.shape[0], h // fy, fy, w // fx, fx).mean(axis=(2, 4))
+        h, w = image.shape[1:]
+
+    def axis(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pos = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
         low = np.floor(pos).astype(int)
         high = np.minimum(low + 1, n - 1)
         return low, high, (pos - low).astype(np.float32)
 
-    r0, r1, fr = axis(h)
-    c0, c1, fc = axis(w)
+    r0, r1, fr = axis(h, out_h)
+    c0, c1, fc = axis(w, out_w)
     x = image.astype(np.float32, copy=False)
     top = x[:, r0][:, :, c0] * (1 - fc) + x[:, r0][:, :, c1] * fc
     bottom = x[:, r1][:, :, c0] * (1 - fc) + x[:, r1][:, :, c1] * fc

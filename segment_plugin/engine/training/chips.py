@@ -7,13 +7,20 @@ layer whose class field is rasterised on the raster's grid (pixels outside every
 ignore, so sparse digitising works). Masks hold class *codes*; they become channel indices
 (255 = ignore) through one lookup table, and codes outside the class list are refused with a
 clear message.
+
+A folder with a ``labels.json`` (``{"labelled": [4], "other": 0}``) is partially labelled: its
+masks name only those classes, and the ``other`` code means "some class not named here"
+(``OTHER_INDEX`` in the scene's labels; the loss takes the marginal there, see losses.py).
+Each scene knows its ground resolution where it can (a georeferenced image, or the source's
+``gsd_m``); patches are then cut at the model's resolution, whatever the source's.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +33,12 @@ from segment_plugin.engine.training.augment import (
     resize_bilinear,
     resize_nearest,
 )
-from segment_plugin.engine.training.metrics import IGNORE_INDEX
+from segment_plugin.engine.training.losses import other_target
+from segment_plugin.engine.training.metrics import IGNORE_INDEX, OTHER_INDEX
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
+LABELS_FILE = "labels.json"
 
 
 def code_lookup(codes: Sequence[int]) -> np.ndarray:
@@ -40,25 +49,46 @@ def code_lookup(codes: Sequence[int]) -> np.ndarray:
     return table
 
 
-def _read_plain(path: Path) -> np.ndarray:
+def _read_plain(path: Path) -> tuple[np.ndarray, float | None]:
+    """The pixels, and the ground resolution in metres when the file is in a projected CRS."""
     import rasterio
 
     try:
         with warnings.catch_warnings():  # plain JPEG/PNG have no georeferencing, and need none
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             with rasterio.open(path) as src:
-                return src.read()
+                return src.read(), ground_resolution(src)
     except rasterio.errors.RasterioIOError as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
 
+def ground_resolution(dataset: Any) -> float | None:
+    """Metres per pixel of a raster in a projected CRS in metres (mean of x and y), else None."""
+    crs = dataset.crs
+    if crs is None or not crs.is_projected or (crs.linear_units or "").lower() not in (
+        "metre",
+        "meter",
+        "m",
+    ):
+        return None
+    return float(abs(dataset.res[0]) + abs(dataset.res[1])) / 2
+
+
 @dataclass
 class Scene:
-    """A labelled image: raw bands (bands, h, w) and labels as channel indices (h, w)."""
+    """A labelled image: raw bands (bands, h, w) and labels as channel indices (h, w).
+
+    ``labelled``: the class indices a partially labelled scene names (its other pixels hold
+    OTHER_INDEX); None: fully labelled. ``gsd``: metres per pixel, None when unknown.
+    ``source``: the training source it belongs to (validation is reported per source).
+    """
 
     name: str
     image: np.ndarray
     labels: np.ndarray
+    labelled: tuple[int, ...] | None = None
+    gsd: float | None = None
+    source: str = ""
 
     @property
     def height(self) -> int:
@@ -76,13 +106,36 @@ class Scene:
             row : row + h, col : col + w
         ]
 
+    def loss_targets(self, labels: np.ndarray) -> np.ndarray:
+        """Labels as the loss reads them: *other* pixels carry the set's labelled classes."""
+        if self.labelled is None:
+            return labels
+        targets = labels.astype(np.int32)
+        targets[labels == OTHER_INDEX] = other_target(self.labelled)
+        return targets
+
+    def at_resolution(self, target: float | None) -> Scene:
+        """This scene resampled to ``target`` metres per pixel (itself if either is unknown)."""
+        if target is None or self.gsd is None or abs(self.gsd / target - 1) < 0.05:
+            return self
+        factor = self.gsd / target
+        shape = (max(1, round(self.height * factor)), max(1, round(self.width * factor)))
+        image = resize_bilinear(self.image, shape)
+        if np.issubdtype(self.image.dtype, np.integer):
+            image = np.rint(image).astype(self.image.dtype)
+        return replace(
+            self, image=image, labels=resize_nearest(self.labels, shape), gsd=float(target)
+        )
+
 
 def _to_indices(
     mask: np.ndarray, lookup: np.ndarray, codes: Sequence[int], where: str
 ) -> np.ndarray:
     values = np.unique(mask)
     unknown = [
-        int(v) for v in values if v != IGNORE_INDEX and (v > 255 or lookup[v] == IGNORE_INDEX)
+        int(v)
+        for v in values
+        if v != IGNORE_INDEX and (v > 255 or v < 0 or lookup[int(v)] == IGNORE_INDEX)
     ]
     if unknown:
         raise InputError(
@@ -91,15 +144,51 @@ def _to_indices(
     return lookup[mask.astype(np.int64)]
 
 
-def pairs_folder(folder: Path, codes: Sequence[int], bands: int | None = None) -> list[Scene]:
+def label_spec(folder: Path, codes: Sequence[int]) -> tuple[tuple[int, ...] | None, int | None]:
+    """A folder's ``labels.json``: (labelled class indices, the *other* code); (None, None) if none.
+
+    Checked against the class codes, so a set naming a class the model lacks is refused by name.
+    """
+    path = Path(folder) / LABELS_FILE
+    if not path.is_file():
+        return None, None
+    try:
+        spec = json.loads(path.read_text())
+        labelled = [int(c) for c in spec["labelled"]]
+        other = int(spec.get("other", 0))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            f'{path}: expected {{"labelled": [class codes], "other": code}} ({exc})'
+        ) from exc
+    unknown = [c for c in labelled + [other] if c not in codes or c == IGNORE_INDEX]
+    if unknown or other in labelled or not labelled:
+        raise InputError(
+            f"{path}: labelled {labelled} and other {other} must be distinct class codes of "
+            f"{list(codes)}"
+        )
+    return tuple(list(codes).index(c) for c in labelled), other
+
+
+def pairs_folder(
+    folder: Path,
+    codes: Sequence[int],
+    bands: int | None = None,
+    gsd: float | None = None,
+    source: str = "",
+) -> list[Scene]:
     """Every ``<stem>.<ext>`` with a ``<stem>_mask.<png|tif>`` under ``folder``.
 
-    ``<name>_image.<ext>`` + ``<name>_mask.<ext>`` pairs count too (as in the NAIP chips).
+    ``<name>_image.<ext>`` + ``<name>_mask.<ext>`` pairs count too (as in the NAIP chips). A
+    ``labels.json`` in ``folder`` makes its scenes partially labelled; ``gsd`` (metres) is the
+    resolution of images that are not georeferenced.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"training images folder not found: {folder}")
+    labelled, other = label_spec(folder, codes)
     lookup = code_lookup(codes)
+    if other is not None:
+        lookup[other] = OTHER_INDEX
     scenes = []
     for image_path in sorted(folder.rglob("*")):
         if image_path.suffix.lower() not in IMAGE_SUFFIXES or image_path.stem.endswith("_mask"):
@@ -111,8 +200,8 @@ def pairs_folder(folder: Path, codes: Sequence[int], bands: int | None = None) -
         mask_path = next((m for m in masks if m.exists()), None)
         if mask_path is None:
             continue
-        image = _read_plain(image_path)
-        mask = _read_plain(mask_path)[0]
+        image, own_gsd = _read_plain(image_path)
+        mask = _read_plain(mask_path)[0][0]
         if image.shape[1:] != mask.shape:
             raise InputError(
                 f"{image_path.name} is {image.shape[2]}×{image.shape[1]} but its mask is "
@@ -123,7 +212,8 @@ def pairs_folder(folder: Path, codes: Sequence[int], bands: int | None = None) -
                 raise InputError(f"{image_path.name} has {image.shape[0]} bands, {bands} needed")
             image = image[:bands]
         labels = _to_indices(mask, lookup, codes, mask_path.name)
-        scenes.append(Scene(str(image_path.relative_to(folder)), image, labels))
+        name = str(image_path.relative_to(folder))
+        scenes.append(Scene(name, image, labels, labelled, own_gsd or gsd, source))
     if not scenes:
         raise InputError(f"no image/mask pairs (<name>.jpg + <name>_mask.png) in {folder}")
     return scenes
@@ -261,7 +351,10 @@ def labelled_scene(
         values = labels_on_grid(src, labels, field, mapping)
         where = field or Path(labels).name
         return Scene(
-            Path(image_path).name, src.read(), _to_indices(values, code_lookup(codes), codes, where)
+            Path(image_path).name,
+            src.read(),
+            _to_indices(values, code_lookup(codes), codes, where),
+            gsd=ground_resolution(src),
         )
 
 
@@ -299,8 +392,8 @@ def split_by_area(scene: Scene, fraction: float) -> tuple[Scene, Scene]:
     val_labels = np.full_like(scene.labels, IGNORE_INDEX)
     val_labels[:, cut:] = scene.labels[:, cut:]
     return (
-        Scene(f"{scene.name} (training area)", scene.image, train_labels),
-        Scene(f"{scene.name} (validation area)", scene.image, val_labels),
+        replace(scene, name=f"{scene.name} (training area)", labels=train_labels),
+        replace(scene, name=f"{scene.name} (validation area)", labels=val_labels),
     )
 
 
@@ -372,20 +465,71 @@ def near_duplicates(scenes: Sequence[Scene], max_distance: int = 4) -> list[tupl
     ]
 
 
-def class_pixel_counts(scenes: Sequence[Scene], classes: int) -> np.ndarray:
-    """Labelled pixels per class over all scenes."""
-    counts = np.zeros(classes, np.int64)
+def class_pixel_counts(
+    scenes: Sequence[Scene], classes: int, source_weights: dict[str, float] | None = None
+) -> np.ndarray:
+    """Labelled pixels per class over all scenes.
+
+    With ``source_weights``, each source's counts are scaled to its share of the patches (per
+    labelled or *other* pixel of that source): the class frequencies training will see.
+    """
+    per_source: dict[str, np.ndarray] = {}
     for scene in scenes:
-        counts += np.bincount(scene.labels.ravel(), minlength=256)[:classes]
-    return counts
+        counts = np.bincount(scene.labels.ravel(), minlength=256)
+        per_source.setdefault(scene.source, np.zeros(256, np.int64))
+        per_source[scene.source] += counts
+    if not source_weights:
+        return sum(per_source.values(), np.zeros(256, np.int64))[:classes]
+    total = np.zeros(classes, np.float64)
+    for name, counts in per_source.items():
+        known = counts[:classes].sum() + counts[OTHER_INDEX]
+        if known:
+            total += source_weights.get(name, 0.0) * counts[:classes] / known
+    return total
 
 
 #: labelled pixels per scene that count for drawing it (and anchor positions kept)
 ANCHORS_PER_SCENE = 200_000
 
 
+def scene_weights(scenes: Sequence[Scene], source_weights: dict[str, float] | None) -> np.ndarray:
+    """The chance of drawing each scene.
+
+    Within a source, in proportion to its labelled pixels up to ANCHORS_PER_SCENE, so large
+    images do not crowd out small ones. Measured on the bundled model's data: drawn by full
+    area, Dubai tile 7 gave 48 % of the patches and NAIP 1.5 %; a 30-epoch restart so trained
+    gained 0.008 mIoU on Dubai tile 8 (within epoch-to-epoch noise) but lost elsewhere. Between
+    sources, by ``source_weights`` (name → share; None: all scenes in one pool), so that a large
+    source (the 146 Mpx forest set) does not drown a small one with more classes.
+    """
+    counts = np.asarray(
+        [min(int((s.labels != IGNORE_INDEX).sum()), ANCHORS_PER_SCENE) for s in scenes],
+        np.float64,
+    )
+    if counts.sum() == 0:
+        raise InputError("the training data has no labelled pixels")
+    if not source_weights:
+        return counts / counts.sum()
+    weights = np.zeros_like(counts)
+    names = [s.source for s in scenes]
+    for name, share in source_weights.items():
+        members = np.asarray([n == name for n in names])
+        total = counts[members].sum()
+        if total > 0:
+            weights[members] = share * counts[members] / total
+    if weights.sum() == 0:
+        raise InputError("no source with a weight has labelled pixels")
+    return weights / weights.sum()
+
+
 class PatchSampler:
-    """Cuts (image, labels) patches: random (training) or a fixed grid (validation)."""
+    """Cuts (image, labels) patches: random (training) or a fixed grid (validation).
+
+    Patches are cut at ``resolution`` metres per pixel from scenes whose resolution is known
+    (a window of patch × resolution / gsd pixels, resized; a scene smaller than that is padded
+    with ignore), else at the scene's own scale. Training augmentation jitters the scale 0.5–2×
+    around that.
+    """
 
     def __init__(
         self,
@@ -395,6 +539,8 @@ class PatchSampler:
         value_range: float,
         augment: bool,
         max_ignore: float = 0.5,
+        resolution: float | None = None,
+        source_weights: dict[str, float] | None = None,
     ) -> None:
         self.scenes = list(scenes)
         self.patch = patch
@@ -402,6 +548,7 @@ class PatchSampler:
         self.value_range = value_range
         self.augment = augment
         self.max_ignore = max_ignore
+        self.resolution = resolution
         # patches are placed around labelled pixels (a sample of their positions per scene), so
         # sparse digitising still gives patches that teach something
         rng = np.random.default_rng(0)
@@ -410,35 +557,48 @@ class PatchSampler:
             rows, cols = np.nonzero(scene.labels != IGNORE_INDEX)
             keep = rng.choice(rows.size, size=min(rows.size, ANCHORS_PER_SCENE), replace=False)
             self.anchors.append((rows[keep], cols[keep]))
-        # a scene is drawn in proportion to its labelled pixels up to ANCHORS_PER_SCENE, so large
-        # images do not crowd out small ones. Measured on the bundled model's data: drawn by full
-        # area, Dubai tile 7 gave 48 % of the patches and NAIP 1.5 %; a 30-epoch restart so
-        # trained gained 0.008 mIoU on Dubai tile 8 (within epoch-to-epoch noise) but lost
-        # elsewhere (NAIP test tile 0.152 → 0.093 before fine-tuning, visibly worse demo).
-        counts = np.asarray([a[0].size for a in self.anchors], np.float64)
-        if counts.sum() == 0:
-            raise InputError("the training data has no labelled pixels")
-        self.weights = counts / counts.sum()
+        self.weights = scene_weights(self.scenes, source_weights)
+
+    def _scale(self, scene: Scene) -> float:
+        """Output pixels per scene pixel before augmentation."""
+        if self.resolution is None or scene.gsd is None:
+            return 1.0
+        return scene.gsd / self.resolution
 
     def random_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One random patch; scale 0.5–2× and the other augmentations when enabled."""
         for _ in range(20):  # patches that are mostly ignore teach nothing: draw again
             k = rng.choice(len(self.scenes), p=self.weights)
             scene, (rows, cols) = self.scenes[k], self.anchors[k]
-            scale = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if self.augment else 1.0
-            size = max(8, min(round(self.patch / scale), scene.height, scene.width))
+            jitter = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if self.augment else 1.0
+            scale = self._scale(scene) * jitter
+            size = max(8, round(self.patch / scale))
+            h, w = min(size, scene.height), min(size, scene.width)
             anchor = int(rng.integers(rows.size))  # a labelled pixel somewhere inside the crop
-            row = int(np.clip(rows[anchor] - rng.integers(size), 0, scene.height - size))
-            col = int(np.clip(cols[anchor] - rng.integers(size), 0, scene.width - size))
-            image, labels = scene.read(row, col, size, size)
+            row = int(np.clip(rows[anchor] - rng.integers(h), 0, scene.height - h))
+            col = int(np.clip(cols[anchor] - rng.integers(w), 0, scene.width - w))
+            image, labels = scene.read(row, col, h, w)
             if (labels == IGNORE_INDEX).mean() <= self.max_ignore:
                 break
-        image = resize_bilinear(image, self.patch)
-        labels = resize_nearest(labels, self.patch)
+        image, labels = self._to_patch(image, labels, scale)
         if self.augment:
             image, labels = geometric(image, labels, rng)
             image = photometric(image, self.value_range, rng)
-        return self.normalize(image), labels
+        return self.normalize(image), scene.loss_targets(labels)
+
+    def _to_patch(
+        self, image: np.ndarray, labels: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A window resized by ``scale`` (at most the patch), padded to the patch with ignore."""
+        h, w = labels.shape
+        shape = (min(self.patch, max(1, round(h * scale))), min(self.patch, max(1, round(w * scale))))
+        image = resize_bilinear(image, shape)
+        labels = resize_nearest(labels, shape)
+        pad = ((0, self.patch - shape[0]), (0, self.patch - shape[1]))
+        if pad != ((0, 0), (0, 0)):
+            image = np.pad(image, ((0, 0), *pad), mode="symmetric")
+            labels = np.pad(labels, pad, constant_values=IGNORE_INDEX)
+        return image, labels
 
     def grid_patches(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Non-overlapping patches covering every scene (edges flush), no augmentation."""
@@ -446,15 +606,12 @@ class PatchSampler:
 
         out = []
         for scene in self.scenes:
-            size = min(self.patch, scene.height, scene.width)
+            scale = self._scale(scene)
+            size = min(max(8, round(self.patch / scale)), scene.height, scene.width)
             for row in tile_origins(scene.height, size, size):
                 for col in tile_origins(scene.width, size, size):
                     image, labels = scene.read(row, col, size, size)
                     if (labels != IGNORE_INDEX).any():
-                        out.append(
-                            (
-                                self.normalize(resize_bilinear(image, self.patch)),
-                                resize_nearest(labels, self.patch),
-                            )
-                        )
+                        image, labels = self._to_patch(image, labels, scale)
+                        out.append((self.normalize(image), scene.loss_targets(labels)))
         return out

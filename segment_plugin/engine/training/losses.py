@@ -2,6 +2,12 @@
 
 ``y_true`` holds class indices (batch, h, w), ``IGNORE_INDEX`` where unlabelled; ``y_pred`` holds
 softmax probabilities (batch, h, w, classes). Every loss averages over labelled pixels only.
+
+Partial labels: a pixel of a partially labelled set that is "some class the set does not name"
+holds ``OTHER_BASE`` + the bit mask of the classes the set names (:func:`other_target`). The
+cross-entropy and focal terms take the marginal there, −log Σ_{c not named} p_c (Shi et al. 2021,
+"marginal loss"); Dice and Lovász are computed on pixels of a known class only. Without such
+pixels every loss is exactly what it was.
 """
 
 from __future__ import annotations
@@ -15,6 +21,12 @@ from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, LOSS_NAMES
 from segment_plugin.engine.training.metrics import IGNORE_INDEX
 
 EPSILON = 1e-7
+OTHER_BASE = 256  # y_true ≥ this: "other", the bits above it name the set's labelled classes
+
+
+def other_target(labelled: Sequence[int]) -> int:
+    """The ``y_true`` value of an *other* pixel in a set labelling these class indices."""
+    return OTHER_BASE + sum(1 << int(c) for c in set(labelled))
 
 
 def _keras() -> Any:
@@ -66,21 +78,47 @@ def class_weights(scheme: str, pixel_counts: Sequence[int]) -> np.ndarray | None
 
 
 def _prepare(y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:
+    """Class indices made safe to gather, the known-class mask, clipped probabilities."""
     ops = _keras().ops
     y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
-    labelled = ops.not_equal(y_true, IGNORE_INDEX)
-    safe = ops.where(labelled, y_true, ops.zeros_like(y_true))
-    return safe, ops.cast(labelled, y_pred.dtype), ops.clip(y_pred, EPSILON, 1.0)
+    known = ops.less(y_true, ops.shape(y_pred)[-1])
+    safe = ops.where(known, y_true, ops.zeros_like(y_true))
+    return safe, ops.cast(known, y_pred.dtype), ops.clip(y_pred, EPSILON, 1.0)
+
+
+def _allowed(y_true: Any, y_pred: Any) -> Any:
+    """(…, classes) 1 where an *other* pixel may be that class (not named by its set), else 0."""
+    ops = _keras().ops
+    classes = ops.shape(y_pred)[-1]
+    y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+    other = ops.greater_equal(y_true, OTHER_BASE)
+    named = ops.where(other, y_true - OTHER_BASE, ops.zeros_like(y_true))[..., None]
+    powers = ops.cast(2 ** ops.arange(classes), "int32")
+    bit = ops.mod(ops.floor_divide(named, powers), 2)
+    return ops.cast(other, y_pred.dtype)[..., None] * ops.cast(1 - bit, y_pred.dtype)
 
 
 def _weighted_nll(y_true: Any, y_pred: Any, class_weights: Any, gamma: float) -> Any:
-    """Mean over labelled pixels of −w·(1 − p_true)^γ·log p_true (γ = 0: cross-entropy)."""
+    """Mean over labelled pixels of −w·(1 − p)^γ·log p (γ = 0: cross-entropy).
+
+    p is the true class's probability, or for an *other* pixel the summed probability of the
+    classes it may be; its weight w is those classes' weights averaged by the model's own
+    posterior over them (held constant), so a marginal pixel counts as the class it is likely
+    to be.
+    """
     ops = _keras().ops
-    safe, labelled, probs = _prepare(y_true, y_pred)
-    picked = ops.take_along_axis(probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
-    weight = labelled
+    safe, known, probs = _prepare(y_true, y_pred)
+    allowed = _allowed(y_true, y_pred)
+    is_other = ops.max(allowed, axis=-1)
+    true_p = ops.take_along_axis(probs, ops.expand_dims(safe, -1), axis=-1)[..., 0]
+    marginal = ops.clip(ops.sum(probs * allowed, axis=-1), EPSILON, 1.0)
+    picked = ops.where(is_other > 0, marginal, true_p)
+    weight = known + is_other
     if class_weights is not None:
-        weight = weight * ops.take(ops.convert_to_tensor(class_weights, probs.dtype), safe)
+        table = ops.convert_to_tensor(class_weights, probs.dtype)
+        known_w = ops.take(table, safe)
+        other_w = ops.stop_gradient(ops.sum(probs * allowed * table, axis=-1) / marginal)
+        weight = known * known_w + is_other * other_w
     terms = -ops.log(picked) * weight
     if gamma:
         terms = terms * (1.0 - picked) ** gamma

@@ -1,0 +1,235 @@
+"""Partially labelled sets, multi-source sampling and training at a fixed ground resolution:
+the marginal loss and the partial metrics against values computed by hand, labels.json, the
+sources file, patches cut at the model's resolution."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import rasterio
+
+from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.training import metrics
+from segment_plugin.engine.training.chips import (
+    PatchSampler,
+    Scene,
+    class_pixel_counts,
+    pairs_folder,
+    scene_weights,
+)
+from segment_plugin.engine.training.losses import (
+    OTHER_BASE,
+    cross_entropy,
+    dice,
+    focal,
+    lovasz,
+    make_loss,
+    other_target,
+)
+from segment_plugin.engine.training.sources import load_sources, read_sources
+
+IGN = metrics.IGNORE_INDEX
+OTHER = metrics.OTHER_INDEX
+
+# one image of three pixels, three classes
+PROBS = np.array([[[[0.5, 0.3, 0.2], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]]]], np.float32)
+
+
+def test_other_target_encodes_the_labelled_classes():
+    assert other_target([0]) == OTHER_BASE + 1
+    assert other_target([1, 2, 3]) == OTHER_BASE + 0b1110
+    assert other_target([4, 4]) == OTHER_BASE + 16
+
+
+def test_marginal_cross_entropy_by_hand():
+    # pixel 1: class 0; pixel 2: "other" in a set labelling class 0 → class 1 or 2; pixel 3: ignore
+    y_true = np.array([[[0, other_target([0]), IGN]]])
+    expected = -(math.log(0.5) + math.log(0.6 + 0.3)) / 2
+    assert float(cross_entropy(y_true, PROBS)) == pytest.approx(expected, rel=1e-5)
+    # weighted: the other pixel's weight is its classes' weights averaged by the posterior
+    weights = [1.0, 2.0, 4.0]
+    other_w = (0.6 * 2 + 0.3 * 4) / 0.9
+    expected = -(math.log(0.5) + other_w * math.log(0.9)) / (1 + other_w)
+    assert float(cross_entropy(y_true, PROBS, weights)) == pytest.approx(expected, rel=1e-5)
+    # focal takes the same marginal probability
+    expected = -(0.5**2 * math.log(0.5) + 0.1**2 * math.log(0.9)) / 2
+    assert float(focal(y_true, PROBS)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_marginal_of_a_set_labelling_two_classes():
+    y_true = np.array([[[other_target([1, 2]), other_target([0, 1]), 2]]])
+    expected = -(math.log(0.5) + math.log(0.3) + math.log(0.6)) / 3
+    assert float(cross_entropy(y_true, PROBS)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_dice_and_lovasz_use_known_pixels_only():
+    partial = np.array([[[0, other_target([0]), 2]]])
+    known_only = np.array([[[0, IGN, 2]]])
+    assert float(dice(partial, PROBS)) == pytest.approx(float(dice(known_only, PROBS)))
+    assert float(lovasz(partial, PROBS)) == pytest.approx(float(lovasz(known_only, PROBS)))
+
+
+def test_fully_labelled_loss_is_unchanged():
+    """Without *other* pixels the loss is the plain weighted cross-entropy (+ Dice)."""
+    y_true = np.array([[[0, 1, 2]]], np.uint8)
+    weights = np.array([1.0, 2.0, 4.0], np.float32)
+    ce = -(1 * math.log(0.5) + 2 * math.log(0.6) + 4 * math.log(0.6)) / 7
+    assert float(cross_entropy(y_true, PROBS, weights)) == pytest.approx(ce, rel=1e-5)
+    total = float(make_loss("ce+dice", weights)(y_true, PROBS))
+    assert total == pytest.approx(ce + float(dice(y_true, PROBS)), rel=1e-5)
+
+
+def test_partial_report_by_hand():
+    # a set labelling class 1 (road-like): truth is 1 or other
+    truth = np.array([1, 1, 1, OTHER, OTHER, OTHER, OTHER, IGN])
+    pred = np.array([1, 1, 0, 1, 0, 2, 2, 1])
+    matrix = metrics.confusion_with_other(truth, pred, 3)
+    assert matrix.tolist() == [[0, 0, 0], [1, 2, 0], [0, 0, 0], [1, 1, 2]]
+    rep = metrics.report(matrix, ["a", "b", "c"], labelled=(1,))
+    # class b: TP 2, FP 1 (an other pixel), FN 1 → 0.5; a and c have no IoU in this set
+    assert rep["per_class_iou"] == {"a": None, "b": 0.5, "c": None}
+    assert rep["miou"] == 0.5
+    assert rep["pixel_accuracy"] == pytest.approx(5 / 7, abs=1e-5)  # 2 b right, 3 others not b
+    assert rep["labelled_classes"] == ["b"] and "partially labelled" in rep["partial_labels"]
+
+
+def _write_pair(folder, stem, image, mask, transform=None, crs=None):
+    profile = {"driver": "GTiff", "width": mask.shape[1], "height": mask.shape[0]}
+    if transform is not None:
+        profile.update(transform=transform, crs=crs)
+    with rasterio.open(folder / f"{stem}.tif", "w", count=3, dtype="uint8", **profile) as dst:
+        dst.write(image)
+    with rasterio.open(folder / f"{stem}_mask.tif", "w", count=1, dtype="uint8", **profile) as dst:
+        dst.write(mask, 1)
+
+
+@pytest.fixture
+def roads_folder(tmp_path):
+    folder = tmp_path / "roads"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        mask = np.zeros((64, 80), np.uint8)
+        mask[20:30] = 4  # a road
+        mask[:2] = 255
+        _write_pair(folder, f"tile_{k}", rng.integers(0, 255, (3, 64, 80), np.uint8), mask)
+    (folder / "labels.json").write_text(json.dumps({"labelled": [4], "other": 0}))
+    return folder
+
+
+def test_labels_json_marks_other_pixels(roads_folder):
+    scenes = pairs_folder(roads_folder, [0, 1, 2, 3, 4], gsd=1.0, source="roads")
+    scene = scenes[0]
+    assert scene.labelled == (4,) and scene.gsd == 1.0 and scene.source == "roads"
+    assert set(np.unique(scene.labels)) == {4, OTHER, IGN}
+    targets = scene.loss_targets(scene.labels)
+    assert set(np.unique(targets)) == {4, IGN, other_target([4])}
+    # a folder without labels.json is fully labelled: 0 is background there
+    (roads_folder / "labels.json").unlink()
+    full = pairs_folder(roads_folder, [0, 1, 2, 3, 4])[0]
+    assert full.labelled is None and set(np.unique(full.labels)) == {0, 4, IGN}
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"labelled": [7], "other": 0}, "distinct class codes"),
+        ({"labelled": [4], "other": 4}, "distinct class codes"),
+        ({"labelled": [], "other": 0}, "distinct class codes"),
+        ({"other": 0}, "expected"),
+    ],
+)
+def test_bad_labels_json_is_refused(roads_folder, spec, message):
+    (roads_folder / "labels.json").write_text(json.dumps(spec))
+    with pytest.raises(InputError, match=message):
+        pairs_folder(roads_folder, [0, 1, 2, 3, 4])
+
+
+def test_georeferenced_chips_know_their_resolution(tmp_path):
+    from rasterio.transform import from_origin
+
+    mask = np.zeros((32, 32), np.uint8)
+    image = np.zeros((3, 32, 32), np.uint8)
+    _write_pair(tmp_path, "chip", image, mask, from_origin(0, 100, 0.25, 0.25), "EPSG:28992")
+    assert pairs_folder(tmp_path, [0, 1])[0].gsd == 0.25
+
+
+def _scene(side, gsd, source, label=1):
+    labels = np.full((side, side), label, np.uint8)
+    image = np.arange(side * side * 3, dtype=np.float32).reshape(3, side, side) % 251
+    return Scene(f"{source}_{side}", image.astype(np.uint8), labels, gsd=gsd, source=source)
+
+
+def test_patches_are_cut_at_the_model_resolution():
+    # a 0.1 m scene at 0.5 m: a 64 px patch covers 320 scene pixels, so a 100 px scene becomes
+    # 20 px of labels padded with ignore
+    small = _scene(100, 0.1, "drone")
+    sampler = PatchSampler([small], 64, lambda x: x, 255.0, augment=False, resolution=0.5)
+    image, labels = sampler.random_patch(np.random.default_rng(0))
+    assert image.shape == (3, 64, 64)
+    assert (labels[:20, :20] == 1).all() and (labels[20:] == IGN).all()
+    assert (labels[:, 20:] == IGN).all()
+    # a 2 m scene at 0.5 m: 16 scene pixels become the 64 px patch
+    coarse = _scene(200, 2.0, "coarse")
+    sampler = PatchSampler([coarse], 64, lambda x: x, 255.0, augment=False, resolution=0.5)
+    _, labels = sampler.random_patch(np.random.default_rng(0))
+    assert (labels == 1).all()
+    # unknown resolution: the scene's own scale, as before
+    plain = _scene(200, None, "plain")
+    sampler = PatchSampler([plain], 64, lambda x: x, 255.0, augment=False, resolution=0.5)
+    assert sampler._scale(plain) == 1.0
+
+
+def test_scene_at_resolution_resamples_image_and_labels():
+    scene = _scene(100, 0.1, "drone")
+    half = scene.at_resolution(0.5)
+    assert half.image.shape == (3, 20, 20) and half.labels.shape == (20, 20)
+    assert half.gsd == 0.5 and half.image.dtype == np.uint8
+    assert scene.at_resolution(None) is scene and scene.at_resolution(0.102) is scene
+
+
+def test_sources_share_the_patches_by_weight():
+    big = [_scene(400, 1.0, "forest", label=2) for _ in range(20)]
+    small = [_scene(100, 1.0, "dubai", label=1)]
+    weights = scene_weights(big + small, {"forest": 0.25, "dubai": 0.75})
+    assert weights[-1] == pytest.approx(0.75) and weights[:-1].sum() == pytest.approx(0.25)
+    # without source weights, by labelled pixels: the big source drowns the small one
+    assert scene_weights(big + small, None)[-1] < 0.01
+    rng = np.random.default_rng(1)
+    sampler = PatchSampler(
+        big + small, 32, lambda x: x, 255.0, False, source_weights={"forest": 0.25, "dubai": 0.75}
+    )
+    drawn = [sampler.random_patch(rng)[1][0, 0] for _ in range(400)]
+    assert 0.65 < np.mean(np.asarray(drawn) == 1) < 0.85
+    # class frequencies the loss weights are computed from follow the same shares
+    counts = class_pixel_counts(big + small, 3, {"forest": 0.25, "dubai": 0.75})
+    assert counts.tolist() == pytest.approx([0.0, 0.75, 0.25])
+
+
+def test_sources_file_and_hold_out(tmp_path, roads_folder):
+    spec = {
+        "sources": [
+            {"name": "roads", "folder": "roads", "gsd_m": 1.0, "weight": 2, "validation": ["tile_2*"]}
+        ]
+    }
+    path = tmp_path / "sources.json"
+    path.write_text(json.dumps(spec))
+    sources = read_sources(path)
+    assert sources[0].folder == roads_folder and sources[0].weight == 2
+    train, val = load_sources(sources, [0, 1, 2, 3, 4], None)
+    assert [s.name for s in train] == ["tile_0.tif", "tile_1.tif"]
+    assert [s.name for s in val] == ["tile_2.tif"] and val[0].source == "roads"
+    spec["sources"][0]["validation"] = ["nothing*"]
+    path.write_text(json.dumps(spec))
+    with pytest.raises(InputError, match="validation patterns"):
+        load_sources(read_sources(path), [0, 1, 2, 3, 4], None)
+    spec["sources"][0]["weight"] = 0
+    path.write_text(json.dumps(spec))
+    with pytest.raises(InputError, match="positive"):
+        read_sources(path)
+    path.write_text("{}")
+    with pytest.raises(InputError, match="not a sources file"):
+        read_sources(path)
