@@ -26,15 +26,17 @@ from segment_plugin.engine.tiling import default_overlap
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import code_lookup, pairs_folder
 
-
 MIN_TILE = 256
 
 
 def _pairs_matrix(
     params: EvaluateParams, reporter: Reporter
 ) -> tuple[np.ndarray, list, str, tuple[int, ...] | None]:
-    """Confusion of a pairs folder; a partially labelled one's has an *other* row (and its
-    labelled classes are returned). Images of known resolution are resampled to the model's."""
+    """Confusion of a pairs folder, and its labelled classes if it is partially labelled.
+
+    A partial folder's confusion has an *other* row. Images of known resolution are resampled
+    to the model's.
+    """
     from segment_plugin.engine.inference import predict_array
 
     package = resolve_model(params.model)
@@ -73,7 +75,12 @@ def _pairs_matrix(
         matrix += metrics.confusion_with_other(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
     labelled = scenes[0].labelled
-    return (matrix if labelled else matrix[:-1]), [c.name for c in card.classes], card.name, labelled
+    return (
+        (matrix if labelled else matrix[:-1]),
+        [c.name for c in card.classes],
+        card.name,
+        labelled,
+    )
 
 
 def _check_same_grid(reference: Path, other: Path) -> None:

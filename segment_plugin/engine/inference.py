@@ -40,7 +40,6 @@ from segment_plugin.engine.tiling import (
     pad_to_tile,
 )
 
-RESAMPLE_TOLERANCE = 0.05  # work at the input's resolution when within 5 % of the model's
 QUEUE_DEPTH = 3  # batches read ahead / row blocks waiting to be written
 _DONE = object()
 
@@ -80,8 +79,13 @@ def working_grid(
             "the input has no CRS: its pixel size is unknown, so it is not resampled", "warning"
         )
         return same
+    if resolution is None:  # the model's own resolution: not beyond MAX_UPSAMPLE
+        target = raster_io.model_resolution_for(max(size), target)
     factor_x, factor_y = size[0] / target, size[1] / target
-    if abs(factor_x - 1) <= RESAMPLE_TOLERANCE and abs(factor_y - 1) <= RESAMPLE_TOLERANCE:
+    if (
+        abs(factor_x - 1) <= raster_io.RESAMPLE_TOLERANCE
+        and abs(factor_y - 1) <= raster_io.RESAMPLE_TOLERANCE
+    ):
         return same
     height = max(raster_io.MIN_SIZE, round(dataset.height * factor_y))
     width = max(raster_io.MIN_SIZE, round(dataset.width * factor_x))

@@ -136,14 +136,23 @@ LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lova
 CLASS_WEIGHT_SCHEMES = ("auto", "median_frequency", "inverse_sqrt_frequency", "none")
 
 
-def _read_mapping(text: str) -> dict[str, int]:
-    """``{"house": 1, ...}`` from JSON text or a JSON file: field value → class code."""
+#: a label value mapped to this is "some class not mapped here" (partial labels: "not road")
+OTHER_LABEL = "other"
+
+
+def _read_mapping(text: str) -> dict[str, int | str]:
+    """``{"house": 1, "field": "other"}`` from JSON text or a JSON file: value → class code."""
     source = Path(text)
     try:
         data = json.loads(source.read_text() if source.is_file() else text)
-        return {str(k): int(v) for k, v in data.items()}
+        return {
+            str(k): OTHER_LABEL if str(v).lower() == OTHER_LABEL else int(v)
+            for k, v in data.items()
+        }
     except (ValueError, AttributeError, OSError) as exc:
-        raise InputError(f'--mapping must be JSON like {{"house": 1}}: {exc}') from exc
+        raise InputError(
+            f'--mapping must be JSON like {{"house": 1, "meadow": "other"}}: {exc}'
+        ) from exc
 
 
 @dataclass
@@ -157,7 +166,8 @@ class TrainParams(JobParams):
     raster: Path | None = None  # … and/or a raster with
     labels: Path | None = None  # … a polygon layer (any OGR format) whose field holds
     field: str | None = None  # … the class, or a class raster (no field),
-    mapping: dict[str, int] | None = None  # … mapped to class codes (None: values are codes)
+    # … mapped to class codes or "other" (None: values are codes)
+    mapping: dict[str, int | str] | None = None
     val_images: Path | None = None  # None: split by image (pairs) or by area (raster + labels)
     # a sources file (training/sources.py): several sets, each with its GSD, share and hold-out
     sources: Path | None = None

@@ -105,6 +105,22 @@ def pixel_size_m(dataset: Any) -> tuple[float, float] | None:
     return abs(dx), abs(dy)
 
 
+RESAMPLE_TOLERANCE = 0.05  # work at the input's resolution when within 5 % of the model's
+#: the most a model's fixed resolution upsamples an input: finer pixels than that add no detail,
+#: only cost (a 24 m scene at a 0.5 m model's resolution would be 48× as wide)
+MAX_UPSAMPLE = 4.0
+
+
+def model_resolution_for(input_m: float, model_m: float) -> float:
+    """Metres per pixel at which a model of resolution ``model_m`` sees an input of ``input_m``.
+
+    The model's own, except for an input more than MAX_UPSAMPLE times coarser: that is upsampled
+    by MAX_UPSAMPLE only. Segmenting and fine-tuning both use this, so a model fine-tuned on
+    coarse imagery is run on it at the scale it was trained at.
+    """
+    return max(model_m, input_m / MAX_UPSAMPLE)
+
+
 def output_profile(
     dataset_profile: dict[str, Any], count: int, nodata: int | None, dtype: str = "uint8"
 ) -> dict[str, Any]:

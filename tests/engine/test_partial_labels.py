@@ -180,7 +180,7 @@ def test_patches_are_cut_at_the_model_resolution():
     # unknown resolution: the scene's own scale, as before
     plain = _scene(200, None, "plain")
     sampler = PatchSampler([plain], 64, lambda x: x, 255.0, augment=False, resolution=0.5)
-    assert sampler._scale(plain) == 1.0
+    assert sampler.scale_of(plain) == 1.0
 
 
 def test_scene_at_resolution_resamples_image_and_labels():
@@ -212,7 +212,13 @@ def test_sources_share_the_patches_by_weight():
 def test_sources_file_and_hold_out(tmp_path, roads_folder):
     spec = {
         "sources": [
-            {"name": "roads", "folder": "roads", "gsd_m": 1.0, "weight": 2, "validation": ["tile_2*"]}
+            {
+                "name": "roads",
+                "folder": "roads",
+                "gsd_m": 1.0,
+                "weight": 2,
+                "validation": ["tile_2*"],
+            }
         ]
     }
     path = tmp_path / "sources.json"

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.params import OTHER_LABEL
+from segment_plugin.engine.raster_io import RESAMPLE_TOLERANCE, model_resolution_for
 from segment_plugin.engine.training.augment import (
     geometric,
     photometric,
@@ -63,15 +65,11 @@ def _read_plain(path: Path) -> tuple[np.ndarray, float | None]:
 
 
 def ground_resolution(dataset: Any) -> float | None:
-    """Metres per pixel of a raster in a projected CRS in metres (mean of x and y), else None."""
-    crs = dataset.crs
-    if crs is None or not crs.is_projected or (crs.linear_units or "").lower() not in (
-        "metre",
-        "meter",
-        "m",
-    ):
-        return None
-    return float(abs(dataset.res[0]) + abs(dataset.res[1])) / 2
+    """Metres per pixel of a georeferenced raster (mean of x and y), else None."""
+    from segment_plugin.engine.raster_io import pixel_size_m
+
+    size = pixel_size_m(dataset)
+    return (size[0] + size[1]) / 2 if size else None
 
 
 @dataclass
@@ -116,15 +114,17 @@ class Scene:
 
     def at_resolution(self, target: float | None) -> Scene:
         """This scene resampled to ``target`` metres per pixel (itself if either is unknown)."""
-        if target is None or self.gsd is None or abs(self.gsd / target - 1) < 0.05:
+        if target is None or self.gsd is None:
             return self
-        factor = self.gsd / target
+        factor = self.gsd / model_resolution_for(self.gsd, target)
+        if abs(factor - 1) <= RESAMPLE_TOLERANCE:
+            return self
         shape = (max(1, round(self.height * factor)), max(1, round(self.width * factor)))
         image = resize_bilinear(self.image, shape)
         if np.issubdtype(self.image.dtype, np.integer):
             image = np.rint(image).astype(self.image.dtype)
         return replace(
-            self, image=image, labels=resize_nearest(self.labels, shape), gsd=float(target)
+            self, image=image, labels=resize_nearest(self.labels, shape), gsd=self.gsd / factor
         )
 
 
@@ -259,7 +259,7 @@ def rasterize_labels(
 
 def _text_mapping(mapping: dict[Any, int], values: Sequence[Any], what: str) -> dict[str, int]:
     """``mapping`` keyed by text (how label values are compared); unmapped values refused."""
-    text = {str(k): int(v) for k, v in mapping.items()}
+    text = {str(k): OTHER_INDEX if v == OTHER_LABEL else int(v) for k, v in mapping.items()}
     unmapped = list(dict.fromkeys(str(v) for v in values if str(v) not in text))
     if unmapped:
         raise InputError(f"{what} without a class: {', '.join(unmapped)}")
@@ -338,22 +338,32 @@ def labelled_scene(
     image_path: Path,
     labels: Path,
     field: str | None,
-    mapping: dict[Any, int] | None,
+    mapping: dict[Any, int | str] | None,
     codes: Sequence[int],
 ) -> Scene:
     """(b)/(c) a raster + its labels: a polygon layer's class ``field`` or a class raster.
 
-    Labelled where digitised, ignore elsewhere, so sparse labels work.
+    Labelled where digitised, ignore elsewhere, so sparse labels work. Values mapped to "other"
+    make the scene partially labelled: they are some class *not* among those mapped.
     """
     import rasterio
 
+    lookup = code_lookup(codes)
+    named = [v for v in (mapping or {}).values() if v != OTHER_LABEL]
+    labelled = None
+    if mapping and len(named) < len(mapping):
+        lookup[OTHER_INDEX] = OTHER_INDEX
+        labelled = tuple(sorted({list(codes).index(c) for c in named if c in codes}))
+        if not labelled:
+            raise InputError('a mapping to "other" needs at least one value mapped to a class')
     with rasterio.open(image_path) as src:
         values = labels_on_grid(src, labels, field, mapping)
         where = field or Path(labels).name
         return Scene(
             Path(image_path).name,
             src.read(),
-            _to_indices(values, code_lookup(codes), codes, where),
+            _to_indices(values, lookup, codes, where),
+            labelled=labelled,
             gsd=ground_resolution(src),
         )
 
@@ -559,11 +569,11 @@ class PatchSampler:
             self.anchors.append((rows[keep], cols[keep]))
         self.weights = scene_weights(self.scenes, source_weights)
 
-    def _scale(self, scene: Scene) -> float:
+    def scale_of(self, scene: Scene) -> float:
         """Output pixels per scene pixel before augmentation."""
         if self.resolution is None or scene.gsd is None:
             return 1.0
-        return scene.gsd / self.resolution
+        return scene.gsd / model_resolution_for(scene.gsd, self.resolution)
 
     def random_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One random patch; scale 0.5–2× and the other augmentations when enabled."""
@@ -571,7 +581,7 @@ class PatchSampler:
             k = rng.choice(len(self.scenes), p=self.weights)
             scene, (rows, cols) = self.scenes[k], self.anchors[k]
             jitter = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if self.augment else 1.0
-            scale = self._scale(scene) * jitter
+            scale = self.scale_of(scene) * jitter
             size = max(8, round(self.patch / scale))
             h, w = min(size, scene.height), min(size, scene.width)
             anchor = int(rng.integers(rows.size))  # a labelled pixel somewhere inside the crop
@@ -591,7 +601,10 @@ class PatchSampler:
     ) -> tuple[np.ndarray, np.ndarray]:
         """A window resized by ``scale`` (at most the patch), padded to the patch with ignore."""
         h, w = labels.shape
-        shape = (min(self.patch, max(1, round(h * scale))), min(self.patch, max(1, round(w * scale))))
+        shape = (
+            min(self.patch, max(1, round(h * scale))),
+            min(self.patch, max(1, round(w * scale))),
+        )
         image = resize_bilinear(image, shape)
         labels = resize_nearest(labels, shape)
         pad = ((0, self.patch - shape[0]), (0, self.patch - shape[1]))
@@ -606,7 +619,7 @@ class PatchSampler:
 
         out = []
         for scene in self.scenes:
-            scale = self._scale(scene)
+            scale = self.scale_of(scene)
             size = min(max(8, round(self.patch / scale)), scene.height, scene.width)
             for row in tile_origins(scene.height, size, size):
                 for col in tile_origins(scene.width, size, size):

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, LOSS_NAMES
-from segment_plugin.engine.training.metrics import IGNORE_INDEX
 
 EPSILON = 1e-7
 OTHER_BASE = 256  # y_true ≥ this: "other", the bits above it name the set's labelled classes

@@ -31,9 +31,7 @@ def confusion_matrix(
     return np.bincount(pairs, minlength=classes * classes).reshape(classes, classes)
 
 
-def confusion_with_other(
-    truth: np.ndarray, prediction: np.ndarray, classes: int
-) -> np.ndarray:
+def confusion_with_other(truth: np.ndarray, prediction: np.ndarray, classes: int) -> np.ndarray:
     """(classes + 1, classes) counts: :func:`confusion_matrix` plus a last row for *other*."""
     truth = np.asarray(truth).ravel()
     rows = np.where(truth == OTHER_INDEX, classes, truth)

@@ -107,7 +107,11 @@ def source_record(
             "training_images": sum(1 for x in train if x.source == s.name),
             "validation_images": sum(1 for x in val if x.source == s.name),
             "labelled_classes": next(
-                ([names[i] for i in x.labelled] for x in train if x.source == s.name and x.labelled),
+                (
+                    [names[i] for i in x.labelled]
+                    for x in train
+                    if x.source == s.name and x.labelled
+                ),
                 "all",
             ),
             "licence": s.licence,

@@ -61,6 +61,13 @@ DEFAULT_BAND_NAMES = ("red", "green", "blue", "nir")
 # encoder layers of the U-Nets (enc*, pool*, bottleneck) and of the EfficientNet (stem*, block*)
 ENCODER_PREFIXES = ("enc", "pool", "bottleneck", "stem", "block")
 STATE_DIR = ".training"
+#: fewer pair images than this are each split by area for validation, not held out whole
+FEW_IMAGES = 5
+#: the least gain in validation mIoU for a fine-tune to replace its base model: a smaller one
+#: is within the noise of a small validation area
+MIN_GAIN = 0.01
+#: the fewest steps of an epoch by default (steps follow the labelled area, at least these)
+MIN_STEPS = 25
 
 
 def _scene_stats(scenes: list[Scene], low: float, high: float) -> BandStats:
@@ -98,9 +105,9 @@ def _raster_bands(params: TrainParams, base: ModelCard | None) -> list[int] | No
 def _training_data(
     params: TrainParams, codes: list[int], base: ModelCard | None, sources: list[Source]
 ) -> tuple[list[Scene], list[Scene]]:
-    """Training and validation scenes: pairs split by image, a labelled raster split by area,
-    sources by their own hold-out patterns.
+    """Training and validation scenes.
 
+    Pairs are split by image, a labelled raster by area, sources by their hold-out patterns.
     ``base`` is the card of the model being fine-tuned, if any: it decides the bands.
     """
     # a base model takes its own number of bands: the first ones of each image, as with --bands
@@ -109,10 +116,15 @@ def _training_data(
     pairs = [s for folder in params.images for s in pairs_folder(folder, codes, pair_bands)]
     if params.val_images:
         train_scenes, val_scenes = pairs, pairs_folder(params.val_images, codes, pair_bands)
-    elif len(pairs) >= 2 or (params.raster is None and pairs):
+    elif 0 < len(pairs) < FEW_IMAGES:
+        # one held-out image of a few is no measure of the region: validate on the same share
+        # of each image's labelled area instead
+        halves = [split_by_area(scene, params.val_fraction) for scene in pairs]
+        train_scenes, val_scenes = [h[0] for h in halves], [h[1] for h in halves]
+    elif pairs:
         train_scenes, val_scenes = _split(pairs, params.val_fraction, params.seed)
     else:
-        train_scenes, val_scenes = pairs, []
+        train_scenes, val_scenes = [], []
     train_scenes += from_sources[0]
     val_scenes += from_sources[1]
     if params.raster is not None:
@@ -230,15 +242,24 @@ def _model_and_card(
     return model, replace(card, description=params.description) if params.description else card
 
 
+def _default_steps(sampler: PatchSampler, patch: int, batch: int) -> int:
+    """About one pass over the labelled area (at the training resolution), at least MIN_STEPS."""
+    labelled = sum(
+        int((s.labels != metrics.IGNORE_INDEX).sum()) * sampler.scale_of(s) ** 2
+        for s in sampler.scenes
+    )
+    return max(MIN_STEPS, round(labelled / patch**2 / batch))
+
+
 def _loss_class_weights(
     scheme: str, counts: np.ndarray, kept_head_of: ModelCard | None, reporter: Reporter
 ) -> np.ndarray | None:
-    """The loss's class weights: ``scheme`` over the training labels; "auto" for a fine-tune
-    that keeps its base's head is the base's own weights.
+    """The loss's class weights: ``scheme`` over the training labels, or the base's.
 
-    Recomputed from a few fine-tuning images they can be extreme (measured: background 0.06,
-    road 17.4 from two 1024² tiles, and the model flooded the map with roads), and the base's
-    outputs carry the bias of its weights anyway.
+    "auto" for a fine-tune that keeps its base's head is the base's own weights. Recomputed
+    from a few fine-tuning images they can be extreme (measured: background 0.06, road 17.4 from
+    two 1024² tiles, and the model flooded the map with roads), and the base's outputs carry the
+    bias of its weights anyway.
     """
     if scheme == "auto":
         if kept_head_of is not None and kept_head_of.class_weights is not None:
@@ -365,9 +386,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         resolution,
         source_weights,
     )
-    steps = params.steps_per_epoch or max(
-        1, int(sum(s.height * s.width for s in train_scenes) / params.patch**2 / params.batch)
-    )
+    steps = params.steps_per_epoch or _default_steps(sampler, params.patch, params.batch)
     batches = _Batches.make(sampler, params.batch, steps, params.seed, params.workers)
     schedule = keras.optimizers.schedules.CosineDecay(
         params.learning_rate, params.epochs * steps, alpha=0.05
@@ -488,7 +507,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             entry["val_per_source"] = {k: v["miou"] for k, v in report["per_source"].items()}
         state["history"].append(entry)
         state["epoch"] = epoch + 1
-        improved = miou > state["best_miou"]
+        # replacing the base model takes a clear gain; later epochs only need to beat the best
+        bar = state["best_miou"] + (MIN_GAIN if state["best_epoch"] == 0 else 0.0)
+        improved = miou > bar
         if improved:
             state.update(best_miou=miou, best_epoch=epoch + 1, stale=0, best_report=report)
             save_package(
@@ -534,12 +555,16 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
                 f"{state['best_miou']:.4f}) is kept in {output}"
             ) from None
     seconds = time.monotonic() - started
+    handed_back = None
     if state["best_epoch"] == 0:
-        reporter.log(
-            f"fine-tuning did not improve on the base model's val mIoU {state['best_miou']:.4f}: "
-            f"{output} holds the base model",
-            "warning",
+        tried = max((e["val_miou"] for e in state["history"]), default=None)
+        handed_back = (
+            f"fine-tuning did not improve on the base model's val mIoU {state['best_miou']:.4f} "
+            f"by {MIN_GAIN} (best epoch: "
+            + (f"{tried:.4f}" if tried is not None else "none")
+            + f"): {output} holds the base model"
         )
+        reporter.log(handed_back, "warning")
     patches = (state["epoch"] - ctx["first_step"] // steps) * steps * params.batch
     return {
         "output": str(output),
@@ -547,6 +572,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         "val_miou": state["best_miou"],
         "val_report": state.get("best_report"),
         "base_val_report": before,
+        "handed_back": handed_back,
+        "validation": [scene.name for scene in val_scenes][:50],
+        "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
         "history": state["history"],
         "near_duplicates": duplicates,
         "patches_per_s": round(patches / seconds, 2) if seconds > 0 and patches > 0 else None,
