@@ -351,6 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="metres per pixel of --images that are not georeferenced (resampled to the model's)",
     )
+    ev.add_argument(
+        "--sources",
+        type=Path,
+        help="a training sources file: each source's held-out images, reported per source",
+    )
+    ev.add_argument("--data-root", type=Path, help="the sources' folders are relative to this")
     ev.add_argument("--raster", type=Path, help="raster to segment …")
     ev.add_argument("--reference", type=Path, help="… and its reference class raster")
     ev.add_argument("--prediction", type=Path, help="compare this class raster to --reference")

@@ -32,17 +32,25 @@ MIN_TILE = 256
 def _pairs_matrix(
     params: EvaluateParams, reporter: Reporter
 ) -> tuple[np.ndarray, list, str, tuple[int, ...] | None]:
-    """Confusion of a pairs folder, and its labelled classes if it is partially labelled.
+    """Confusion of a pairs folder, and its labelled classes if it is partially labelled."""
+    package = resolve_model(params.model)
+    card = package.card
+    scenes = pairs_folder(params.images, card.class_codes, len(card.bands), params.gsd)
+    matrix, labelled = _scenes_matrix(package, package.load_model(), scenes, params, reporter)
+    return matrix, [c.name for c in card.classes], card.name, labelled
 
-    A partial folder's confusion has an *other* row. Images of known resolution are resampled
-    to the model's.
+
+def _scenes_matrix(
+    package: Any, model: Any, scenes: list, params: EvaluateParams, reporter: Reporter
+) -> tuple[np.ndarray, tuple[int, ...] | None]:
+    """Confusion of labelled scenes predicted as segment would; the labelled classes if partial.
+
+    A partial set's confusion has an *other* row. Images of known resolution are resampled to
+    the model's.
     """
     from segment_plugin.engine.inference import predict_array
 
-    package = resolve_model(params.model)
     card = package.card
-    model = package.load_model()
-    scenes = pairs_folder(params.images, card.class_codes, len(card.bands), params.gsd)
     if card.resolution_m and any(s.gsd is None for s in scenes):
         reporter.log(
             f"{card.name} works at {card.resolution_m} m but the images' resolution is unknown: "
@@ -74,13 +82,35 @@ def _pairs_matrix(
         )
         matrix += metrics.confusion_with_other(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
-    labelled = scenes[0].labelled
-    return (
-        (matrix if labelled else matrix[:-1]),
-        [c.name for c in card.classes],
-        card.name,
-        labelled,
-    )
+    labelled = scenes[0].labelled if scenes else None
+    return (matrix if labelled else matrix[:-1]), labelled
+
+
+def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any]:
+    """Each source's held-out images (its validation patterns), reported per source."""
+    from segment_plugin.engine.training.sources import load_sources, read_sources
+
+    package = resolve_model(params.model)
+    card = package.card
+    model = package.load_model()
+    names = [c.name for c in card.classes]
+    per_source = {}
+    for source in read_sources(params.sources, params.data_root):
+        if not source.validation:
+            continue
+        _, held = load_sources([source], card.class_codes, len(card.bands))
+        reporter.log(f"{source.name}: {len(held)} held-out images")
+        matrix, labelled = _scenes_matrix(package, model, held, params, reporter)
+        per_source[source.name] = metrics.report(matrix, names, labelled)
+    if not per_source:
+        raise InputError(f"{params.sources}: no source holds images out (validation patterns)")
+    scores = [r["miou"] for r in per_source.values() if r["miou"] is not None]
+    return {
+        "miou": round(float(np.mean(scores)), 5) if scores else None,
+        "per_source": per_source,
+        "model": card.name,
+        "on": f"held-out images of {params.sources}",
+    }
 
 
 def _check_same_grid(reference: Path, other: Path) -> None:
@@ -153,6 +183,8 @@ def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[s
     if params.report is not None:
         source = params.images or params.raster or params.prediction
         outputs.check_output_path(params.report, source, params.overwrite)
+    if params.sources is not None:
+        return _sources_result(params, reporter)
     if params.images is not None:
         matrix, names, model, labelled = _pairs_matrix(params, reporter)
         on = str(params.images)

@@ -254,6 +254,8 @@ class EvaluateParams(JobParams):
     model: str = "landcover"
     images: Path | None = None  # a folder of image/mask pairs …
     gsd: float | None = None  # … whose metres per pixel, if they are not georeferenced
+    sources: Path | None = None  # … or a training sources file: each source's held-out images
+    data_root: Path | None = None  # … its folders relative to this (default: its folder)
     raster: Path | None = None  # … or a raster to segment and
     reference: Path | None = None  # … its reference class raster
     prediction: Path | None = None  # … or an existing class raster, compared to the reference
@@ -264,19 +266,23 @@ class EvaluateParams(JobParams):
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("images", "raster", "reference", "prediction", "report"):
+        for name in ("images", "raster", "reference", "prediction", "report", "sources"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value))
-        sources = [v for v in (self.images, self.raster, self.prediction) if v is not None]
-        if len(sources) != 1:
+        if self.data_root is not None:
+            self.data_root = Path(self.data_root)
+        given = [self.images, self.raster, self.prediction, self.sources]
+        if len([v for v in given if v is not None]) != 1:
             raise InputError(
-                "give either --images DIR, --raster R --reference REF, "
+                "give either --images DIR, --sources FILE, --raster R --reference REF, "
                 "or --prediction CLASSES --reference REF"
             )
+        if self.sources is not None and self.report is not None:
+            raise InputError("--report is for one set: not with --sources")
         if self.gsd is not None and (self.images is None or not self.gsd > 0):
             raise InputError("--gsd (positive, metres per pixel) is for --images only")
-        if self.images is None and self.reference is None:
+        if self.images is None and self.sources is None and self.reference is None:
             raise InputError("--raster and --prediction need --reference (the reference classes)")
         for flag, value in (("--tta", self.tta), ("--keep-class-weights", self.keep_class_weights)):
             if value and self.prediction is not None:

@@ -55,11 +55,31 @@ from segment_plugin.processing.engine_feedback import DialogFeedback
 from segment_plugin.settings import PluginSettings
 
 IGNORE = 255
+# a label value that is "some class not mapped here" (e.g. "not road"): the engine's partial labels
+OTHER = "other"
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.-") or "model"
+
+
+def run_info(report: dict, names: list[str]) -> str:
+    """What the engine trained with: class weights, validation area, and a hand-back's reason."""
+    lines = []
+    weights = report.get("class_weights")
+    if weights:
+        lines.append(
+            "Class weights used: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
+        )
+    validation = report.get("validation") or []
+    if validation:
+        lines.append(
+            "Validated on: " + "; ".join(validation[:4]) + (" …" if len(validation) > 4 else "")
+        )
+    if report.get("handed_back"):
+        lines.append("Base model handed back: " + report["handed_back"])
+    return "\n".join(lines)
 
 
 def _iou_text(value) -> str:
@@ -214,6 +234,9 @@ class FineTuneDialog(AlgorithmDialog):
         self.iou_table.verticalHeader().hide()
         right.addWidget(QLabel("Per-class IoU on the validation area"))
         right.addWidget(self.iou_table, 1)
+        self.run_info = QLabel()  # class weights used, validation area, why the base came back
+        self.run_info.setWordWrap(True)
+        right.addWidget(self.run_info)
         self.train_button = self.add_run_controls(right, "Train", "Cancel training")
         self.train_button.clicked.connect(self.train)
 
@@ -302,6 +325,7 @@ class FineTuneDialog(AlgorithmDialog):
             for c in classes:
                 combo.addItem(f"{c['code']}: {c['name']}", c["code"])
             combo.addItem("ignore (leave out)", IGNORE)
+            combo.addItem("other (none of the classes mapped here)", OTHER)
             text = str(value)
             wanted = previous.get(text, by_code.get(text, by_name.get(text.lower())))
             if wanted is None and text == str(IGNORE):  # LandCover.ai's "unlabelled"
@@ -310,16 +334,19 @@ class FineTuneDialog(AlgorithmDialog):
                 combo.setCurrentIndex(max(0, combo.findData(wanted)))
             self.mapping_table.setCellWidget(row, 1, combo)
 
-    def mapping(self) -> dict[str, int]:
-        """Label value (as text) → class code, for the rows that have a class."""
+    def mapping(self) -> dict[str, int | str]:
+        """Label value (as text) → class code (or "other"), for the rows that have a class."""
         result = {}
         for row in range(self.mapping_table.rowCount()):
             combo = self.mapping_table.cellWidget(row, 1)
             if combo is not None and combo.currentData() is not None:
-                result[self.mapping_table.item(row, 0).text()] = int(combo.currentData())
+                data = combo.currentData()
+                result[self.mapping_table.item(row, 0).text()] = (
+                    OTHER if data == OTHER else int(data)
+                )
         return result
 
-    def set_mapping(self, value: str, code: int) -> None:
+    def set_mapping(self, value: str, code: int | str) -> None:
         """Map one label value to a class code (what choosing in the table does)."""
         for row in range(self.mapping_table.rowCount()):
             if self.mapping_table.item(row, 0).text() == str(value):
@@ -362,8 +389,8 @@ class FineTuneDialog(AlgorithmDialog):
         unmapped = [v for v in values if v not in self.mapping()]
         if unmapped:
             return f"Choose a class (or ignore) for the label values: {', '.join(unmapped)}."
-        if not [c for c in self.mapping().values() if c != IGNORE]:
-            return "Every label value is ignored: map at least one to a class."
+        if not [c for c in self.mapping().values() if c not in (IGNORE, OTHER)]:
+            return "Every label value is ignored or other: map at least one to a class."
         return None
 
     def _labels_layer(self):
@@ -413,6 +440,7 @@ class FineTuneDialog(AlgorithmDialog):
             self.status.setText(problem)
             return
         self.before = {}
+        self.run_info.setText("")
         self.chart.reset(self.epochs_spin.value())
         self._reset_iou_table(["Base model", "Latest epoch", "Best"])
         self.start("segment_plugin:fine_tune", "preparing the labels and the base model…")
@@ -478,11 +506,14 @@ class FineTuneDialog(AlgorithmDialog):
         report = json.loads(results.get("REPORT") or "{}")
         before = (report.get("base_val_report") or {}).get("per_class_iou") or {}
         after = (report.get("val_report") or {}).get("per_class_iou") or {}
-        self._show_comparison(before, after)
+        self._show_comparison(before, after, bool(report.get("handed_back")))
+        self.run_info.setText(run_info(report, [c["name"] for c in self.classes()]))
         text = (
             f"model {name!r}: validation mIoU {_iou_text(results.get('MIOU_BEFORE'))} (base) → "
             f"{_iou_text(results.get('MIOU_AFTER'))} (fine-tuned)"
         )
+        if report.get("handed_back"):
+            text += " — no clear gain, so the new model is the base model unchanged"
         self.status.setText(f"Done — {text}. It is now in the Segment Layer dialog's models.")
         self.iface.messageBar().pushMessage("Fine-tune model", text, Qgis.Success, 10)
         settings = PluginSettings.load()
@@ -491,9 +522,13 @@ class FineTuneDialog(AlgorithmDialog):
         self.modelTrained.emit(name)
         self.load_models()
 
-    def _show_comparison(self, before: dict, after: dict) -> None:
-        """Before/after per class, the change coloured (green better, red worse)."""
-        self._reset_iou_table(["Before", "After", "Change"])
+    def _show_comparison(self, before: dict, after: dict, handed_back: bool = False) -> None:
+        """Before/after per class, the change coloured (green better, red worse).
+
+        When the base model was handed back, "After" is the base itself: the header says so.
+        """
+        after_header = "After (base handed back)" if handed_back else "After"
+        self._reset_iou_table(["Before", after_header, "Change"])
         self._set_iou_column(1, before)
         self._set_iou_column(2, after)
         for row in range(self.iou_table.rowCount()):

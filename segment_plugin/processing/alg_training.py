@@ -58,7 +58,8 @@ class _LabelledRaster(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterString(
                 "MAPPING",
-                'Label value → class code (JSON, e.g. {"house": 1}; empty: values are codes)',
+                'Label value → class code (JSON, e.g. {"house": 1, "meadow": "other"}; '
+                '"other": none of the classes mapped here; empty: values are codes)',
                 optional=True,
             )
         )

@@ -239,3 +239,36 @@ def test_sources_file_and_hold_out(tmp_path, roads_folder):
     path.write_text("{}")
     with pytest.raises(InputError, match="not a sources file"):
         read_sources(path)
+
+
+def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_half_metre):
+    """evaluate scores a partial set's labelled classes only, at the model's resolution, and a
+    sources file's held-out images per source."""
+    from segment_plugin.engine.evaluate import evaluate
+    from segment_plugin.engine.params import EvaluateParams
+
+    model = str(tiny_model_half_metre)
+    result = evaluate(EvaluateParams(model=model, images=roads_folder, gsd=1.0))
+    assert result["labelled_classes"] == ["road"]
+    assert [n for n, v in result["per_class_iou"].items() if v is not None] == ["road"]
+    assert len(result["confusion_matrix"]) == 6  # five classes and the "other" row
+    # at 0.5 m a 64 × 80 px tile at 1 m is 128 × 160 px: four times the pixels
+    assert result["pixels"] == 3 * 4 * (62 * 80)
+    native = evaluate(EvaluateParams(model=model, images=roads_folder))
+    assert native["pixels"] == 3 * 62 * 80  # resolution unknown: evaluated at its own scale
+
+    sources = tmp_path / "sources.json"
+    entry = {
+        "name": "roads",
+        "folder": "roads",
+        "gsd_m": 1.0,
+        "weight": 1,
+        "validation": ["tile_2*"],
+    }
+    sources.write_text(json.dumps({"sources": [entry]}))
+    by_source = evaluate(EvaluateParams(model=model, sources=sources))
+    assert list(by_source["per_source"]) == ["roads"]
+    assert by_source["per_source"]["roads"]["pixels"] == 4 * 62 * 80
+    assert by_source["miou"] == by_source["per_source"]["roads"]["miou"]
+    with pytest.raises(InputError, match="give either"):
+        EvaluateParams(model=model, sources=sources, images=roads_folder)

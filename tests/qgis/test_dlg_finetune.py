@@ -64,6 +64,13 @@ def test_mapping_table_and_checks_before_the_run(dialog, labelled):
     dialog.set_mapping("forest", 2)
     dialog.set_mapping("field", 255)
     assert dialog.mapping() == {"forest": 2, "field": 255}
+    # partial labels: "field" is some class other than woodland, not known to be background
+    dialog.set_mapping("field", "other")
+    assert dialog.mapping() == {"forest": 2, "field": "other"}
+    assert json.loads(dialog.parameters()["MAPPING"]) == {"forest": 2, "field": "other"}
+    dialog.set_mapping("forest", "other")
+    assert "map at least one to a class" in dialog.problem()
+    dialog.set_mapping("forest", 2)
     dialog.set_mapping("field", 0)
 
     dialog.name_edit.setText("tiny")
@@ -120,8 +127,14 @@ def test_fine_tune_from_the_dialog_end_to_end(dialog, plugin, engine_python, tmp
     # live chart and table were fed by the engine's per-epoch metrics
     assert [e["epoch"] for e in dialog.chart.epochs] == [1, 2, 3]
     assert dialog.chart.base_miou == pytest.approx(dialog.last_results["MIOU_BEFORE"])
+    report = json.loads(dialog.last_results["REPORT"])
     headers = [dialog.iou_table.horizontalHeaderItem(c).text() for c in range(4)]
-    assert headers == ["Class", "Before", "After", "Change"]
+    after = "After (base handed back)" if report["handed_back"] else "After"
+    assert headers == ["Class", "Before", after, "Change"]
+    # what the engine trained with is shown: the class weights and the validation area
+    info = dialog.run_info.text()
+    assert info.startswith("Class weights used: background ")
+    assert "Validated on: " in info and "(validation area: columns " in info
     woodland = next(
         r
         for r in range(dialog.iou_table.rowCount())

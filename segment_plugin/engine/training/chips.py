@@ -403,7 +403,11 @@ def split_by_area(scene: Scene, fraction: float) -> tuple[Scene, Scene]:
     val_labels[:, cut:] = scene.labels[:, cut:]
     return (
         replace(scene, name=f"{scene.name} (training area)", labels=train_labels),
-        replace(scene, name=f"{scene.name} (validation area)", labels=val_labels),
+        replace(
+            scene,
+            name=f"{scene.name} (validation area: columns {cut}–{scene.width})",
+            labels=val_labels,
+        ),
     )
 
 
