@@ -15,7 +15,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled train-bundled-stages card-bundled device-kit \
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled train-bundled-stages card-bundled compare-bundled tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -27,6 +27,8 @@ help:
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make card-bundled   its measured figures into its card (after make bench)"
+	@echo "make compare-bundled  the bundled model beside the previous one on real rasters (PNGs)"
+	@echo "make tile-agreement  how much its class map depends on the tile size"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
 	@echo "make check-backends  the bundled model agrees, and training runs, under JAX and torch (.venv-jax, .venv-torch)"
 	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
@@ -224,6 +226,29 @@ train-bundled-stages: setup
 	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) --epochs $(TRAIN_EPOCHS) \
 	    --steps-per-epoch 50 --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) \
 	    --patience $(TRAIN_EPOCHS) --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
+
+# The bundled model beside the one it replaced (taken from git at PREVIOUS_MODEL) on real
+# rasters: build/compare/<raster>_old_vs_new.png (previous above, new below) and the area per
+# class of each (build/compare/areas.json).
+PREVIOUS_MODEL ?= 784e4f6
+RASTERS := ../shared/data/rasters
+COMPARE_RASTERS := $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif $(RASTERS)/oam_manila_ph_rgb_10cm.tif \
+    $(RASTERS)/riotiler_pix4d_rgba_nodata_35cm.tif $(RASTERS)/spacenet_rotterdam_ms_bgrn_1m_uint16.tif:3,2,1
+compare-bundled: setup
+	@mkdir -p build/compare/previous/landcover
+	for f in model.keras model.json; do git show $(PREVIOUS_MODEL):$(BUNDLED)/$$f \
+	    > build/compare/previous/landcover/$$f || exit 1; done
+	set -o pipefail; $(ENGINE_PY) tests/bench/compare_models.py \
+	    --old build/compare/previous/landcover --new landcover --output-dir build/compare \
+	    $(COMPARE_RASTERS) | tee build/compare/areas.json
+
+# How much the bundled model's class map depends on the tile size (tiles 256, 512 against one
+# whole-image pass) on the demo, Manila and a Dubai tile-8 image: build/tiles/agreement.json.
+tile-agreement: setup
+	@mkdir -p build/tiles
+	set -o pipefail; $(ENGINE_PY) tests/bench/tile_agreement.py --work-dir build/tiles \
+	    $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif $(RASTERS)/oam_manila_ph_rgb_10cm.tif \
+	    | tee build/tiles/agreement.json
 
 # The bundled model's card figures, measured: tile-8 mIoU at the card's tile and with --tta,
 # CPU speed from make bench (run it first), file size, the last epochs' mean mIoU when
