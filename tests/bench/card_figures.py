@@ -1,12 +1,13 @@
 """`make card-bundled`: writes the bundled model's measured figures into its card.
 
 Reads what was measured, never a typed number: ``evaluate`` on Dubai tile 8 at the card's tile
-(plain, which becomes the card's headline mIoU, and with ``--tta``), ``make bench``'s CPU
-speeds, the size of ``model.keras``; from the training state when there is one, the mean
-validation mIoU of the last 10 epochs (the shipped epoch was chosen by its tile-8 score, so that
-mean shows how much the choice flatters it); and ``evaluate`` on the training tiles themselves,
-which tells underfitting (they score no better than tile 8) from poor transfer (they score far
-better).
+(plain, which becomes the card's headline mIoU, and with ``--tta``), ``evaluate --sources`` (each
+training source's held-out images, per source), ``make bench``'s CPU speeds (or, without a new
+bench, the previous card's, measured on the same architecture and tile), the size of
+``model.keras``; from the training state when there is one, the mean validation mIoU of the last
+10 epochs (the shipped epoch was chosen by its validation score, so that mean shows how much the
+choice flatters it); and ``evaluate`` on the training tiles themselves, which tells underfitting
+(they score no better than tile 8) from poor transfer (they score far better).
 """
 
 from __future__ import annotations
@@ -30,22 +31,40 @@ def last_json(path: Path) -> dict:
 def main(args: argparse.Namespace) -> None:
     card_path = BUNDLED / "model.json"
     card = json.loads(card_path.read_text())
-    plain, tta = last_json(args.evaluate), last_json(args.tta)
-    speed = json.loads(args.bench.read_text())
+    plain = last_json(args.evaluate)
     metrics = card["metrics"]
     # the headline figures are evaluate's, as a user would measure them (the card's tile, its
     # class-weight correction), replacing what training measured on 256 px tiles
     for key in ("miou", "per_class_iou", "pixel_accuracy"):
         metrics[key] = plain[key]
+    metrics["on"] = plain["on"]
     metrics["tile"] = card["tile_size"]
-    metrics["miou_tta"] = round(tta["miou"], 5)
-    metrics["per_class_iou_tta"] = {k: round(v, 5) for k, v in tta["per_class_iou"].items()}
-    metrics["cpu_inference"] = {
-        "model_only_mpx_per_s": speed["mpx_per_s_model_only"],
-        "end_to_end_mpx_per_s": speed["mpx_per_s_end_to_end"],
-        "measured": f"make bench: {speed['machine']['cpus']}-core "
-        f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}",
-    }
+    if args.tta:
+        tta = last_json(args.tta)
+        metrics["miou_tta"] = round(tta["miou"], 5)
+        metrics["per_class_iou_tta"] = {k: round(v, 5) for k, v in tta["per_class_iou"].items()}
+    if args.sources:
+        by_source = last_json(args.sources)
+        metrics["per_source"] = {
+            name: {k: r[k] for k in ("miou", "per_class_iou", "pixels")}
+            | ({"labelled_classes": r["labelled_classes"]} if "labelled_classes" in r else {})
+            for name, r in by_source["per_source"].items()
+        }
+        metrics["miou_mean_of_sources"] = by_source["miou"]
+    if args.bench:
+        speed = json.loads(args.bench.read_text())
+        metrics["cpu_inference"] = {
+            "model_only_mpx_per_s": speed["mpx_per_s_model_only"],
+            "end_to_end_mpx_per_s": speed["mpx_per_s_end_to_end"],
+            "measured": f"make bench: {speed['machine']['cpus']}-core "
+            f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}",
+        }
+    elif args.previous:
+        previous = json.loads(args.previous.read_text())
+        if previous.get("architecture") == card.get("architecture"):
+            speed = dict(previous["metrics"]["cpu_inference"])
+            speed["measured"] += f" (on {previous['name']}'s earlier weights: same architecture)"
+            metrics["cpu_inference"] = speed
     metrics["size_mb"] = round((BUNDLED / "model.keras").stat().st_size / 1e6, 1)
     if args.state and args.state.exists():
         state = json.loads(args.state.read_text())
@@ -69,8 +88,12 @@ def main(args: argparse.Namespace) -> None:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--evaluate", type=Path, required=True, help="evaluate on tile 8")
-    parser.add_argument("--tta", type=Path, required=True, help="evaluate --tta on tile 8")
-    parser.add_argument("--bench", type=Path, required=True, help="bench_segment.json")
+    parser.add_argument("--tta", type=Path, help="evaluate --tta on tile 8")
+    parser.add_argument("--sources", type=Path, help="evaluate --sources (held-out, per source)")
+    parser.add_argument("--bench", type=Path, help="bench_segment.json")
+    parser.add_argument(
+        "--previous", type=Path, help="the replaced model's card: its CPU speed, if no --bench"
+    )
     parser.add_argument("--state", type=Path, help="make train-bundled's state.json")
     parser.add_argument(
         "--fit", type=Path, nargs="*", default=[], help="evaluate on training tiles, one file each"
