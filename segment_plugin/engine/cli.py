@@ -312,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--batch", type=int, default=8)
     tr.add_argument("--steps-per-epoch", type=int)
-    tr.add_argument("--learning-rate", type=float, default=1e-3)
+    tr.add_argument(
+        "--learning-rate", type=float, help="default: 1e-3 for a new model, 1e-4 for a fine-tune"
+    )
     tr.add_argument("--loss", default="ce+dice", choices=LOSS_NAMES)
     tr.add_argument(
         "--class-weights",

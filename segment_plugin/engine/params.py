@@ -101,6 +101,10 @@ class SegmentParams(JobParams):
             raise InputError(f"overlap must not be negative, got {self.overlap}")
         if self.resolution is not None and not self.resolution > 0:
             raise InputError(f"resolution must be positive, got {self.resolution}")
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.base_model else 1e-3
+        if not self.learning_rate > 0:
+            raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
 
 
 @dataclass
@@ -183,7 +187,9 @@ class TrainParams(JobParams):
     tile_size: int | None = None  # the card's inference tile; default max(patch, 256)
     batch: int = 8
     steps_per_epoch: int | None = None  # None: about one pass over the training pixels
-    learning_rate: float = 1e-3
+    # None: 1e-3 for a new model, 1e-4 for a fine-tune (as the Fine-tune dialog; 1e-3 undid
+    # what a trained model knew within a few small-data steps)
+    learning_rate: float | None = None
     loss: str = "ce+dice"
     class_weights: str = "auto"  # see CLASS_WEIGHT_SCHEMES
     freeze_encoder: bool = False
@@ -219,6 +225,10 @@ class TrainParams(JobParams):
             )
         if self.resolution is not None and not self.resolution > 0:
             raise InputError(f"resolution must be positive, got {self.resolution}")
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if self.base_model else 1e-3
+        if not self.learning_rate > 0:
+            raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
         if self.raster is not None and self.labels is None:
             raise InputError(
                 "--raster needs --labels: a polygon layer with --field (its class field), "

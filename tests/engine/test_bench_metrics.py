@@ -70,7 +70,8 @@ def test_bundled_model_tiled_at_the_default_overlap_has_no_seams(tmp_path):
     single_pass = single_pass_classes(crop, "landcover")
 
     out = tmp_path / "classes.tif"
-    segment(SegmentParams(crop, out, model="landcover"), Recorder())
+    # at the crop's own 25 cm (the single pass's grid): this is about tiles, not resampling
+    segment(SegmentParams(crop, out, model="landcover", resolution=0.25), Recorder())
     with rasterio.open(out) as ds:
         tiled = ds.read(1)
     tile = resolve_model("landcover").card.tile_size

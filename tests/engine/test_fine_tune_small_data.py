@@ -1,0 +1,161 @@
+"""Fine-tuning the bundled model with the few labels a user has, at the default settings.
+
+Tested the way it once failed: a couple of labelled images of a region, one more kept aside and
+never seen by training, scored before and after (printed). The Chesapeake tile is a region and
+scale the bundled model never trained on; Dubai tile 8 was only its validation, and the two
+Massachusetts road tiles below are held out of its training (training/landcover_sources.json).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+from conftest import ROOT, SHARED, shared_raster
+
+from segment_plugin.engine.evaluate import evaluate
+from segment_plugin.engine.models.registry import resolve_model
+from segment_plugin.engine.params import EvaluateParams, TrainParams
+from segment_plugin.engine.training.train import train
+
+LANDCOVER = SHARED / "landcover"
+TILE_8 = LANDCOVER / "dubai" / "tile_8"
+ROADS = LANDCOVER / "massachusetts_roads"
+PREVIOUS = "784e4f6"  # the last commit whose bundled model trained on Dubai and NAIP only
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bundled():
+    if not TILE_8.is_dir():
+        pytest.skip("../shared/data is not there")
+    try:
+        resolve_model("landcover")
+    except Exception:  # noqa: BLE001
+        pytest.skip("the bundled model is not installed")
+
+
+def _link_pairs(folder, source, stems, labels_json=None):
+    """A folder of links to some image/mask pairs of ``source`` (and its labels.json)."""
+    folder.mkdir()
+    for stem in stems:
+        for path in source.glob(f"{stem}.*"):
+            (folder / path.name).symlink_to(path)
+        for path in source.glob(f"{stem}_mask.*"):
+            (folder / path.name).symlink_to(path)
+    if labels_json:
+        (folder / "labels.json").write_text(json.dumps(labels_json))
+    return folder
+
+
+def _score(model, images, gsd):
+    return evaluate(EvaluateParams(model=str(model), images=images, gsd=gsd))
+
+
+def _fine_tune(images, output, base="landcover"):
+    """A model fine-tuned at the defaults (two epochs: this is a test suite's CPU)."""
+    return train(
+        TrainParams(
+            output=output, images=(images,), base_model=str(base), epochs=2, device="cpu", seed=3
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def without_roads(tmp_path_factory):
+    """The bundled model as it was before the road, forest and drone sets (Dubai and NAIP only,
+    road IoU 0.07 on the Massachusetts tiles), taken from git: a model that never saw them."""
+    folder = tmp_path_factory.mktemp("previous") / "landcover"
+    folder.mkdir()
+    for name in ("model.keras", "model.json"):
+        shown = subprocess.run(
+            ["git", "show", f"{PREVIOUS}:resources/models/landcover/{name}"],
+            cwd=ROOT,
+            capture_output=True,
+            check=False,
+        )
+        if shown.returncode != 0:
+            pytest.skip(f"the previous bundled model is not in this clone's history ({PREVIOUS})")
+        (folder / name).write_bytes(shown.stdout)
+    return folder
+
+
+def _chesapeake_strips(folder):
+    """The Chesapeake tile (24 m pixels, West Virginia: a scale and region the bundled model never
+    trained on) cut into three georeferenced image/mask pairs, side by side."""
+    import rasterio
+    from rasterio.windows import Window
+
+    folder.mkdir()
+    image = shared_raster("chesapeake_m_3907833_nw_17_1_naip-new.tif")
+    labels = shared_raster("chesapeake_m_3907833_nw_17_1_lc_classes.tif")
+    with rasterio.open(image) as img, rasterio.open(labels) as lab:
+        width = img.width // 3
+        for k in range(3):
+            window = Window(k * width, 0, width, img.height)
+            profile = dict(
+                img.profile,
+                width=width,
+                transform=img.window_transform(window),
+                count=3,
+                photometric="RGB",
+            )
+            with rasterio.open(folder / f"strip_{k}.tif", "w", **profile) as dst:
+                dst.write(img.read([1, 2, 3], window=window))
+            mask_profile = dict(profile, count=1, photometric="MINISBLACK", nodata=None)
+            with rasterio.open(folder / f"strip_{k}_mask.tif", "w", **mask_profile) as dst:
+                dst.write(lab.read(1, window=window), 1)
+    return folder
+
+
+def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
+    strips = _chesapeake_strips(tmp_path / "strips")
+    train_dir = _link_pairs(tmp_path / "train", strips, ["strip_0", "strip_1"])
+    kept = _link_pairs(tmp_path / "kept", strips, ["strip_2"])
+    before = _score("landcover", kept, None)
+    result = _fine_tune(train_dir, tmp_path / "chesapeake")
+    after = _score(tmp_path / "chesapeake", kept, None)
+    with capsys.disabled():
+        print(
+            f"\nfine-tuned on 2 strips of the Chesapeake tile (validation: the last 20 % of "
+            f"each), scored on the third:\n  mIoU before {before['miou']:.3f} → after "
+            f"{after['miou']:.3f} (validation {result['base_val_report']['miou']:.3f} → "
+            f"{result['val_miou']:.3f}; handed back: {result['handed_back']})\n  per class "
+            f"before {before['per_class_iou']}\n  per class after  {after['per_class_iou']}"
+        )
+    # both images trained, each validated on its own last 20 % (few images: split by area)
+    assert all("(validation area: columns" in name for name in result["validation"])
+    assert len(result["validation"]) == 2
+    # the base's class weights, not ones recomputed from two images
+    assert result["class_weights"] == pytest.approx(
+        resolve_model("landcover").card.class_weights, abs=1e-4
+    )
+    assert after["miou"] > before["miou"]
+
+
+def test_roads_only_fine_tune_learns_roads_and_keeps_the_other_classes(
+    tmp_path, capsys, without_roads
+):
+    """Labels that say "road" and "not road" (other) only, on a model that never saw the set."""
+    spec = {"labelled": [4], "other": 0}
+    train_dir = _link_pairs(tmp_path / "roads", ROADS, ["10078660_15"], spec)
+    kept = _link_pairs(tmp_path / "kept", ROADS, ["10528795_15"], spec)
+    dubai = _link_pairs(tmp_path / "dubai", TILE_8, ["image_part_001"])
+    road_before = _score(without_roads, kept, 1.0)
+    dubai_before = _score(without_roads, dubai, 1.0)
+    result = _fine_tune(train_dir, tmp_path / "roads_ft", without_roads)
+    road_after = _score(tmp_path / "roads_ft", kept, 1.0)
+    dubai_after = _score(tmp_path / "roads_ft", dubai, 1.0)
+    with capsys.disabled():
+        print(
+            f"\nroads-only fine-tune (one Massachusetts tile, 'not road' = other):"
+            f"\n  road IoU on a kept-aside tile {road_before['per_class_iou']['road']:.3f} → "
+            f"{road_after['per_class_iou']['road']:.3f} (handed back: {result['handed_back']})"
+            f"\n  Dubai tile 8 part 1 before {dubai_before['per_class_iou']}"
+            f"\n                      after  {dubai_after['per_class_iou']}"
+        )
+    assert road_before["labelled_classes"] == ["road"]
+    assert road_after["per_class_iou"]["road"] > road_before["per_class_iou"]["road"]
+    for name in ("background", "building", "woodland", "water"):
+        drop = dubai_before["per_class_iou"][name] - dubai_after["per_class_iou"][name]
+        assert drop < 0.05, name
