@@ -101,10 +101,6 @@ class SegmentParams(JobParams):
             raise InputError(f"overlap must not be negative, got {self.overlap}")
         if self.resolution is not None and not self.resolution > 0:
             raise InputError(f"resolution must be positive, got {self.resolution}")
-        if self.learning_rate is None:
-            self.learning_rate = 1e-4 if self.base_model else 1e-3
-        if not self.learning_rate > 0:
-            raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
 
 
 @dataclass
