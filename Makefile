@@ -15,7 +15,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled train-bundled-stages card-bundled compare-bundled tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -26,9 +26,10 @@ help:
 	@echo "make lint     ruff"
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
+	@echo "make train-multisource  a multi-source candidate at 0.5 m (partial labels), resumable"
 	@echo "make card-bundled   its measured figures into its card (after make bench)"
-	@echo "make compare-bundled  the bundled model beside the previous one on real rasters (PNGs)"
-	@echo "make tile-agreement  how much its class map depends on the tile size"
+	@echo "make compare-models  two models side by side on real rasters (OLD_MODEL, NEW_MODEL)"
+	@echo "make tile-agreement  how much a model's class map depends on the tile size"
 	@echo "make compare-class-weights  loss class weightings measured against each other (~1 h CPU)"
 	@echo "make check-backends  the bundled model agrees, and training runs, under JAX and torch (.venv-jax, .venv-torch)"
 	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
@@ -163,16 +164,11 @@ compare-class-weights: setup
 	    | tee build/class-weights/results.json
 
 # The bundled model: retrains resources/models/landcover from ../shared/data (never committed),
-# in three stages. 1: 40 epochs from the ImageNet start on Dubai + NAIP at their own scale; 2: 40
-# more from stage 1's best epoch at a lower learning rate (a warm restart; a fine-tune with the
-# same data, so it keeps stage 1's class weights); 3: every source of training/landcover_sources.json
-# (Dubai, NAIP and the partially labelled drone, roads and forest sets), each resampled to
-# TRAIN_RESOLUTION, with its share of the patches and its held-out images, from stage 2's best
-# (TRAIN_MS_BASE=resources/models/landcover starts it from the shipped model instead: stage 2's
-# output when the stages above last ran). Resumable: run it again and each stage continues from its
-# last epoch (state in build/train-bundled/*/.training). The card it writes has empty
-# `limitations`: write them into model.json after looking at its output (make demo, the other
-# rasters in ../shared/data/rasters).
+# in two stages: 40 epochs from the ImageNet start, then 40 more from stage 1's best epoch at a
+# lower learning rate (a warm restart; a fine-tune with the same data, so it keeps stage 1's
+# class weights). Resumable: run it again and each stage continues from its last epoch (state in
+# build/train-bundled/*/.training). The card it writes has empty `limitations`: write them into
+# model.json after looking at its output (make demo, the other rasters in ../shared/data/rasters).
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 # efficientnet_lite1_unet: the deeper encoder (16.7 MB saved, over the bundled model's 15 MB)
@@ -181,80 +177,88 @@ TRAIN_ARCH    ?= efficientnet_lite0_unet
 TRAIN_FILTERS ?=
 TRAIN_DIR     := build/train-bundled/$(TRAIN_ARCH)$(if $(TRAIN_FILTERS),-filters$(TRAIN_FILTERS))
 TRAIN_CONT_DIR := $(TRAIN_DIR)-continued
-TRAIN_MS_DIR  := $(TRAIN_DIR)-multisource
-TRAIN_MS_BASE ?= $(TRAIN_CONT_DIR)
 TRAIN_EPOCHS  ?= 40
 TRAIN_PATIENCE ?= 30
 TRAIN_LR      ?= 5e-4
 TRAIN_CONT_LR ?= 2e-4
-TRAIN_MS_LR   ?= 2e-4
-TRAIN_MS_EPOCHS ?= 16
-TRAIN_MS_STEPS ?= 150
-# metres per pixel of the multi-source stage (README, model card: why 0.5 m)
-TRAIN_RESOLUTION ?= 0.5
-TRAIN_SOURCES := training/landcover_sources.json
 TRAIN_DATA    := $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) \
     --images $(DATA)/naip_chesapeake --val-images $(DATA)/dubai/tile_8 --bands 3
 TRAIN_PATCHES := --patch 256 --tile-size 512
 TRAIN_ENCODER := $(if $(findstring lite1,$(TRAIN_ARCH)),Lite1,Lite0)
 BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
-    imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, \
-    trained on the Dubai aerial dataset, NAIP/Chesapeake, DroneDeploy (buildings, trees, water), \
-    Massachusetts Roads and DeepGlobe forest (partial labels)
-TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8
+    imagery; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, trained on the Dubai \
+    aerial dataset and NAIP/Chesapeake
+TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" --epochs $(TRAIN_EPOCHS) \
+    $(TRAIN_PATCHES) --batch 8 --steps-per-epoch 50
 resume = $$(test -f $(1)/.training/state.json && echo --resume)
 train-bundled: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
 	@# the card's description names the ImageNet encoder: only those architectures have one
 	@case $(TRAIN_ARCH) in efficientnet_lite*_unet) ;; *) \
 	    echo "TRAIN_ARCH=$(TRAIN_ARCH): the bundled model is an efficientnet_lite*_unet"; exit 2;; esac
-	$(if $(filter $(TRAIN_CONT_DIR),$(TRAIN_MS_BASE)),$(MAKE) --no-print-directory train-bundled-stages)
+	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
+	    --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) $(if $(TRAIN_FILTERS),--filters $(TRAIN_FILTERS)) \
+	    --learning-rate $(TRAIN_LR) \
+	    --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) $(call resume,$(TRAIN_DIR))
+	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
+	    --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) --patience $(TRAIN_EPOCHS) \
+	    --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
+	mkdir -p $(BUNDLED)
+	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
+
+# A multi-source candidate (README, "Multi-source candidate"; not the bundled model: it scores
+# better on every source's held-out images but worse on the real rasters in ../shared/data/rasters):
+# every source of training/landcover_sources.json (Dubai, NAIP and the partially labelled drone,
+# roads and forest sets), each resampled to TRAIN_RESOLUTION, with its share of the patches and
+# its held-out images, continued from TRAIN_MS_BASE (a copy of the bundled model). Resumable.
+# make card-bundled, compare-bundled and tile-agreement measure it with MODEL_UNDER_TEST set.
+TRAIN_MS_DIR  := build/train-multisource
+TRAIN_MS_BASE := build/train-multisource-base
+TRAIN_MS_LR   ?= 2e-4
+TRAIN_MS_EPOCHS ?= 16
+TRAIN_MS_STEPS ?= 150
+TRAIN_RESOLUTION ?= 0.5
+TRAIN_SOURCES := training/landcover_sources.json
+MS_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
+    imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on \
+    Dubai, NAIP/Chesapeake, DroneDeploy (buildings, trees, water), Massachusetts Roads and \
+    DeepGlobe forest (partial labels)
+train-multisource: setup
+	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
+	test -d $(TRAIN_MS_BASE) || { mkdir -p $(TRAIN_MS_BASE) && cp $(BUNDLED)/model.* $(TRAIN_MS_BASE)/; }
 	$(ENGINE_VENV)/bin/segment-plugin train --sources $(TRAIN_SOURCES) --data-root $(DATA) \
-	    --resolution $(TRAIN_RESOLUTION) $(TRAIN_COMMON) --epochs $(TRAIN_MS_EPOCHS) \
+	    --resolution $(TRAIN_RESOLUTION) --name landcover-multisource \
+	    --description "$(MS_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8 --epochs $(TRAIN_MS_EPOCHS) \
 	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
-	mkdir -p $(BUNDLED)
-	cp $(TRAIN_MS_DIR)/model.keras $(TRAIN_MS_DIR)/model.json $(BUNDLED)/
 
-# Stages 1 and 2 of train-bundled: Dubai + NAIP at their own scale.
-train-bundled-stages: setup
-	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) --epochs $(TRAIN_EPOCHS) \
-	    --steps-per-epoch 50 --classes $(DATA)/classes.json --arch $(TRAIN_ARCH) \
-	    $(if $(TRAIN_FILTERS),--filters $(TRAIN_FILTERS)) --learning-rate $(TRAIN_LR) \
-	    --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) $(call resume,$(TRAIN_DIR))
-	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) --epochs $(TRAIN_EPOCHS) \
-	    --steps-per-epoch 50 --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) \
-	    --patience $(TRAIN_EPOCHS) --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
-
-# The bundled model beside the one it replaced (taken from git at PREVIOUS_MODEL) on real
-# rasters: build/compare/<raster>_old_vs_new.png (previous above, new below) and the area per
-# class of each (build/compare/areas.json).
-PREVIOUS_MODEL ?= 784e4f6
+# Two models side by side on real rasters (default: the bundled model and the multi-source
+# candidate): build/compare/<raster>_old_vs_new.png (OLD_MODEL above, NEW_MODEL below) and the
+# area per class of each (build/compare/areas.json).
+OLD_MODEL ?= landcover
+NEW_MODEL ?= $(TRAIN_MS_DIR)
 RASTERS := ../shared/data/rasters
 COMPARE_RASTERS := $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif $(RASTERS)/oam_manila_ph_rgb_10cm.tif \
     $(RASTERS)/riotiler_pix4d_rgba_nodata_35cm.tif $(RASTERS)/spacenet_rotterdam_ms_bgrn_1m_uint16.tif:3,2,1
-compare-bundled: setup
-	@mkdir -p build/compare/previous/landcover
-	for f in model.keras model.json; do git show $(PREVIOUS_MODEL):$(BUNDLED)/$$f \
-	    > build/compare/previous/landcover/$$f || exit 1; done
-	set -o pipefail; $(ENGINE_PY) tests/bench/compare_models.py \
-	    --old build/compare/previous/landcover --new landcover --output-dir build/compare \
-	    $(COMPARE_RASTERS) | tee build/compare/areas.json
+compare-models: setup
+	@mkdir -p build/compare
+	set -o pipefail; $(ENGINE_PY) tests/bench/compare_models.py --old $(OLD_MODEL) \
+	    --new $(NEW_MODEL) --output-dir build/compare $(COMPARE_RASTERS) | tee build/compare/areas.json
 
-# How much the bundled model's class map depends on the tile size (tiles 256, 512 against one
-# whole-image pass) on the demo, Manila and a Dubai tile-8 image: build/tiles/agreement.json.
+# How much a model's class map depends on the tile size (tiles 256, 512 against one whole-image
+# pass) on the demo, Manila and a Dubai tile-8 image: build/tiles/agreement.json.
+TILE_MODEL ?= landcover
 tile-agreement: setup
 	@mkdir -p build/tiles
-	set -o pipefail; $(ENGINE_PY) tests/bench/tile_agreement.py --work-dir build/tiles \
-	    $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif $(RASTERS)/oam_manila_ph_rgb_10cm.tif \
-	    | tee build/tiles/agreement.json
+	set -o pipefail; $(ENGINE_PY) tests/bench/tile_agreement.py --model $(TILE_MODEL) \
+	    --work-dir build/tiles $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif \
+	    $(RASTERS)/oam_manila_ph_rgb_10cm.tif | tee build/tiles/agreement.json
 
-# The bundled model's card figures, measured: tile-8 mIoU at the card's tile (its estimated 1 m
-# resampled to the model's resolution), every training source's held-out images (per source), CPU
-# speed from make bench when it ran (else the replaced model's, same architecture), file size,
-# the last epochs' mean mIoU when make train-bundled's state is there. CARD_TTA=1 adds --tta on
-# tile 8, CARD_FIT=1 the training tiles (each about 10 min at 0.5 m on this CPU).
+# The bundled model's card figures, measured: tile-8 mIoU at the card's tile, every training
+# source's held-out images (per source, training/landcover_sources.json), CPU speed from make
+# bench when it ran, file size, the last epochs' mean mIoU when make train-bundled's state is
+# there. CARD_TTA=1 adds --tta on tile 8, CARD_FIT=1 the training tiles.
 card-bundled: setup
 	@mkdir -p build/card
 	$(ENGINE_VENV)/bin/segment-plugin evaluate --model landcover --images $(DATA)/dubai/tile_8 \
@@ -266,12 +270,10 @@ card-bundled: setup
 	$(if $(CARD_FIT),for k in 1 2 3 4 5 6 7; do $(ENGINE_VENV)/bin/segment-plugin evaluate \
 	    --model landcover --images $(DATA)/dubai/tile_$$k --gsd 1.0 > build/card/tile_$$k.json \
 	    || exit 1; done)
-	git show $(PREVIOUS_MODEL):$(BUNDLED)/model.json > build/card/previous.json
 	$(ENGINE_PY) tests/bench/card_figures.py --evaluate build/card/evaluate.json \
-	    --sources build/card/sources.json --previous build/card/previous.json \
-	    $(if $(CARD_TTA),--tta build/card/evaluate_tta.json) \
+	    --sources build/card/sources.json $(if $(CARD_TTA),--tta build/card/evaluate_tta.json) \
 	    $(if $(wildcard build/bench/bench_segment.json),--bench build/bench/bench_segment.json) \
-	    --state $(TRAIN_MS_DIR)/.training/state.json \
+	    --state $(TRAIN_CONT_DIR)/.training/state.json \
 	    $(if $(CARD_FIT),--fit $(foreach k,1 2 3 4 5 6 7,build/card/tile_$(k).json))
 
 clean:

@@ -2,8 +2,7 @@
 
 Reads what was measured, never a typed number: ``evaluate`` on Dubai tile 8 at the card's tile
 (plain, which becomes the card's headline mIoU, and with ``--tta``), ``evaluate --sources`` (each
-training source's held-out images, per source), ``make bench``'s CPU speeds (or, without a new
-bench, the previous card's, measured on the same architecture and tile), the size of
+training source's held-out images, per source), ``make bench``'s CPU speeds, the size of
 ``model.keras``; from the training state when there is one, the mean validation mIoU of the last
 10 epochs (the shipped epoch was chosen by its validation score, so that mean shows how much the
 choice flatters it); and ``evaluate`` on the training tiles themselves, which tells underfitting
@@ -59,12 +58,6 @@ def main(args: argparse.Namespace) -> None:
             "measured": f"make bench: {speed['machine']['cpus']}-core "
             f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}",
         }
-    elif args.previous:
-        previous = json.loads(args.previous.read_text())
-        if previous.get("architecture") == card.get("architecture"):
-            speed = dict(previous["metrics"]["cpu_inference"])
-            speed["measured"] += f" (on {previous['name']}'s earlier weights: same architecture)"
-            metrics["cpu_inference"] = speed
     metrics["size_mb"] = round((BUNDLED / "model.keras").stat().st_size / 1e6, 1)
     if args.state and args.state.exists():
         state = json.loads(args.state.read_text())
@@ -91,9 +84,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta", type=Path, help="evaluate --tta on tile 8")
     parser.add_argument("--sources", type=Path, help="evaluate --sources (held-out, per source)")
     parser.add_argument("--bench", type=Path, help="bench_segment.json")
-    parser.add_argument(
-        "--previous", type=Path, help="the replaced model's card: its CPU speed, if no --bench"
-    )
     parser.add_argument("--state", type=Path, help="make train-bundled's state.json")
     parser.add_argument(
         "--fit", type=Path, nargs="*", default=[], help="evaluate on training tiles, one file each"
