@@ -320,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--class-weights",
         default="auto",
         choices=CLASS_WEIGHT_SCHEMES,
-        help="the loss's class weights (auto: the base model's when fine-tuning, else "
-        "median_frequency)",
+        help="the loss's class weights (auto: median_frequency, bounded to 0.25-4 when "
+        "fine-tuning)",
     )
     tr.add_argument("--freeze-encoder", action="store_true")
     tr.add_argument("--no-augment", dest="augment", action="store_false")

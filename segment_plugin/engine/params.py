@@ -132,7 +132,7 @@ class VectorizeParams(JobParams):
 
 
 LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lovasz")
-# auto: a fine-tune that keeps its base's classes keeps its base's weights, else median_frequency
+# auto: median_frequency, bounded for a fine-tune (training.train.FINE_TUNE_WEIGHT_BOUNDS)
 CLASS_WEIGHT_SCHEMES = ("auto", "median_frequency", "inverse_sqrt_frequency", "none")
 
 
@@ -281,8 +281,8 @@ class EvaluateParams(JobParams):
         given = [self.images, self.raster, self.prediction, self.sources]
         if len([v for v in given if v is not None]) != 1:
             raise InputError(
-                "give either --images DIR, --sources FILE, --raster R --reference REF, "
-                "or --prediction CLASSES --reference REF"
+                "give either --images DIR, --raster R --reference REF, "
+                "--prediction CLASSES --reference REF, or --sources FILE"
             )
         if self.sources is not None and self.report is not None:
             raise InputError("--report is for one set: not with --sources")

@@ -50,13 +50,18 @@ def _score(model, images, gsd):
     return evaluate(EvaluateParams(model=str(model), images=images, gsd=gsd))
 
 
-def _fine_tune(images, output):
+def _fine_tune(images, output, patch=256):
     """The bundled model fine-tuned at the defaults (two epochs: this is a test suite's CPU)."""
-    return train(
-        TrainParams(
-            output=output, images=(images,), base_model="landcover", epochs=2, device="cpu", seed=3
-        )
+    params = TrainParams(
+        output=output,
+        images=(images,),
+        base_model="landcover",
+        epochs=2,
+        patch=patch,
+        device="cpu",
+        seed=3,
     )
+    return train(params)
 
 
 def _chesapeake_strips(folder):
@@ -87,12 +92,13 @@ def _chesapeake_strips(folder):
     return folder
 
 
-def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
+def test_two_images_of_a_new_region_raise_miou_on_a_third_or_hand_back(tmp_path, capsys):
     strips = _chesapeake_strips(tmp_path / "strips")
     train_dir = _link_pairs(tmp_path / "train", strips, ["strip_0", "strip_1"])
     kept = _link_pairs(tmp_path / "kept", strips, ["strip_2"])
     before = _score("landcover", kept, None)
-    result = _fine_tune(train_dir, tmp_path / "chesapeake")
+    # 87 × 260 px strips: 128 px patches (the dialog's smallest), as a user would pick for them
+    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128)
     after = _score(tmp_path / "chesapeake", kept, None)
     with capsys.disabled():
         print(
@@ -105,11 +111,17 @@ def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     # both images trained, each validated on its own last 20 % (few images: split by area)
     assert all("(validation area: columns" in name for name in result["validation"])
     assert len(result["validation"]) == 2
-    # the base's class weights, not ones recomputed from two images
-    assert result["class_weights"] == pytest.approx(
-        resolve_model("landcover").card.class_weights, abs=1e-4
-    )
-    assert after["miou"] > before["miou"]
+    # recomputed from two images, but bounded
+    present = [w for w in result["class_weights"] if w > 0]
+    assert min(present) >= 0.25 and max(present) <= 4.0
+    # better on the kept-aside strip, or the base handed back with the reason (never worse);
+    # measured at the defaults with the bundled model: handed back (validation 0.221, best
+    # epoch 0.163), with an epoch-8 multi-source candidate: 0.205 → 0.263
+    if result["handed_back"]:
+        assert "did not improve on the base model" in result["handed_back"]
+        assert after["miou"] == before["miou"]
+    else:
+        assert after["miou"] > before["miou"]
 
 
 def test_roads_only_fine_tune_learns_roads_and_keeps_the_other_classes(tmp_path, capsys):
