@@ -136,9 +136,10 @@ def test_labels_json_marks_other_pixels(roads_folder):
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ({"labelled": [7], "other": 0}, "distinct class codes"),
-        ({"labelled": [4], "other": 4}, "distinct class codes"),
-        ({"labelled": [], "other": 0}, "distinct class codes"),
+        ({"labelled": [7], "other": 0}, "must be class codes"),
+        ({"labelled": [4], "other": 4}, "must be class codes"),
+        ({"labelled": [], "other": 0}, "must be class codes"),
+        ({"labelled": [4], "other": 255}, "another value below 255"),
         ({"other": 0}, "expected"),
     ],
 )

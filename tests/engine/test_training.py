@@ -20,7 +20,13 @@ from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.params import EvaluateParams, TrainParams
 from segment_plugin.engine.training.augment import geometric, resize_nearest
-from segment_plugin.engine.training.chips import labelled_scene, near_duplicates, pairs_folder
+from segment_plugin.engine.training.chips import (
+    export_chips,
+    labelled_scene,
+    near_duplicates,
+    pairs_folder,
+)
+from segment_plugin.engine.training.metrics import OTHER_INDEX
 from segment_plugin.engine.training.train import train
 
 DUBAI = SHARED / "landcover" / "dubai"
@@ -491,6 +497,23 @@ def test_export_chips_writes_georeferenced_pairs(digitised, tmp_path, capsys):
         assert chip.crs == mask.crs and chip.transform == mask.transform and chip.count == 4
         assert set(np.unique(mask.read(1))) <= {0, 2, 3, 4, 255}
     assert len(pairs_folder(out, [0, 1, 2, 3, 4], bands=3)) == 9  # what train --images reads
+
+
+def test_polygons_mapped_to_other_are_partial_labels(digitised, tmp_path):
+    """ "street" and "not street": the raster's scene and its exported chips name only road."""
+    raster, labels, _ = digitised
+    mapping = {"street": 4, "field": "other", "forest": "other", "lake": "other"}
+    scene = labelled_scene(raster, labels, "kind", mapping, [0, 1, 2, 3, 4])
+    assert scene.labelled == (4,)
+    assert set(np.unique(scene.labels)) <= {4, OTHER_INDEX, 255} and OTHER_INDEX in scene.labels
+    out = tmp_path / "chips"
+    export_chips(raster, labels, "kind", mapping, out, 128)
+    spec = json.loads((out / "labels.json").read_text())
+    assert spec["labelled"] == [4] and spec["other"] == OTHER_INDEX
+    chips = pairs_folder(out, [0, 1, 2, 3, 4], bands=3)
+    assert all(c.labelled == (4,) for c in chips)
+    with pytest.raises(InputError, match="at least one value mapped to a class"):
+        labelled_scene(raster, labels, "kind", dict.fromkeys(mapping, "other"), [0, 1, 2, 3, 4])
 
 
 def test_train_from_raster_and_polygons_split_by_area(digitised, tmp_path):

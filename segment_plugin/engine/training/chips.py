@@ -160,11 +160,11 @@ def label_spec(folder: Path, codes: Sequence[int]) -> tuple[tuple[int, ...] | No
         raise InputError(
             f'{path}: expected {{"labelled": [class codes], "other": code}} ({exc})'
         ) from exc
-    unknown = [c for c in labelled + [other] if c not in codes or c == IGNORE_INDEX]
-    if unknown or other in labelled or not labelled:
+    unknown = [c for c in labelled if c not in codes]
+    if unknown or other in labelled or not labelled or not 0 <= other < IGNORE_INDEX:
         raise InputError(
-            f"{path}: labelled {labelled} and other {other} must be distinct class codes of "
-            f"{list(codes)}"
+            f"{path}: labelled {labelled} must be class codes of {list(codes)}, and other "
+            f"{other} another value below 255"
         )
     return tuple(list(codes).index(c) for c in labelled), other
 
@@ -454,6 +454,11 @@ def export_chips(
                 written.append(stem.with_suffix(".tif"))
     if not written:
         raise InputError("no labelled pixels: no chips written")
+    values = list((mapping or {}).values())
+    if OTHER_LABEL in values:  # the chips are partially labelled, and say so
+        named = sorted({int(v) for v in values if v not in (OTHER_LABEL, IGNORE_INDEX)})
+        spec = {"labelled": named, "other": OTHER_INDEX, "note": "written by export-chips"}
+        (folder / LABELS_FILE).write_text(json.dumps(spec, indent=2))
     return written
 
 
