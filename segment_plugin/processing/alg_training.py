@@ -279,6 +279,8 @@ class FineTuneAlgorithm(_LabelledRaster):
         before = (result.get("base_val_report") or {}).get("miou")
         after = result.get("val_miou")
         feedback.pushInfo(f"validation mIoU: base model {before}, fine-tuned {after}")
+        if result.get("handed_back"):
+            feedback.pushWarning(result["handed_back"])
         return {
             "MODEL": output,
             "MIOU_BEFORE": before,
