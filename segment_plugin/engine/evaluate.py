@@ -29,24 +29,20 @@ from segment_plugin.engine.training.chips import code_lookup, pairs_folder
 MIN_TILE = 256
 
 
-def _pairs_matrix(
-    params: EvaluateParams, reporter: Reporter
-) -> tuple[np.ndarray, list, str, tuple[int, ...] | None]:
-    """Confusion of a pairs folder, and its labelled classes if it is partially labelled."""
+def _pairs_report(params: EvaluateParams, reporter: Reporter) -> tuple[dict[str, Any], str]:
+    """The metrics of a pairs folder (only its labelled classes if it is partial), the model."""
     package = resolve_model(params.model)
     card = package.card
     scenes = pairs_folder(params.images, card.class_codes, len(card.bands), params.gsd)
-    matrix, labelled = _scenes_matrix(package, package.load_model(), scenes, params, reporter)
-    return matrix, [c.name for c in card.classes], card.name, labelled
+    return _scenes_report(package, package.load_model(), scenes, params, reporter), card.name
 
 
-def _scenes_matrix(
+def _scenes_report(
     package: Any, model: Any, scenes: list, params: EvaluateParams, reporter: Reporter
-) -> tuple[np.ndarray, tuple[int, ...] | None]:
-    """Confusion of labelled scenes predicted as segment would; the labelled classes if partial.
+) -> dict[str, Any]:
+    """Metrics of labelled scenes predicted as segment would (partial: labelled classes only).
 
-    A partial set's confusion has an *other* row. Images of known resolution are resampled to
-    the model's.
+    Images of known resolution are resampled to the model's.
     """
     from segment_plugin.engine.inference import predict_array
 
@@ -83,7 +79,7 @@ def _scenes_matrix(
         matrix += metrics.confusion_with_other(scene.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
     labelled = scenes[0].labelled if scenes else None
-    return (matrix if labelled else matrix[:-1]), labelled
+    return metrics.report_with_other(matrix, [c.name for c in card.classes], labelled)
 
 
 def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any]:
@@ -93,15 +89,13 @@ def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any
     package = resolve_model(params.model)
     card = package.card
     model = package.load_model()
-    names = [c.name for c in card.classes]
     per_source = {}
     for source in read_sources(params.sources, params.data_root):
         if not source.validation:
             continue
         _, held = load_sources([source], card.class_codes, len(card.bands))
         reporter.log(f"{source.name}: {len(held)} held-out images")
-        matrix, labelled = _scenes_matrix(package, model, held, params, reporter)
-        per_source[source.name] = metrics.report(matrix, names, labelled)
+        per_source[source.name] = _scenes_report(package, model, held, params, reporter)
     if not per_source:
         raise InputError(f"{params.sources}: no source holds images out (validation patterns)")
     scores = [r["miou"] for r in per_source.values() if r["miou"] is not None]
@@ -136,9 +130,7 @@ def _compare_rasters(prediction: Path, reference: Path, codes: list[int]) -> np.
     return matrix
 
 
-def _raster_matrix(
-    params: EvaluateParams, reporter: Reporter
-) -> tuple[np.ndarray, list, str, None]:
+def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarray, list, str]:
     from segment_plugin.engine.inference import segment
 
     card = resolve_model(params.model).card
@@ -157,10 +149,10 @@ def _raster_matrix(
             reporter,
         )
         matrix = _compare_rasters(predicted_path, params.reference, card.class_codes)
-    return matrix, [c.name for c in card.classes], card.name, None
+    return matrix, [c.name for c in card.classes], card.name
 
 
-def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str, None]:
+def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str]:
     """An existing class raster vs the reference; classes from its metadata, else the codes seen."""
     from segment_plugin.engine.vectorize import class_names, open_class_raster, present_codes
 
@@ -174,7 +166,7 @@ def _prediction_matrix(params: EvaluateParams) -> tuple[np.ndarray, list, str, N
         model = pred.tags().get("MODEL", params.prediction.name)
     codes = sorted(names)
     matrix = _compare_rasters(params.prediction, params.reference, codes)
-    return matrix, [names[c] for c in codes], model, None
+    return matrix, [names[c] for c in codes], model
 
 
 def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -186,17 +178,18 @@ def evaluate(params: EvaluateParams, reporter: Reporter | None = None) -> dict[s
     if params.sources is not None:
         return _sources_result(params, reporter)
     if params.images is not None:
-        matrix, names, model, labelled = _pairs_matrix(params, reporter)
+        result, model = _pairs_report(params, reporter)
         on = str(params.images)
-    elif params.raster is not None:
-        matrix, names, model, labelled = _raster_matrix(params, reporter)
-        on = f"{params.raster} vs {params.reference}"
+        if "partial_labels" in result:
+            reporter.log(result["partial_labels"])
     else:
-        matrix, names, model, labelled = _prediction_matrix(params)
-        on = f"{params.prediction} vs {params.reference}"
-    result = metrics.report(matrix, names, labelled)
-    if labelled is not None:
-        reporter.log(result["partial_labels"])
+        if params.raster is not None:
+            matrix, names, model = _raster_matrix(params, reporter)
+            on = f"{params.raster} vs {params.reference}"
+        else:
+            matrix, names, model = _prediction_matrix(params)
+            on = f"{params.prediction} vs {params.reference}"
+        result = metrics.report(matrix, names)
     result.update(model=model, on=on)
     if params.report is not None:
         with outputs.committed([params.report]) as (temp,):

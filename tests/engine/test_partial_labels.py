@@ -195,10 +195,12 @@ def test_scene_at_resolution_resamples_image_and_labels():
 def test_sources_share_the_patches_by_weight():
     big = [_scene(400, 1.0, "forest", label=2) for _ in range(20)]
     small = [_scene(100, 1.0, "dubai", label=1)]
-    weights = scene_weights(big + small, {"forest": 0.25, "dubai": 0.75})
+    pixels = [int((s.labels != IGN).sum()) for s in big + small]
+    names = [s.source for s in big + small]
+    weights = scene_weights(pixels, names, {"forest": 0.25, "dubai": 0.75})
     assert weights[-1] == pytest.approx(0.75) and weights[:-1].sum() == pytest.approx(0.25)
     # without source weights, by labelled pixels: the big source drowns the small one
-    assert scene_weights(big + small, None)[-1] < 0.01
+    assert scene_weights(pixels, names, None)[-1] < 0.01
     rng = np.random.default_rng(1)
     sampler = PatchSampler(
         big + small, 32, lambda x: x, 255.0, False, source_weights={"forest": 0.25, "dubai": 0.75}

@@ -28,7 +28,11 @@ import numpy as np
 
 from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.params import OTHER_LABEL
-from segment_plugin.engine.raster_io import RESAMPLE_TOLERANCE, model_resolution_for
+from segment_plugin.engine.raster_io import (
+    RESAMPLE_TOLERANCE,
+    model_resolution_for,
+    pixel_size_m,
+)
 from segment_plugin.engine.training.augment import (
     geometric,
     photometric,
@@ -66,10 +70,15 @@ def _read_plain(path: Path) -> tuple[np.ndarray, float | None]:
 
 def ground_resolution(dataset: Any) -> float | None:
     """Metres per pixel of a georeferenced raster (mean of x and y), else None."""
-    from segment_plugin.engine.raster_io import pixel_size_m
-
     size = pixel_size_m(dataset)
     return (size[0] + size[1]) / 2 if size else None
+
+
+def scale_to(gsd: float | None, resolution: float | None) -> float:
+    """Pixels at the model's ``resolution`` per pixel of ``gsd`` (1 if either is unknown)."""
+    if resolution is None or gsd is None:
+        return 1.0
+    return gsd / model_resolution_for(gsd, resolution)
 
 
 @dataclass
@@ -114,9 +123,7 @@ class Scene:
 
     def at_resolution(self, target: float | None) -> Scene:
         """This scene resampled to ``target`` metres per pixel (itself if either is unknown)."""
-        if target is None or self.gsd is None:
-            return self
-        factor = self.gsd / model_resolution_for(self.gsd, target)
+        factor = scale_to(self.gsd, target)
         if abs(factor - 1) <= RESAMPLE_TOLERANCE:
             return self
         shape = (max(1, round(self.height * factor)), max(1, round(self.width * factor)))
@@ -511,8 +518,12 @@ def class_pixel_counts(
 ANCHORS_PER_SCENE = 200_000
 
 
-def scene_weights(scenes: Sequence[Scene], source_weights: dict[str, float] | None) -> np.ndarray:
-    """The chance of drawing each scene.
+def scene_weights(
+    labelled_pixels: Sequence[int],
+    sources: Sequence[str],
+    source_weights: dict[str, float] | None,
+) -> np.ndarray:
+    """The chance of drawing each scene, from its labelled pixels and its source's name.
 
     Within a source, in proportion to its labelled pixels up to ANCHORS_PER_SCENE, so large
     images do not crowd out small ones. Measured on the bundled model's data: drawn by full
@@ -521,16 +532,13 @@ def scene_weights(scenes: Sequence[Scene], source_weights: dict[str, float] | No
     sources, by ``source_weights`` (name → share; None: all scenes in one pool), so that a large
     source (the 146 Mpx forest set) does not drown a small one with more classes.
     """
-    counts = np.asarray(
-        [min(int((s.labels != IGNORE_INDEX).sum()), ANCHORS_PER_SCENE) for s in scenes],
-        np.float64,
-    )
+    counts = np.minimum(np.asarray(labelled_pixels, np.float64), ANCHORS_PER_SCENE)
     if counts.sum() == 0:
         raise InputError("the training data has no labelled pixels")
     if not source_weights:
         return counts / counts.sum()
     weights = np.zeros_like(counts)
-    names = [s.source for s in scenes]
+    names = list(sources)
     for name, share in source_weights.items():
         members = np.asarray([n == name for n in names])
         total = counts[members].sum()
@@ -572,17 +580,19 @@ class PatchSampler:
         # sparse digitising still gives patches that teach something
         rng = np.random.default_rng(0)
         self.anchors = []
+        self.labelled_pixels = []  # per scene, all of them (the anchors are a sample)
         for scene in self.scenes:
             rows, cols = np.nonzero(scene.labels != IGNORE_INDEX)
             keep = rng.choice(rows.size, size=min(rows.size, ANCHORS_PER_SCENE), replace=False)
             self.anchors.append((rows[keep], cols[keep]))
-        self.weights = scene_weights(self.scenes, source_weights)
+            self.labelled_pixels.append(rows.size)
+        self.weights = scene_weights(
+            self.labelled_pixels, [s.source for s in self.scenes], source_weights
+        )
 
     def scale_of(self, scene: Scene) -> float:
         """Output pixels per scene pixel before augmentation."""
-        if self.resolution is None or scene.gsd is None:
-            return 1.0
-        return scene.gsd / model_resolution_for(scene.gsd, self.resolution)
+        return scale_to(scene.gsd, self.resolution)
 
     def random_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One random patch; scale 0.5–2× and the other augmentations when enabled."""

@@ -101,29 +101,33 @@ def report(
     if labelled is not None:
         iou, dice, accuracy = _partial(matrix, labelled)
         miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-        return {
-            "miou": None if np.isnan(miou) else round(miou, 5),
-            "per_class_iou": _named(iou, names),
-            "per_class_dice": _named(dice, names),
-            "pixel_accuracy": None if np.isnan(accuracy) else round(accuracy, 5),
-            "confusion_matrix": matrix.astype(int).tolist(),
-            "classes": list(names),
-            "pixels": int(matrix.sum()),
-            "labelled_classes": [names[i] for i in labelled],
-            "partial_labels": (
-                "partially labelled set: IoU only for "
-                + ", ".join(names[i] for i in labelled)
-                + ", each against the rest (the last confusion row is 'other')"
-            ),
-        }
-    miou = mean_iou(matrix)
-    accuracy = pixel_accuracy(matrix)
-    return {
+    else:
+        iou, dice = per_class_iou(matrix), per_class_dice(matrix)
+        miou, accuracy = mean_iou(matrix), pixel_accuracy(matrix)
+    result = {
         "miou": None if np.isnan(miou) else round(miou, 5),
-        "per_class_iou": _named(per_class_iou(matrix), names),
-        "per_class_dice": _named(per_class_dice(matrix), names),
+        "per_class_iou": _named(iou, names),
+        "per_class_dice": _named(dice, names),
         "pixel_accuracy": None if np.isnan(accuracy) else round(accuracy, 5),
         "confusion_matrix": matrix.astype(int).tolist(),
         "classes": list(names),
         "pixels": int(matrix.sum()),
     }
+    if labelled is not None:
+        result["labelled_classes"] = [names[i] for i in labelled]
+        result["partial_labels"] = (
+            "partially labelled set: IoU only for "
+            + ", ".join(names[i] for i in labelled)
+            + ", each against the rest (the last confusion row is 'other')"
+        )
+    return result
+
+
+def report_with_other(
+    matrix: np.ndarray, names: Sequence[str], labelled: Sequence[int] | None
+) -> dict[str, Any]:
+    """:func:`report` of a :func:`confusion_with_other` matrix.
+
+    A fully labelled set (``labelled`` None) has no *other* row to report.
+    """
+    return report(matrix if labelled is not None else matrix[:-1], names, labelled)

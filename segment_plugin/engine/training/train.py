@@ -245,8 +245,8 @@ def _model_and_card(
 def _default_steps(sampler: PatchSampler, patch: int, batch: int) -> int:
     """About one pass over the labelled area (at the training resolution), at least MIN_STEPS."""
     labelled = sum(
-        int((s.labels != metrics.IGNORE_INDEX).sum()) * sampler.scale_of(s) ** 2
-        for s in sampler.scenes
+        pixels * sampler.scale_of(scene) ** 2
+        for scene, pixels in zip(sampler.scenes, sampler.labelled_pixels)
     )
     return max(MIN_STEPS, round(labelled / patch**2 / batch))
 
@@ -451,9 +451,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             losses.append(float(keras.ops.convert_to_numpy(loss(labels[None], probs))))
         val_loss = float(np.mean(losses)) if losses else float("nan")
         reports = {
-            name: metrics.report(
-                matrix if partial[name] else matrix[: len(codes)], names, partial[name]
-            )
+            name: metrics.report_with_other(matrix, names, partial[name])
             for name, matrix in matrices.items()
         }
         if len(reports) == 1:
