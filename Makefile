@@ -206,12 +206,13 @@ train-bundled: setup
 	mkdir -p $(BUNDLED)
 	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
 
-# A multi-source candidate (README, "Multi-source candidate"; not the bundled model: it scores
+# A multi-source candidate (docs/multisource-candidate.md; not the bundled model: it scores
 # better on every source's held-out images but worse on the real rasters in ../shared/data/rasters):
 # every source of training/landcover_sources.json (Dubai, NAIP and the partially labelled drone,
 # roads and forest sets), each resampled to TRAIN_RESOLUTION, with its share of the patches and
 # its held-out images, continued from TRAIN_MS_BASE (a copy of the bundled model). Resumable.
-# make card-bundled, compare-bundled and tile-agreement measure it with MODEL_UNDER_TEST set.
+# make compare-models (its NEW_MODEL default) and tile-agreement TILE_MODEL=build/train-multisource
+# look at it; evaluate --sources measures it.
 TRAIN_MS_DIR  := build/train-multisource
 TRAIN_MS_BASE := build/train-multisource-base
 TRAIN_MS_LR   ?= 2e-4
