@@ -84,7 +84,7 @@ def _scenes_report(
 
 def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any]:
     """Each source's held-out images (its validation patterns), reported per source."""
-    from segment_plugin.engine.training.sources import load_sources, read_sources
+    from segment_plugin.engine.training.sources import held_out, read_sources
 
     package = resolve_model(params.model)
     card = package.card
@@ -93,7 +93,7 @@ def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any
     for source in read_sources(params.sources, params.data_root):
         if not source.validation:
             continue
-        _, held = load_sources([source], card.class_codes, len(card.bands))
+        held = held_out(source, card.class_codes, len(card.bands))
         reporter.log(f"{source.name}: {len(held)} held-out images")
         per_source[source.name] = _scenes_report(package, model, held, params, reporter)
     if not per_source:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -182,12 +182,14 @@ def pairs_folder(
     bands: int | None = None,
     gsd: float | None = None,
     source: str = "",
+    select: Callable[[str], bool] | None = None,
 ) -> list[Scene]:
     """Every ``<stem>.<ext>`` with a ``<stem>_mask.<png|tif>`` under ``folder``.
 
     ``<name>_image.<ext>`` + ``<name>_mask.<ext>`` pairs count too (as in the NAIP chips). A
     ``labels.json`` in ``folder`` makes its scenes partially labelled; ``gsd`` (metres) is the
-    resolution of images that are not georeferenced.
+    resolution of images that are not georeferenced. ``select``: only the images whose name
+    (path inside ``folder``) it accepts are read.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -199,6 +201,8 @@ def pairs_folder(
     scenes = []
     for image_path in sorted(folder.rglob("*")):
         if image_path.suffix.lower() not in IMAGE_SUFFIXES or image_path.stem.endswith("_mask"):
+            continue
+        if select is not None and not select(str(image_path.relative_to(folder))):
             continue
         stems = [image_path.stem]
         if image_path.stem.endswith("_image"):  # <name>_image.tif + <name>_mask.tif

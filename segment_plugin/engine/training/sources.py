@@ -80,8 +80,9 @@ def load_sources(
     train, val = [], []
     for source in sources:
         scenes = pairs_folder(source.folder, codes, bands, source.gsd_m, source.name)
-        held = [s for s in scenes if is_validation(s.name, source.validation)]
-        kept = [s for s in scenes if not is_validation(s.name, source.validation)]
+        held, kept = [], []
+        for scene in scenes:
+            (held if is_validation(scene.name, source.validation) else kept).append(scene)
         if not kept or (source.validation and not held):
             raise InputError(
                 f"source {source.name}: its validation patterns {list(source.validation)} hold "
@@ -91,6 +92,18 @@ def load_sources(
         train += kept
         val += held
     return train, val
+
+
+def held_out(source: Source, codes: Sequence[int], bands: int | None) -> list[Scene]:
+    """A source's held-out images only (the others are not read)."""
+    return pairs_folder(
+        source.folder,
+        codes,
+        bands,
+        source.gsd_m,
+        source.name,
+        select=lambda name: is_validation(name, source.validation),
+    )
 
 
 def source_record(
