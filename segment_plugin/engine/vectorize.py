@@ -3,8 +3,8 @@
 Polygons follow pixel edges (``rasterio.features.shapes``, 4-connectivity), one feature per
 connected region, so neighbouring classes share their boundaries exactly and the area of a class
 is its pixel count × pixel area. Rows are read in strips; a polygon that touches a strip's border
-may continue in the next strip, so it is carried over and merged (union) with what it touches
-there; a region is written once it can no longer grow. The result equals vectorising the whole
+may continue in the next strip, so it is carried over, and once the region can no longer grow its
+pieces are stitched into one polygon (``stitching``). The result equals vectorising the whole
 raster at once, with memory bounded by the strip and the regions crossing its border.
 """
 
@@ -27,8 +27,11 @@ from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.params import VectorizeParams
 from segment_plugin.engine.postprocess import majority_filter, sieve_strip
 from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.stitching import stitch
 
-STRIP_ROWS = 1024
+STRIP_ROWS = 1024  # cleaning
+STRIP_PIXELS = 1 << 20  # polygonising: a strip's regions are built in memory at once
+CHUNK = 10_000  # polygons converted (and cancel checked) at a time
 WRITE_BATCH = 5000
 SHAPEFILE_LIMIT = 2_000_000_000  # bytes: a shapefile's .shp/.dbf cannot pass 2 GB
 FIELDS = ("class_id", "class", "area_m2", "perim_m")  # ≤ 10 characters: shapefile-safe
@@ -86,22 +89,20 @@ def _edge_intervals(polygon: Any, y: float) -> list[tuple[float, float]]:
 
 
 class _Regions:
-    """Pieces of regions cut by strip borders, grouped by a union-find until the region closes.
-
-    Geometry is unioned once per region, when it can no longer grow: repeatedly unioning a region
-    that spans many strips would cost its size again at every strip.
-    """
+    """Pieces of regions cut by strip borders, grouped by a union-find until the region closes."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.pieces: dict[int, list[Any]] = {}  # root → pieces
+        self.borders: dict[int, set[int]] = {}  # root → the strip borders its pieces were cut at
         self.code: list[int] = []
 
-    def add(self, code: int, polygon: Any) -> int:
+    def add(self, code: int, polygon: Any, borders: set[int]) -> int:
         index = len(self.parent)
         self.parent.append(index)
         self.code.append(code)
         self.pieces[index] = [polygon]
+        self.borders[index] = borders
         return index
 
     def find(self, index: int) -> int:
@@ -115,15 +116,14 @@ class _Regions:
         if ra != rb:
             self.parent[rb] = ra
             self.pieces[ra].extend(self.pieces.pop(rb))
+            self.borders[ra] |= self.borders.pop(rb)
 
     def close(self, root: int) -> tuple[int, Any]:
-        import shapely
-
         pieces = self.pieces.pop(root)
+        borders = self.borders.pop(root)
         if len(pieces) == 1:
             return self.code[root], pieces[0]
-        # pieces share exact pixel edges; simplify(0) drops the vertices left where they met
-        return self.code[root], shapely.simplify(shapely.union_all(pieces), 0)
+        return self.code[root], stitch(pieces, np.fromiter(borders, float))
 
 
 def _connect(
@@ -140,20 +140,54 @@ def _connect(
                 k -= 1
 
 
+def _strip_polygons(
+    data: np.ndarray, mask: np.ndarray, row: int, reporter: Reporter
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every 4-connected region of one strip: (class codes, polygons in pixel coordinates).
+
+    Built in bulk from the rings' coordinates: 2.5× faster than one ``shape()`` per polygon.
+    """
+    import shapely
+    from rasterio.features import shapes
+    from rasterio.transform import Affine
+
+    codes, rings_per_polygon, ring_lengths, flat, coords = [], [], [], [], []
+    for count, (geometry, value) in enumerate(
+        shapes(data, mask=mask, connectivity=4, transform=Affine.translation(0, row)), 1
+    ):
+        rings = geometry["coordinates"]
+        codes.append(int(value))
+        rings_per_polygon.append(len(rings))
+        for ring in rings:
+            ring_lengths.append(len(ring))
+            flat.extend(ring)
+        if count % CHUNK == 0:  # coordinates as Python tuples take 7× their size in numpy
+            coords.append(np.asarray(flat, float))
+            flat = []
+            reporter.cancel.check()
+    if not codes:
+        return np.empty(0, np.int64), np.empty(0, object)
+    coords.append(np.asarray(flat, float).reshape(-1, 2))
+    rings = shapely.linearrings(
+        np.concatenate(coords), indices=np.repeat(np.arange(len(ring_lengths)), ring_lengths)
+    )
+    polygons = shapely.polygons(rings, indices=np.repeat(np.arange(len(codes)), rings_per_polygon))
+    return np.asarray(codes, np.int64), polygons
+
+
 def polygonize(
     dataset: Any,
     selected: np.ndarray | None,
     reporter: Reporter,
-    strip_rows: int = STRIP_ROWS,
-) -> Iterator[tuple[int, Any]]:
-    """Finished regions as (class code, polygon in pixel coordinates), strip by strip."""
-    from rasterio.features import shapes
-    from rasterio.transform import Affine
+    strip_rows: int | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Finished regions in batches of (class codes, polygons in pixel coordinates), by strips."""
+    import shapely
     from rasterio.windows import Window
-    from shapely.geometry import shape
 
     height, width, nodata = dataset.height, dataset.width, dataset.nodata
     nodata = None if nodata is None else int(nodata)
+    strip_rows = strip_rows or max(1, STRIP_PIXELS // width)
     regions = _Regions()
     open_below: dict[int, list[tuple[int, list]]] = {}  # code → pieces on the last border
     for row in range(0, height, strip_rows):
@@ -162,35 +196,40 @@ def polygonize(
         bottom = row + n
         last = bottom >= height
         data = dataset.read(1, window=Window(0, row, width, n))
-        mask = _selected_mask(data, nodata, selected)
+        codes, polygons = _strip_polygons(
+            data, _selected_mask(data, nodata, selected), row, reporter
+        )
+        bounds = shapely.bounds(polygons)
+        touches_top = (row > 0) & (bounds[:, 1] == row) & np.isin(codes, list(open_below))
+        touches_bottom = (bounds[:, 3] == bottom) & (not last)
+        inside = ~(touches_top | touches_bottom)
+        yield codes[inside], polygons[inside]  # whole regions inside this strip
         at_top: dict[int, list[tuple[int, list]]] = defaultdict(list)
         at_bottom: dict[int, list[tuple[int, list]]] = defaultdict(list)
         was_open = [p for pieces in open_below.values() for p, _ in pieces]
-        for geometry, value in shapes(
-            data, mask=mask, connectivity=4, transform=Affine.translation(0, row)
-        ):
-            code = int(value)
-            polygon = shape(geometry)
-            _, top_y, _, bottom_y = polygon.bounds
-            touches_top = row > 0 and top_y == row and code in open_below
-            touches_bottom = not last and bottom_y == bottom
-            if not touches_top and not touches_bottom:
-                yield code, polygon  # a whole region inside this strip
-                continue
-            piece = regions.add(code, polygon)
-            if touches_top:
+        for k in np.flatnonzero(~inside):
+            code, polygon = int(codes[k]), polygons[k]
+            cut_at = {row} if touches_top[k] else set()
+            if touches_bottom[k]:
+                cut_at.add(bottom)
+            piece = regions.add(code, polygon, cut_at)
+            if touches_top[k]:
                 at_top[code].append((piece, _edge_intervals(polygon, row)))
-            if touches_bottom:
+            if touches_bottom[k]:
                 at_bottom[code].append((piece, _edge_intervals(polygon, bottom)))
-            elif not touches_top:
-                yield regions.close(piece)
         for code, below in at_top.items():
             _connect(regions, open_below[code], below)
         # roots only after joining: a region may have grown through this strip
         still_open = {regions.find(p) for pieces in at_bottom.values() for p, _ in pieces}
         touched = was_open + [p for pieces in at_top.values() for p, _ in pieces]
-        for root in sorted({regions.find(p) for p in touched} - still_open):
-            yield regions.close(root)
+        closed = [
+            regions.close(root) for root in sorted({regions.find(p) for p in touched} - still_open)
+        ]
+        if closed:
+            yield (
+                np.asarray([code for code, _ in closed], np.int64),
+                np.asarray([polygon for _, polygon in closed], dtype=object),
+            )
         open_below = dict(at_bottom)
         reporter.progress(bottom / height, f"polygonised {bottom}/{height} rows")
 
@@ -217,12 +256,12 @@ class _Measure:
         return np.abs([m[0] for m in measured]), np.asarray([m[1] for m in measured])
 
 
-def _to_world(polygons: list[Any], transform: Any) -> np.ndarray:
+def _to_world(polygons: np.ndarray, transform: Any) -> np.ndarray:
     import shapely
 
     matrix = np.array([[transform.a, transform.d], [transform.b, transform.e]])
     offset = np.array([transform.c, transform.f])
-    return shapely.transform(np.asarray(polygons, dtype=object), lambda xy: xy @ matrix + offset)
+    return shapely.transform(polygons, lambda xy: xy @ matrix + offset)
 
 
 def _metres_per_map_unit(dataset: Any) -> float:
@@ -313,18 +352,18 @@ def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict
         written = 0
         shapefile_bytes = 0
         warned = False
-        pending: list[tuple[int, Any]] = []
-        collected: list[tuple[int, Any]] = []  # only when simplifying (needs the whole coverage)
+        pending: list[tuple[np.ndarray, np.ndarray]] = []  # batches not yet written
+        collected: list[tuple[np.ndarray, np.ndarray]] = []  # when simplifying: the whole coverage
 
-        def flush(batch: list[tuple[int, Any]], world: np.ndarray | None = None) -> None:
+        def flush(codes: np.ndarray, geoms: np.ndarray) -> None:
             nonlocal written, shapefile_bytes, warned
-            codes = np.asarray([code for code, _ in batch], np.int32)
-            geoms = world if world is not None else _to_world([p for _, p in batch], src.transform)
             area, perimeter = measure(geoms)
+            present, where = np.unique(codes, return_inverse=True)
+            labels = np.asarray([names.get(int(c), f"class {c}") for c in present], object)
             frame = gpd.GeoDataFrame(
                 {
-                    "class_id": codes,
-                    "class": [names.get(int(c), f"class {c}") for c in codes],
+                    "class_id": codes.astype(np.int32),
+                    "class": labels[where],
                     "area_m2": np.round(area, 3),
                     "perim_m": np.round(perimeter, 3),
                 },
@@ -332,13 +371,15 @@ def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict
                 crs=crs,
             )
             frame.to_file(final, engine="pyogrio", append=written > 0, **options)
-            for code, value in zip(codes, area):
-                counts[int(code)] += 1
-                areas[int(code)] += float(value)
-            written += len(batch)
+            for code, n, total in zip(
+                present, np.bincount(where), np.bincount(where, weights=area)
+            ):
+                counts[int(code)] += int(n)
+                areas[int(code)] += float(total)
+            written += len(codes)
             if is_shapefile:
                 shapefile_bytes += int(shapely.get_num_coordinates(geoms).sum()) * 16 + 56 * len(
-                    batch
+                    codes
                 )
                 if shapefile_bytes > SHAPEFILE_LIMIT and not warned:
                     warned = True
@@ -348,24 +389,34 @@ def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict
                         "warning",
                     )
 
-        for item in polygonize(source, selected, reporter):
-            if params.simplify:
-                collected.append(item)
+        def joined(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+            return np.concatenate([c for c, _ in batches]), np.concatenate([p for _, p in batches])
+
+        held = 0
+        for batch in polygonize(source, selected, reporter):
+            if not len(batch[0]):
                 continue
-            pending.append(item)
-            if len(pending) >= WRITE_BATCH:
-                flush(pending)
-                pending = []
+            if params.simplify:
+                collected.append(batch)
+                continue
+            pending.append(batch)
+            held += len(batch[0])
+            if held >= WRITE_BATCH:
+                codes, polygons = joined(pending)
+                flush(codes, _to_world(polygons, src.transform))
+                pending, held = [], 0
         if params.simplify and collected:
-            world = _to_world([p for _, p in collected], src.transform)
+            codes, polygons = joined(collected)
+            world = _to_world(polygons, src.transform)
             tolerance = params.simplify / _metres_per_map_unit(src)
-            reporter.log(f"simplifying {len(collected)} polygons (tolerance {params.simplify:g} m)")
+            reporter.log(f"simplifying {len(codes)} polygons (tolerance {params.simplify:g} m)")
             simplified = shapely.coverage_simplify(world, tolerance, simplify_boundary=True)
-            for begin in range(0, len(collected), WRITE_BATCH):
+            for begin in range(0, len(codes), WRITE_BATCH):
                 chunk = slice(begin, begin + WRITE_BATCH)
-                flush(collected[chunk], simplified[chunk])
+                flush(codes[chunk], simplified[chunk])
         elif pending:
-            flush(pending)
+            codes, polygons = joined(pending)
+            flush(codes, _to_world(polygons, src.transform))
         if written == 0:
             what = f"of class(es) {list(params.classes)}" if params.classes else "with a class"
             raise InputError(f"{params.input} has no pixels {what}: nothing to vectorise")
