@@ -1,13 +1,23 @@
-"""`make bench`, vectorising: our streaming vectorizer vs gdal_polygonize.py on a 10k×10k raster.
+"""`make bench`, vectorising: ours vs gdal_polygonize.py, wall time and peak RSS.
 
-The class raster is real land cover: the nine 5-class label masks of Dubai tile 8
-(../shared/data/landcover, 2149×1479 each) laid out 3×3 as in the scene, that 6447×4437 block
-repeated with every other copy mirrored until it covers 10000×10000 (the bundled model's
-prediction replaces it once Step 5 ships one). Prints one JSON object.
+Class rasters made from real land cover, each a real map laid edge to edge with every other copy
+mirrored (so copies meet seamlessly):
+
+- ``dubai``: the nine 5-class label masks of Dubai tile 8 as their 3×3 scene, 10000² (61k
+  polygons, large regions);
+- ``fragmented``: the 1 m Chesapeake land-cover map (260² px, 3,698 regions) tiled to 10240²:
+  5.7 million polygons, woodland 79 % of the map and one region across the whole raster, full of
+  holes — the map a fragmented landscape or a noisy prediction gives;
+- ``fragmented_2x``: the same at 14480² (2× the pixels), ours only, for how memory grows;
+- ``prediction``: the bundled model's class map of a 2048² mosaic of the Gorinchem orthophoto,
+  tiled to 10240².
+
+Both tools write a GeoPackage. ``--cases`` picks some; prints one JSON object.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -24,14 +34,55 @@ from rasterio.windows import Window
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "bench"
-DUBAI8 = ROOT.parent / "shared" / "data" / "landcover" / "dubai" / "tile_8"
-SIZE = 10_000
+DATA = ROOT.parent / "shared" / "data"
+DUBAI8 = DATA / "landcover" / "dubai" / "tile_8"
+CHESAPEAKE = DATA / "rasters" / "chesapeake_m_3907833_nw_17_1_lc_classes.tif"
+CLASSES = [
+    {"code": 0, "name": "background", "color": "#F5F5DC"},
+    {"code": 1, "name": "building", "color": "#D7191C"},
+    {"code": 2, "name": "woodland", "color": "#1A9641"},
+    {"code": 3, "name": "water", "color": "#2B83BA"},
+    {"code": 4, "name": "road", "color": "#FDAE61"},
+]
 
 
-def class_mosaic() -> Path:
-    path = WORK / "classes_10000.tif"
+def mirror_tiled(
+    tile: np.ndarray, size: int, path: Path, crs: str, pixel: float, nodata: int | None = None
+) -> Path:
+    """A size×size class GeoTIFF of ``tile`` repeated, every other copy mirrored, by strips."""
     if path.exists():
         return path
+
+    def index(n: int, count: int) -> np.ndarray:
+        i = np.arange(count)
+        return np.where((i // n) % 2 == 0, i % n, n - 1 - i % n)
+
+    rows, cols = index(tile.shape[0], size), index(tile.shape[1], size)
+    profile = {
+        "driver": "GTiff",
+        "width": size,
+        "height": size,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": crs,
+        "transform": from_origin(300000, 2800000, pixel, pixel),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+        "nodata": nodata,
+    }
+    tmp = path.with_suffix(".partial.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for row in range(0, size, 1024):
+            strip = rows[row : row + 1024]
+            dst.write(tile[strip][:, cols], 1, window=Window(0, row, size, len(strip)))
+        dst.update_tags(CLASSES=json.dumps(CLASSES))
+    os.replace(tmp, path)
+    return path
+
+
+def dubai_raster() -> Path:
     parts = []
     for k in range(1, 10):
         with warnings.catch_warnings():  # the PNG masks carry no georeferencing, as documented
@@ -39,43 +90,38 @@ def class_mosaic() -> Path:
             with rasterio.open(DUBAI8 / f"image_part_{k:03d}_mask.png") as png:
                 parts.append(png.read(1))
     scene = np.concatenate([np.concatenate(parts[r * 3 : r * 3 + 3], axis=1) for r in range(3)])
-    h, w = scene.shape
-    row_band = np.concatenate(
-        [scene if i % 2 == 0 else scene[:, ::-1] for i in range(-(-SIZE // w))], axis=1
-    )[:, :SIZE]
-    profile = {
-        "driver": "GTiff",
-        "width": SIZE,
-        "height": SIZE,
-        "count": 1,
-        "dtype": "uint8",
-        "crs": "EPSG:32640",
-        "transform": from_origin(300000, 2800000, 0.5, 0.5),
-        "nodata": 255,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-    }
-    tmp = path.with_suffix(".partial.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        for k, row in enumerate(range(0, SIZE, h)):
-            band = row_band if k % 2 == 0 else row_band[::-1]
-            n = min(h, SIZE - row)
-            dst.write(band[:n], 1, window=Window(0, row, SIZE, n))
-        dst.update_tags(
-            CLASSES=json.dumps(
-                [
-                    {"code": 0, "name": "background", "color": "#F5F5DC"},
-                    {"code": 1, "name": "building", "color": "#D7191C"},
-                    {"code": 2, "name": "woodland", "color": "#1A9641"},
-                    {"code": 3, "name": "water", "color": "#2B83BA"},
-                    {"code": 4, "name": "road", "color": "#FDAE61"},
-                ]
-            )
+    return mirror_tiled(scene, 10_000, WORK / "classes_10000.tif", "EPSG:32640", 0.5, 255)
+
+
+def fragmented_raster(size: int) -> Path:
+    with rasterio.open(CHESAPEAKE) as src:
+        tile = src.read(1)
+    return mirror_tiled(tile, size, WORK / f"fragmented_{size}.tif", "EPSG:26917", 1.0)
+
+
+def prediction_raster() -> Path:
+    """The bundled model's map of a 2048² Gorinchem mosaic (bench_segment's), tiled to 10240²."""
+    from bench_segment import mosaic
+
+    classes = WORK / "prediction_2048.tif"
+    if not classes.exists():
+        subprocess.run(
+            [sys.executable, "-m", "segment_plugin.engine", "segment", str(mosaic(2048))]
+            + ["--output", str(classes), "--progress", "json"],
+            stdout=subprocess.DEVNULL,
+            check=True,
         )
-    os.replace(tmp, path)
-    return path
+    with rasterio.open(classes) as src:
+        tile = src.read(1)
+    return mirror_tiled(tile, 10240, WORK / "prediction_10240.tif", "EPSG:28992", 0.25, 255)
+
+
+CASES = {
+    "dubai": (dubai_raster, True),
+    "fragmented": (lambda: fragmented_raster(10240), True),
+    "fragmented_2x": (lambda: fragmented_raster(14480), False),
+    "prediction": (prediction_raster, True),
+}
 
 
 def timed(command: list[str]) -> dict:
@@ -91,63 +137,59 @@ def timed(command: list[str]) -> dict:
     }
 
 
-def main() -> None:
-    if not DUBAI8.exists():
-        print(json.dumps({"error": f"{DUBAI8} is missing: the bench needs ../shared/data"}))
-        sys.exit(1)
-    WORK.mkdir(parents=True, exist_ok=True)
-    raster = class_mosaic()
-    ours_out, gdal_out = WORK / "ours.gpkg", WORK / "gdal.gpkg"
-    for old in (ours_out, gdal_out):
-        old.unlink(missing_ok=True)
-    gdal = timed(
-        [
-            "/usr/bin/python3",
-            "/usr/bin/gdal_polygonize.py",
-            "-q",
-            str(raster),
-            "-f",
-            "GPKG",
-            str(gdal_out),
-            "classes",
-            "class_id",
-        ]
-    )
-    ours = timed(
-        [
-            sys.executable,
-            "-m",
-            "segment_plugin.engine",
-            "vectorize",
-            str(raster),
-            "--output",
-            str(ours_out),
-            "--progress",
-            "json",
-        ]
-    )
+def run_case(name: str) -> dict:
     import pyogrio
 
-    features = {
-        "ours": pyogrio.read_info(ours_out)["features"],
-        "gdal_polygonize": pyogrio.read_info(gdal_out)["features"],
-    }
-    print(
-        json.dumps(
-            {
-                "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-                "raster": f"{SIZE}x{SIZE} uint8 from Dubai tile 8 label masks, 3x3 scene mirrored",
-                "ours": ours,
-                "gdal_polygonize": gdal,
-                "features": features,
-                "wall_ratio_ours_over_gdal": round(ours["wall_s"] / gdal["wall_s"], 3),
-                "goal": "<= 1.0",
-                "note": "ours also merges strips, measures area_m2/perim_m and writes class names; "
-                "gdal_polygonize.py writes class_id only",
-            },
-            indent=2,
-        )
+    build, with_gdal = CASES[name]
+    raster = build()
+    ours_out, gdal_out = WORK / f"{name}_ours.gpkg", WORK / f"{name}_gdal.gpkg"
+    for old in (ours_out, gdal_out):
+        old.unlink(missing_ok=True)
+    with rasterio.open(raster) as src:
+        result: dict = {"raster": f"{src.width}x{src.height} {src.dtypes[0]}"}
+    result["ours"] = timed(
+        [sys.executable, "-m", "segment_plugin.engine", "vectorize", str(raster)]
+        + ["--output", str(ours_out), "--progress", "json"]
     )
+    result["features"] = {"ours": pyogrio.read_info(ours_out)["features"]}
+    if with_gdal:
+        result["gdal_polygonize"] = timed(
+            ["/usr/bin/python3", "/usr/bin/gdal_polygonize.py", "-q", str(raster)]
+            + ["-f", "GPKG", str(gdal_out), "classes", "class_id"]
+        )
+        result["features"]["gdal_polygonize"] = pyogrio.read_info(gdal_out)["features"]
+        ours, gdal = result["ours"], result["gdal_polygonize"]
+        result["wall_ratio_ours_over_gdal"] = round(ours["wall_s"] / gdal["wall_s"], 3)
+        result["rss_ratio_ours_over_gdal"] = round(ours["peak_rss_mb"] / gdal["peak_rss_mb"], 3)
+    for path in (ours_out, gdal_out):
+        path.unlink(missing_ok=True)  # GBs each on the fragmented cases
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    args = parser.parse_args()
+    if not DUBAI8.exists() or not CHESAPEAKE.exists():
+        print(json.dumps({"error": f"{DATA} is missing: the bench needs ../shared/data"}))
+        sys.exit(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    report: dict = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "goal": "wall and rss ratios: wall <= 1.0, rss <= 2.0",
+        "note": "ours also merges strips, measures area_m2/perim_m and writes class names; "
+        "gdal_polygonize.py writes class_id only",
+    }
+    for name in args.cases:
+        report[name] = run_case(name)
+        print(json.dumps({name: report[name]}), file=sys.stderr)  # so far, if a later case fails
+    if "fragmented" in report and "fragmented_2x" in report:
+        report["fragmented_2x"]["rss_ratio_over_fragmented"] = round(
+            report["fragmented_2x"]["ours"]["peak_rss_mb"]
+            / report["fragmented"]["ours"]["peak_rss_mb"],
+            3,
+        )
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
