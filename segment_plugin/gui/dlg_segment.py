@@ -35,7 +35,11 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from segment_plugin.gui.algorithm_dialog import AlgorithmDialog
-from segment_plugin.gui.styling import raster_classes, style_class_polygons
+from segment_plugin.gui.styling import (
+    raster_classes,
+    result_layer_names,
+    style_class_polygons,
+)
 from segment_plugin.processing.alg_segment_layer import DEVICES
 from segment_plugin.processing.raster_input import is_plain_file
 from segment_plugin.settings import PluginSettings
@@ -65,6 +69,7 @@ class SegmentDialog(AlgorithmDialog):
         self.setWindowTitle("Segment Layer")
         self.setMinimumWidth(560)
         self._started = 0.0
+        self._source_name = ""
         self._build()
         self._load_settings()
         self.layer_combo.layerChanged.connect(self._layer_changed)
@@ -274,6 +279,7 @@ class SegmentDialog(AlgorithmDialog):
             settings.output_folder = str(Path(self.output_widget.filePath()).parent)
         settings.save()
         self._started = time.monotonic()
+        self._source_name = self.layer_combo.currentLayer().name()
         self.start("segment_plugin:segment_layer", "running…")
 
     @pyqtSlot(float)
@@ -293,15 +299,14 @@ class SegmentDialog(AlgorithmDialog):
             return
         self.last_results = results
         self.progress.setValue(100)
-        classes_layer = QgsRasterLayer(results["OUTPUT"], Path(results["OUTPUT"]).stem)
+        summary = json.loads(results.get("SUMMARY") or "{}")
+        raster_name, polygons_name = result_layer_names(self._source_name, summary.get("model"))
+        classes_layer = QgsRasterLayer(results["OUTPUT"], raster_name)
         QgsProject.instance().addMapLayer(classes_layer)
         if results.get("OUTPUT_VECTOR"):
-            polygons = QgsVectorLayer(
-                results["OUTPUT_VECTOR"], Path(results["OUTPUT_VECTOR"]).stem, "ogr"
-            )
+            polygons = QgsVectorLayer(results["OUTPUT_VECTOR"], polygons_name, "ogr")
             style_class_polygons(polygons, raster_classes(classes_layer))
             QgsProject.instance().addMapLayer(polygons)
-        summary = json.loads(results.get("SUMMARY") or "{}")
         areas = summary.get("class_area_m2") or {}
         text = ", ".join(f"{name} {area / 10_000:.2f} ha" for name, area in areas.items())
         self.status.setText(f"Done: {text}")

@@ -1,6 +1,8 @@
-"""Styles for result layers: class polygons coloured like the class raster's palette."""
+"""Styles and names for result layers: class raster from its .qml, polygons in its colours."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
@@ -35,3 +37,21 @@ def style_class_polygons(layer: QgsVectorLayer, classes: list[tuple[int, str, QC
         categories.append(QgsRendererCategory(code, symbol, name))
     layer.setRenderer(QgsCategorizedSymbolRenderer("class_id", categories))
     layer.triggerRepaint()
+
+
+def result_layer_names(source: str, model: str | None) -> tuple[str, str]:
+    """Layer names that say what they are: (class raster, class polygons)."""
+    by = f" ({model})" if model else ""
+    return f"{source} — classes{by}", f"{source} — class polygons{by}"
+
+
+def style_class_raster(layer: QgsRasterLayer) -> None:
+    """Apply the ``.qml`` written beside the class raster: only the model's classes, named.
+
+    QGIS loads it by itself when a user adds the file, but Processing loads its results without
+    default styles, which shows the GeoTIFF's 256-entry colour table as numbers instead.
+    """
+    qml = Path(layer.source()).with_suffix(".qml")
+    if qml.exists():
+        layer.loadNamedStyle(str(qml))
+        layer.triggerRepaint()

@@ -7,7 +7,6 @@ import json
 from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
-    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -17,35 +16,15 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
-    QgsRasterLayer,
-    QgsVectorLayer,
 )
 
+from segment_plugin.gui.styling import result_layer_names
 from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.engine_feedback import run_engine_with_feedback
 from segment_plugin.processing.raster_input import engine_readable_path
+from segment_plugin.processing.result_styles import style_on_load
 
 DEVICES = ["auto", "cpu", "gpu"]
-#: Post-processors must outlive the algorithm (QGIS calls them after it returns).
-_POST_PROCESSORS: list = []
-
-
-class StyleClassPolygons(QgsProcessingLayerPostProcessorInterface):
-    """When QGIS loads the polygons, colour them by class like the class raster."""
-
-    def __init__(self, classes_path: str) -> None:
-        super().__init__()
-        self.classes_path = classes_path
-
-    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 - QGIS API
-        """Apply the categorized class style (runs in the main thread)."""
-        from segment_plugin.gui.styling import raster_classes, style_class_polygons
-
-        if isinstance(layer, QgsVectorLayer):
-            classes = raster_classes(QgsRasterLayer(self.classes_path, "classes"))
-            style_class_polygons(layer, classes)
-        if self in _POST_PROCESSORS:  # done: QGIS will not call it again
-            _POST_PROCESSORS.remove(self)
 
 
 def vectorize_args(min_area: float, simplify: float) -> list[str]:
@@ -176,6 +155,8 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
             "class_area_m2": result.get("class_area_m2"),
         }
         outputs = {"OUTPUT": output, "SUMMARY": json.dumps(summary)}
+        raster_name, polygons_name = result_layer_names(layer.name(), result.get("model"))
+        style_on_load(context, output, output, raster_name)
         if vector:
             min_area = self.parameterAsDouble(parameters, "MIN_AREA", context)
             simplify = self.parameterAsDouble(parameters, "SIMPLIFY", context)
@@ -191,8 +172,5 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
                 feedback,
             )
             outputs["OUTPUT_VECTOR"] = vector
-            if context.willLoadLayerOnCompletion(vector):
-                styler = StyleClassPolygons(output)
-                _POST_PROCESSORS.append(styler)
-                context.layerToLoadOnCompletionDetails(vector).setPostProcessor(styler)
+            style_on_load(context, vector, output, polygons_name)
         return outputs

@@ -15,6 +15,7 @@ from qgis.core import (
 from segment_plugin.processing.alg_segment_layer import run_or_raise, vectorize_args
 from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.raster_input import is_plain_file
+from segment_plugin.processing.result_styles import style_on_load
 
 
 class VectorizeAlgorithm(PluginAlgorithm):
@@ -77,4 +78,5 @@ class VectorizeAlgorithm(PluginAlgorithm):
             args.append("--smooth")
         result = run_or_raise(args, feedback)
         feedback.pushInfo(f"{result.get('features', 0)} polygons")
+        style_on_load(context, output, layer.source(), f"{layer.name()} — class polygons")
         return {"OUTPUT": output}

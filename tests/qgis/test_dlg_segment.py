@@ -95,9 +95,9 @@ def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
     dialog.run()
     wait_until(lambda: dialog.task is None, timeout=300)
     assert dialog.last_results is not None, dialog.status.text()
-    layers = QgsProject.instance().mapLayersByName("classes")
-    classes = next(layer for layer in layers if isinstance(layer, QgsRasterLayer))
-    polygons = next(layer for layer in layers if isinstance(layer, QgsVectorLayer))
+    classes = QgsProject.instance().mapLayersByName("gorinchem — classes (tiny)")[0]
+    polygons = QgsProject.instance().mapLayersByName("gorinchem — class polygons (tiny)")[0]
+    assert isinstance(classes, QgsRasterLayer) and isinstance(polygons, QgsVectorLayer)
     assert classes.renderer().type() == "paletted"
     assert [c.label for c in classes.renderer().classes()] == CLASS_NAMES
     assert polygons.renderer().type() == "categorizedSymbol"
@@ -144,11 +144,7 @@ def test_export_polygons_round_trips(dialog, tmp_path):
     dialog.polygons_widget.setFilePath(str(tmp_path / "c.gpkg"))
     dialog.run()
     wait_until(lambda: dialog.task is None, timeout=300)
-    polygons = next(
-        layer
-        for layer in QgsProject.instance().mapLayersByName("c")
-        if isinstance(layer, QgsVectorLayer)
-    )
+    polygons = QgsProject.instance().mapLayersByName("gorinchem — class polygons (tiny)")[0]
     (tmp_path / "export").mkdir()
     written = export_to_shapefile(polygons, tmp_path / "export" / "polygons")
     assert written.suffix == ".shp"

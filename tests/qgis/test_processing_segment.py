@@ -219,29 +219,74 @@ def test_evaluate_algorithm(registry, tmp_path):
     assert "<svg" in (tmp_path / "r.html").read_text()
 
 
-def test_toolbox_run_styles_the_polygons_it_loads(registry, tiny_models, demo, tmp_path):
+@pytest.mark.parametrize("with_polygons", [True, False])
+def test_toolbox_run_loads_named_styled_results(
+    registry, tiny_models, demo, tmp_path, with_polygons
+):
+    """What the toolbox, batch mode, the modeler and runAndLoadResults do after a run.
+
+    QGIS's own result handler loads the outputs (without their .qml) and calls our
+    post-processors: the legend must list the model's classes by name, not 256 numbers.
+    """
+    from processing.gui.Postprocessing import handleAlgorithmResults
     from qgis.core import QgsProject
 
-    polygons = str(tmp_path / "p.gpkg")
+    project = QgsProject.instance()
+    project.removeAllMapLayers()
+    outputs = {"OUTPUT": str(tmp_path / "c.tif")}
+    if with_polygons:
+        outputs["OUTPUT_VECTOR"] = str(tmp_path / "p.gpkg")
     context = QgsProcessingContext()
-    context.setProject(QgsProject.instance())
-    details = QgsProcessingContext.LayerDetails("polygons", QgsProject.instance(), "OUTPUT_VECTOR")
-    context.addLayerToLoadOnCompletion(polygons, details)  # what the toolbox does
+    context.setProject(project)
+    for name, path in outputs.items():
+        details = QgsProcessingContext.LayerDetails(name, project, name)
+        context.addLayerToLoadOnCompletion(path, details)
     algorithm = registry.algorithmById("segment_plugin:segment_layer")
+    feedback = QgsProcessingFeedback()
     results, ok = algorithm.run(
-        {
-            "INPUT": QgsRasterLayer(str(demo), "demo"),
-            "MODEL": "tiny",
-            "OUTPUT": str(tmp_path / "c.tif"),
-            "OUTPUT_VECTOR": polygons,
-        },
+        {"INPUT": QgsRasterLayer(str(demo), "gorinchem"), "MODEL": "tiny", **outputs},
         context,
-        QgsProcessingFeedback(),
+        feedback,
     )
     assert ok
-    layer = QgsVectorLayer(polygons, "polygons", "ogr")
-    context.layerToLoadOnCompletionDetails(polygons).postProcessor().postProcessLayer(
-        layer, context, QgsProcessingFeedback()
+    assert handleAlgorithmResults(algorithm, context, feedback, showResults=False)
+    loaded = {layer.name(): layer for layer in project.mapLayers().values()}
+    classes = loaded.pop("gorinchem — classes (tiny)")
+    assert classes.renderer().type() == "paletted"
+    assert [c.label for c in classes.renderer().classes()] == CLASS_NAMES
+    if with_polygons:
+        polygons = loaded.pop("gorinchem — class polygons (tiny)")
+        assert polygons.renderer().type() == "categorizedSymbol"
+        assert [c.label() for c in polygons.renderer().categories()] == CLASS_NAMES
+    assert loaded == {}
+    project.removeAllMapLayers()
+
+
+def test_vectorize_run_loads_polygons_in_the_class_colours(registry, tiny_models, demo, tmp_path):
+    from processing.gui.Postprocessing import handleAlgorithmResults
+    from qgis.core import QgsProject
+
+    classes = tmp_path / "c.tif"
+    run(
+        registry,
+        "segment_plugin:segment_layer",
+        {"INPUT": str(demo), "MODEL": "tiny", "OUTPUT": str(classes)},
     )
-    assert layer.renderer().type() == "categorizedSymbol"
+    project = QgsProject.instance()
+    project.removeAllMapLayers()
+    context = QgsProcessingContext()
+    context.setProject(project)
+    polygons = str(tmp_path / "p.gpkg")
+    context.addLayerToLoadOnCompletion(
+        polygons, QgsProcessingContext.LayerDetails("OUTPUT", project, "OUTPUT")
+    )
+    algorithm = registry.algorithmById("segment_plugin:vectorize")
+    feedback = QgsProcessingFeedback()
+    _, ok = algorithm.run(
+        {"INPUT": QgsRasterLayer(str(classes), "c"), "OUTPUT": polygons}, context, feedback
+    )
+    assert ok and handleAlgorithmResults(algorithm, context, feedback, showResults=False)
+    (layer,) = project.mapLayers().values()
+    assert layer.name() == "c — class polygons"
     assert [c.label() for c in layer.renderer().categories()] == CLASS_NAMES
+    project.removeAllMapLayers()
