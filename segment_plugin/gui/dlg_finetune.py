@@ -96,7 +96,7 @@ class FineTuneDialog(AlgorithmDialog):
     def __init__(self, iface, parent=None) -> None:
         super().__init__(iface, parent)
         self.setWindowTitle("Fine-tune model")
-        self.resize(1100, 820)
+        self.resize(1100, 660)  # a 1366×768 laptop, with title bar and taskbar
         self.setMinimumSize(900, 600)
         self.new_classes: list[dict] = []
         self._base: str | None = None

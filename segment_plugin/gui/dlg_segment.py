@@ -30,8 +30,10 @@ from qgis.PyQt.QtWidgets import (
     QGroupBox,
     QLabel,
     QSpinBox,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
+    QWidget,
 )
 
 from segment_plugin.gui.algorithm_dialog import AlgorithmDialog
@@ -68,6 +70,7 @@ class SegmentDialog(AlgorithmDialog):
         super().__init__(iface, parent)
         self.setWindowTitle("Segment Layer")
         self.setMinimumWidth(560)
+        self.resize(960, 0)  # wide enough for the extent buttons' labels
         self._started = 0.0
         self._source_name = ""
         self._build()
@@ -79,7 +82,12 @@ class SegmentDialog(AlgorithmDialog):
 
     # ---- construction -------------------------------------------------------------------
     def _build(self) -> None:
+        """Input / Options / Outputs tabs: the dialog fits a 1366×768 laptop screen."""
         layout = QVBoxLayout(self)
+        self.tabs = QTabWidget()
+        layout.addWidget(self.tabs)
+        input_tab = QWidget()
+        input_layout = QVBoxLayout(input_tab)
         form = QFormLayout()
         self.layer_combo = QgsMapLayerComboBox()
         self.layer_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
@@ -92,17 +100,22 @@ class SegmentDialog(AlgorithmDialog):
         form.addRow("", self.export_note)
         self.model_combo = QComboBox()
         form.addRow("Model:", self.model_combo)
-        layout.addLayout(form)
+        input_layout.addLayout(form)
 
         self.card_view = QTextBrowser()  # scrolls: the card's prose can be long
         self.card_view.setMinimumHeight(100)
         self.card_view.setMaximumHeight(130)
-        layout.addWidget(self.card_view)
+        input_layout.addWidget(self.card_view)
 
         self.bands_box = QGroupBox("Band mapping (model band ← layer band)")
         self.bands_form = QFormLayout(self.bands_box)
         self.band_combos: list[QComboBox] = []
-        layout.addWidget(self.bands_box)
+        input_layout.addWidget(self.bands_box)
+        input_layout.addStretch()
+        self.tabs.addTab(input_tab, "Input")
+
+        options_tab = QWidget()
+        options_layout = QVBoxLayout(options_tab)
 
         self.extent_box = QgsExtentGroupBox()
         self.extent_box.setTitle("Extent (default: whole layer)")
@@ -110,7 +123,7 @@ class SegmentDialog(AlgorithmDialog):
         self.extent_box.setChecked(False)
         if self.iface.mapCanvas() is not None:
             self.extent_box.setMapCanvas(self.iface.mapCanvas())
-        layout.addWidget(self.extent_box)
+        options_layout.addWidget(self.extent_box)
 
         run_box = QGroupBox("Processing")
         run_form = QFormLayout(run_box)
@@ -123,8 +136,9 @@ class SegmentDialog(AlgorithmDialog):
         self.overlap_spin.setSpecialValueText("3/8 of the tile")
         self.device_combo = QComboBox()
         self.device_combo.addItems(DEVICES)
-        self.tta_check = QCheckBox("test-time augmentation (4× slower, a little more accurate)")
-        self.keep_weights_check = QCheckBox("keep the training's class weights (more trees, roads)")
+        self.tta_check = QCheckBox("test-time augmentation (4× slower)")
+        self.tta_check.setToolTip("Average the four flips of each tile: a little more accurate.")
+        self.keep_weights_check = QCheckBox("keep the training's class weights")
         self.keep_weights_check.setToolTip(
             "The model's loss weighted classes by their rarity in its training data, which biases "
             "its outputs towards rare classes; by default that bias is undone (more accurate on "
@@ -136,9 +150,11 @@ class SegmentDialog(AlgorithmDialog):
         run_form.addRow("Device:", self.device_combo)
         run_form.addRow("", self.tta_check)
         run_form.addRow("", self.keep_weights_check)
-        layout.addWidget(run_box)
+        options_layout.addWidget(run_box)
+        options_layout.addStretch()
+        self.tabs.addTab(options_tab, "Options")
 
-        out_box = QGroupBox("Outputs")
+        out_box = QWidget()
         out_form = QFormLayout(out_box)
         self.output_widget = QgsFileWidget()
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
@@ -158,7 +174,7 @@ class SegmentDialog(AlgorithmDialog):
         out_form.addRow("Polygons:", self.polygons_widget)
         out_form.addRow("Minimum area:", self.min_area_spin)
         out_form.addRow("Simplify:", self.simplify_spin)
-        layout.addWidget(out_box)
+        self.tabs.addTab(out_box, "Outputs")
 
         self.run_button = self.add_run_controls(layout, "Run", "Cancel run")
         self.run_button.clicked.connect(self.run)

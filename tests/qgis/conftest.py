@@ -47,6 +47,34 @@ def grab(widget, name: str) -> Path:
     return SHOTS / name
 
 
+LAPTOP = (1366, 768)  # the smallest screen a dialog must fit
+WINDOW_CHROME = 80  # px: title bar and taskbar
+
+
+def fits_a_laptop(dialog) -> list[str]:
+    """Shown at its default size: what does not fit a 1366×768 screen, on every tab.
+
+    Returns the problems: the dialog's size, and the text of each visible button narrower
+    than its size hint (Qt then cuts its text, e.g. "urrent Layer Ex").
+    """
+    from qgis.PyQt.QtWidgets import QAbstractButton
+
+    dialog.show()
+    QgsApplication.processEvents()
+    problems = []
+    if dialog.width() > LAPTOP[0] or dialog.height() > LAPTOP[1] - WINDOW_CHROME:
+        problems.append(f"size {dialog.width()}×{dialog.height()}")
+    tabs = getattr(dialog, "tabs", None)
+    for page in range(tabs.count()) if tabs is not None else [None]:
+        if tabs is not None:
+            tabs.setCurrentIndex(page)
+            QgsApplication.processEvents()
+        for button in dialog.findChildren(QAbstractButton):
+            if button.isVisible() and button.text() and button.width() < button.sizeHint().width():
+                problems.append(f"cut: {button.text()!r}")
+    return problems
+
+
 def words(text: str) -> str:
     """Text with all whitespace runs collapsed, e.g. a rendered HTML table's cells on one line."""
     return " ".join(text.split())

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import NAIP, grab, wait_until
+from conftest import NAIP, fits_a_laptop, grab, wait_until
 from qgis.core import (
     QgsFeature,
     QgsGeometry,
@@ -47,6 +47,11 @@ def dialog(plugin, labelled):
     dlg.patch_combo.setCurrentIndex(0)
     dlg.lr_spin.setValue(0.001)
     return dlg
+
+
+def test_fits_a_laptop_screen_without_cut_text(dialog):
+    assert fits_a_laptop(dialog) == []
+    grab(dialog, "finetune_dialog_laptop.png")
 
 
 def test_mapping_table_and_checks_before_the_run(dialog, labelled):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import ROOT, SHOTS, grab, wait_until
+from conftest import ROOT, SHOTS, fits_a_laptop, grab, wait_until
 from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
 
 import segment_plugin
@@ -83,6 +83,15 @@ def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers, e
     assert dialog.device_combo.itemText(2) == ("gpu" if gpu else "gpu (none found)")
     assert dialog.device_combo.model().item(2).isEnabled() == gpu
     grab(dialog, "segment_dialog.png")
+
+
+def test_fits_a_laptop_screen_without_cut_text(dialog):
+    dialog.extent_box.setCollapsed(False)  # the extent buttons showed "urrent Layer Ex"
+    assert fits_a_laptop(dialog) == []
+    for page in range(dialog.tabs.count()):
+        dialog.tabs.setCurrentIndex(page)
+        grab(dialog, f"segment_dialog_{dialog.tabs.tabText(page).lower()}.png")
+    dialog.tabs.setCurrentIndex(0)
 
 
 def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
