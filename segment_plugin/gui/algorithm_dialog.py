@@ -16,7 +16,14 @@ from qgis.core import (
     QgsProject,
 )
 from qgis.PyQt.QtCore import pyqtSlot
-from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QLabel, QProgressBar
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+)
 
 from segment_plugin.gui.engine_devices import request_devices, show_devices
 from segment_plugin.processing.engine_feedback import DialogFeedback
@@ -141,6 +148,31 @@ class AlgorithmDialog(QDialog):
         """Stop the run: the engine process is terminated."""
         if self.feedback is not None:
             self.feedback.cancel()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Enter runs, whichever widget made its own button the default (the extent box does)."""
+        for button in self.findChildren(QPushButton):
+            button.setAutoDefault(False)
+            button.setDefault(button is self._run_button)
+        super().showEvent(event)
+
+    def confirm_cancel(self) -> bool:
+        """Ask before a close (Esc, Close) cancels a running task."""
+        answer = QMessageBox.question(
+            self,
+            self.windowTitle(),
+            f"{self.RUN_NAME} is still running. Cancel it and close?",
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
+        return answer == QMessageBox.Yes
+
+    def reject(self) -> None:  # noqa: D102 - Esc and Close: ask first while a run is going on
+        if self.task is not None:
+            if not self.confirm_cancel():
+                return
+            self.cancel()
+        super().reject()
 
     def run_ended(self) -> None:
         """The task is over (either way): the buttons are back."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import re
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsExtentGroupBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import pyqtSlot
+from qgis.PyQt.QtCore import QStandardPaths, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -61,6 +63,27 @@ def measured_on(on: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 2 else on
 
 
+def writable(folder: Path) -> bool:
+    """Whether results can be written into ``folder``."""
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
+def output_folder(source: Path | None) -> tuple[Path, str]:
+    """Where results go by default, and a note for the dialog when not beside the input.
+
+    Beside the input raster; else the folder used last; else the user's documents folder.
+    """
+    if source is not None and writable(source.parent):
+        return source.parent, ""
+    why = "the input's folder is not writable" if source else "the layer is not a file"
+    remembered = PluginSettings.load().output_folder
+    if remembered and writable(Path(remembered)):
+        return Path(remembered), f"Results go to the folder used last ({why})."
+    documents = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+    folder = Path(documents) if documents and writable(Path(documents)) else Path.home()
+    return folder, f"Results go to {folder} ({why})."
+
+
 class SegmentDialog(AlgorithmDialog):
     """Segment a raster layer: model, bands, extent, tiling, outputs → layers in the project."""
 
@@ -73,6 +96,7 @@ class SegmentDialog(AlgorithmDialog):
         self.resize(960, 0)  # wide enough for the extent buttons' labels
         self._started = 0.0
         self._source_name = ""
+        self._defaults: dict[str, str] = {}  # suffix → the output path the dialog proposed
         self._build()
         self._load_settings()
         self.layer_combo.layerChanged.connect(self._layer_changed)
@@ -160,6 +184,9 @@ class SegmentDialog(AlgorithmDialog):
         self.output_widget.setStorageMode(QgsFileWidget.SaveFile)
         self.output_widget.setFilter("GeoTIFF (*.tif)")
         out_form.addRow("Class raster:", self.output_widget)
+        self.output_note = QLabel()  # where results go when not beside the input
+        self.output_note.setWordWrap(True)
+        out_form.addRow("", self.output_note)
         self.polygons_check = QCheckBox("also write class polygons")
         self.polygons_widget = QgsFileWidget()
         self.polygons_widget.setStorageMode(QgsFileWidget.SaveFile)
@@ -185,6 +212,7 @@ class SegmentDialog(AlgorithmDialog):
 
     # ---- models -------------------------------------------------------------------------
     def _model_changed(self, *_args) -> None:
+        self._default_outputs()
         card = self.models.get(self.model_combo.currentText())
         if card is None:
             self.card_view.setHtml("")
@@ -242,10 +270,6 @@ class SegmentDialog(AlgorithmDialog):
             return
         if is_plain_file(layer):
             self.export_note.setText("")
-            source = Path(layer.source().split("|")[0])
-            folder = PluginSettings.load().output_folder or str(source.parent)
-            self.output_widget.setFilePath(str(Path(folder) / f"{source.stem}_classes.tif"))
-            self.polygons_widget.setFilePath(str(Path(folder) / f"{source.stem}_classes.shp"))
         else:
             self.export_note.setText(
                 "This layer is not a plain raster file: it will be exported to a temporary "
@@ -255,6 +279,21 @@ class SegmentDialog(AlgorithmDialog):
         self.extent_box.setCurrentExtent(layer.extent(), layer.crs())
         self.extent_box.setOutputCrs(layer.crs())
         self._model_changed()
+
+    def _default_outputs(self) -> None:
+        """``<input>_<model>.tif`` (and ``.shp``) beside the input, unless the user chose a path."""
+        layer = self.layer_combo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            return
+        source = Path(layer.source().split("|")[0]) if is_plain_file(layer) else None
+        folder, note = output_folder(source)
+        stem = source.stem if source else re.sub(r"[^\w.-]+", "_", layer.name())
+        name = f"{stem}_{self.model_combo.currentText() or 'classes'}"
+        for widget, suffix in ((self.output_widget, ".tif"), (self.polygons_widget, ".shp")):
+            if widget.filePath() in ("", self._defaults.get(suffix)):
+                self._defaults[suffix] = str(folder / f"{name}{suffix}")
+                widget.setFilePath(self._defaults[suffix])
+        self.output_note.setText(note)
 
     # ---- run ----------------------------------------------------------------------------
     def parameters(self) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import ROOT, SHOTS, fits_a_laptop, grab, wait_until
 from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
@@ -10,6 +12,7 @@ import segment_plugin
 from segment_plugin.runner import run_engine
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+DEMO_STEM = "demo_nl_gorinchem_rgb_25cm"
 CLASS_NAMES = ["background", "building", "woodland", "water", "road"]
 
 
@@ -76,7 +79,7 @@ def test_opens_with_the_active_raster_and_only_rasters(dialog, project_layers, e
     dialog.model_combo.setCurrentText("tiny")
     # RGB file: the model's red/green/blue are prefilled from the colour interpretation
     assert [c.currentIndex() + 1 for c in dialog.band_combos] == [1, 2, 3]
-    assert dialog.output_widget.filePath().endswith("demo_nl_gorinchem_rgb_25cm_classes.tif")
+    assert dialog.output_widget.filePath().endswith(f"{DEMO_STEM}_tiny.tif")
     wait_until(lambda: dialog.devices_known, timeout=120)  # the engine's device report
     gpu = run_engine(["info"], engine_python).data["gpu"]
     assert dialog.device_combo.itemText(0) == f"auto ({'GPU' if gpu else 'CPU'})"
@@ -92,6 +95,52 @@ def test_fits_a_laptop_screen_without_cut_text(dialog):
         dialog.tabs.setCurrentIndex(page)
         grab(dialog, f"segment_dialog_{dialog.tabs.tabText(page).lower()}.png")
     dialog.tabs.setCurrentIndex(0)
+
+
+def test_outputs_default_beside_the_input_named_for_the_model(dialog, monkeypatch, tmp_path):
+    from segment_plugin.gui import dlg_segment
+
+    demo_folder = Path(dialog.layer_combo.currentLayer().source()).parent
+    dialog.model_combo.setCurrentText("tiny")
+    assert dialog.output_widget.filePath() == str(demo_folder / f"{DEMO_STEM}_tiny.tif")
+    assert dialog.polygons_widget.filePath() == str(demo_folder / f"{DEMO_STEM}_tiny.shp")
+    assert dialog.output_note.text() == ""
+    dialog.model_combo.setCurrentText("landcover")  # the name follows the model ...
+    assert dialog.output_widget.filePath().endswith(f"{DEMO_STEM}_landcover.tif")
+    dialog.output_widget.setFilePath(str(tmp_path / "mine.tif"))
+    dialog.model_combo.setCurrentText("tiny")  # ... until the user chooses a path
+    assert dialog.output_widget.filePath() == str(tmp_path / "mine.tif")
+    assert dialog.polygons_widget.filePath().endswith(f"{DEMO_STEM}_tiny.shp")
+
+    monkeypatch.setattr(dlg_segment, "writable", lambda folder: folder != demo_folder)
+    monkeypatch.setattr(dlg_segment.PluginSettings, "load", lambda: dlg_segment.PluginSettings())
+    dialog._default_outputs()  # a read-only input folder: the documents folder, said so
+    assert not dialog.polygons_widget.filePath().startswith(str(demo_folder))
+    assert "not writable" in dialog.output_note.text()
+
+
+def test_enter_runs_and_esc_asks_before_cancelling(dialog, tmp_path):
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtTest import QTest
+
+    dialog.model_combo.setCurrentText("tiny")
+    dialog.tile_spin.setValue(32)
+    dialog.overlap_spin.setValue(8)
+    dialog.output_widget.setFilePath(str(tmp_path / "classes.tif"))
+    dialog.show()
+    QTest.keyClick(dialog, Qt.Key_Return)
+    assert dialog.task is not None  # Enter ran it
+    wait_until(lambda: dialog.progress.value() > 0, timeout=120)
+    asked = []
+    dialog.confirm_cancel = lambda: asked.append("no") or False
+    QTest.keyClick(dialog, Qt.Key_Escape)
+    assert asked == ["no"] and dialog.isVisible() and dialog.task is not None
+    dialog.confirm_cancel = lambda: asked.append("yes") or True
+    QTest.keyClick(dialog, Qt.Key_Escape)
+    assert asked == ["no", "yes"] and not dialog.isVisible()
+    wait_until(lambda: dialog.task is None, timeout=60)
+    assert dialog.last_error == "cancelled"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
