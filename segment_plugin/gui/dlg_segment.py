@@ -23,21 +23,25 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.gui import QgsExtentGroupBox, QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import QStandardPaths, pyqtSlot
+from qgis.PyQt.QtCore import QStandardPaths, Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
+    QHeaderView,
     QLabel,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
+from segment_plugin.area_summary import area_summary
 from segment_plugin.gui.algorithm_dialog import AlgorithmDialog
 from segment_plugin.gui.styling import (
     raster_classes,
@@ -203,6 +207,13 @@ class SegmentDialog(AlgorithmDialog):
         out_form.addRow("Simplify:", self.simplify_spin)
         self.tabs.addTab(out_box, "Outputs")
 
+        self.results_table = QTableWidget(0, 3)  # filled after a run
+        self.results_table.setHorizontalHeaderLabels(["Class", "Area (ha)", "Share (%)"])
+        self.results_table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.results_table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.results_table.verticalHeader().setVisible(False)
+        self.tabs.addTab(self.results_table, "Results")
+
         self.run_button = self.add_run_controls(layout, "Run", "Cancel run")
         self.run_button.clicked.connect(self.run)
 
@@ -362,7 +373,15 @@ class SegmentDialog(AlgorithmDialog):
             polygons = QgsVectorLayer(results["OUTPUT_VECTOR"], polygons_name, "ogr")
             style_class_polygons(polygons, raster_classes(classes_layer))
             QgsProject.instance().addMapLayer(polygons)
-        areas = summary.get("class_area_m2") or {}
-        text = ", ".join(f"{name} {area / 10_000:.2f} ha" for name, area in areas.items())
+        rows = area_summary(summary.get("class_area_m2") or {})
+        self.results_table.setRowCount(len(rows))
+        for row, (name, hectares, percent) in enumerate(rows):
+            for column, text in enumerate((name, f"{hectares:,.2f}", f"{percent:.1f}")):
+                item = QTableWidgetItem(text)
+                if column:
+                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                self.results_table.setItem(row, column, item)
+        self.tabs.setCurrentWidget(self.results_table)
+        text = ", ".join(f"{name} {hectares:.2f} ha" for name, hectares, _ in rows)
         self.status.setText(f"Done: {text}")
         self.iface.messageBar().pushMessage("Segment Layer", text or "done", Qgis.Success, 10)

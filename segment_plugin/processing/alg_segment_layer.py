@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from segment_plugin.area_summary import area_summary
 from segment_plugin.gui.styling import result_layer_names
 from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.engine_feedback import run_engine_with_feedback
@@ -146,8 +147,8 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
         finally:
             if temporary is not None:
                 temporary.unlink(missing_ok=True)
-        for name, area in (result.get("class_area_m2") or {}).items():
-            feedback.pushInfo(f"{name}: {area / 10_000:.4f} ha")
+        for name, hectares, percent in area_summary(result.get("class_area_m2") or {}):
+            feedback.pushInfo(f"{name:<14} {hectares:12.2f} ha {percent:6.1f} %")
         summary = {
             "model": result.get("model"),
             "device": result.get("device"),

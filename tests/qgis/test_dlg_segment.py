@@ -162,6 +162,12 @@ def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
     assert [c.label() for c in polygons.renderer().categories()] == CLASS_NAMES
     assert classes.crs() == polygons.crs() == dialog.layer_combo.currentLayer().crs()
     assert "ha" in dialog.status.text()
+    table = dialog.results_table  # the Results tab: area per class, largest first
+    assert dialog.tabs.currentWidget() is table and table.rowCount() >= 1
+    shares = [float(table.item(row, 2).text()) for row in range(table.rowCount())]
+    assert sum(shares) == pytest.approx(100, abs=0.5) and shares == sorted(shares, reverse=True)
+    assert {table.item(row, 0).text() for row in range(table.rowCount())} <= set(CLASS_NAMES)
+    grab(dialog, "segment_dialog_results.png")
     from segment_plugin.settings import PluginSettings
 
     render_map([polygons, classes, dialog.layer_combo.currentLayer()], "segment_result_map.png")

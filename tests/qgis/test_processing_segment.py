@@ -38,9 +38,22 @@ def run(registry, algorithm_id, parameters, feedback=None):
     return results, ok
 
 
+class LogFeedback(QgsProcessingFeedback):
+    """Keeps what an algorithm writes to the Processing log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def pushInfo(self, info: str) -> None:  # noqa: N802 - QGIS API
+        self.lines.append(info)
+        super().pushInfo(info)
+
+
 def test_segment_layer_on_the_demo_raster(registry, tiny_models, demo, tmp_path):
     layer = QgsRasterLayer(str(demo), "demo")
     out, polygons = tmp_path / "classes.tif", tmp_path / "classes.gpkg"
+    feedback = LogFeedback()
     results, ok = run(
         registry,
         "segment_plugin:segment_layer",
@@ -52,8 +65,12 @@ def test_segment_layer_on_the_demo_raster(registry, tiny_models, demo, tmp_path)
             "OUTPUT_VECTOR": str(polygons),
             "MIN_AREA": 1.0,
         },
+        feedback,
     )
     assert ok and results["OUTPUT"] == str(out)
+    areas = [line.split() for line in feedback.lines if line.rstrip().endswith("%")]
+    assert areas and {row[0] for row in areas} <= set(CLASS_NAMES)  # "water 6.23 ha 99.7 %"
+    assert sum(float(row[-2]) for row in areas) == pytest.approx(100, abs=0.5)
     classes = QgsRasterLayer(str(out), "classes")  # picks up classes.qml as its default style
     assert classes.isValid() and classes.crs() == layer.crs()
     assert (classes.width(), classes.height()) == (layer.width(), layer.height())
