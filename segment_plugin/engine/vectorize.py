@@ -316,6 +316,10 @@ def _writer_options(path: Path, params: VectorizeParams) -> dict[str, Any]:
     return {"driver": "GPKG", "layer": params.layer or params.output.stem}
 
 
+#: GeoPackage 1.2: what QGIS 3.22's GDAL (3.6) reads without "only partially supported" warnings
+CREATION_OPTIONS = {"GPKG": {"dataset_options": {"VERSION": "1.2"}}}
+
+
 def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict[str, Any]:
     """Write one polygon per connected class region of ``params.input`` to ``params.output``."""
     import geopandas as gpd
@@ -370,7 +374,8 @@ def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict
                 geometry=geoms,
                 crs=crs,
             )
-            frame.to_file(final, engine="pyogrio", append=written > 0, **options)
+            created = CREATION_OPTIONS.get(options["driver"], {}) if written == 0 else {}
+            frame.to_file(final, engine="pyogrio", append=written > 0, **options, **created)
             for code, n, total in zip(
                 present, np.bincount(where), np.bincount(where, weights=area)
             ):

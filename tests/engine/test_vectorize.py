@@ -168,6 +168,14 @@ def test_geographic_raster_gives_metres(tmp_path):
     assert frame.area_m2.sum() == pytest.approx(60 * 80 * pixel_area, rel=1e-3)
 
 
+def test_geopackage_is_version_1_2_for_qgis_3_22(tmp_path):
+    import sqlite3
+
+    run(tmp_path, class_raster(tmp_path / "c.tif", class_scene()), name="p.gpkg")
+    with sqlite3.connect(tmp_path / "p.gpkg") as db:
+        assert db.execute("pragma user_version").fetchone()[0] == 10200  # 1.4 warns in 3.22
+
+
 def test_shapefile_with_prj_cpg_and_short_fields(tmp_path):
     data = class_scene()
     result, frame = run(tmp_path, class_raster(tmp_path / "c.tif", data), name="out.shp")

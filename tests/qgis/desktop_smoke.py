@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from qgis.core import QgsApplication
+from qgis.core import QgsApplication, QgsProject
 from qgis.PyQt.QtCore import QTimer
 from qgis.PyQt.QtWidgets import QAction, QApplication, QDialog, QToolBar
 from qgis.utils import iface, plugins
@@ -23,6 +23,45 @@ def raster_menu_actions():
         if action.menu() is not None:
             found.extend(action.menu().actions())
     return found
+
+
+def wait(condition, seconds):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        QgsApplication.processEvents()
+        time.sleep(0.05)
+
+
+def segment_demo(dialog, raster, report):
+    """Segment Layer with the bundled model, as a user clicks it; grab the QGIS window."""
+    layer = iface.addRasterLayer(raster, "gorinchem")
+    dialog.layer_combo.setLayer(layer)
+    dialog.model_combo.setCurrentText("landcover")
+    dialog.output_widget.setFilePath(str(OUT / "gorinchem_landcover.tif"))
+    dialog.polygons_check.setChecked(True)
+    dialog.polygons_widget.setFilePath(str(OUT / "gorinchem_landcover.gpkg"))
+    dialog.min_area_spin.setValue(10.0)
+    dialog.run()
+    wait(lambda: dialog.task is None, 200)
+    report["segment_status"] = dialog.status.text()
+    dialog.close()
+    project = QgsProject.instance()
+    report["layers"] = sorted(layer.name() for layer in project.mapLayers().values())
+    classes = project.mapLayersByName("gorinchem — classes (landcover)")
+    polygons = project.mapLayersByName("gorinchem — class polygons (landcover)")
+    if not classes or not polygons:
+        return
+    classes[0].renderer().setOpacity(0.55)
+    polygons[0].setOpacity(0.35)
+    report["legend"] = [c.label for c in classes[0].renderer().classes()]
+    iface.mainWindow().resize(1600, 1000)  # no window manager on Xvfb to maximise it
+    canvas = iface.mapCanvas()
+    canvas.setExtent(layer.extent())
+    canvas.refreshAllLayers()
+    QgsApplication.processEvents()
+    canvas.waitWhileRendering()
+    wait(lambda: False, 2)  # let the legend and the status bar settle
+    iface.mainWindow().grab().save(str(OUT / "qgis_window.png"))
 
 
 def run():
@@ -51,6 +90,8 @@ def run():
         QgsApplication.processEvents()
         report["status"] = dialog.status.text()
         dialog.grab().save(str(OUT / "segment_dialog.png"))
+        if os.environ.get("SMOKE_RASTER"):
+            segment_demo(dialog, os.environ["SMOKE_RASTER"], report)
         dialog.close()
     finetune = actions.get("segment_plugin_fine_tune")
     report["finetune_in_toolbar"] = toolbar is not None and finetune in toolbar.actions()
@@ -72,6 +113,7 @@ def run():
             shown[0].grab().save(str(OUT / "finetune_dialog.png"))
             shown[0].close()
     (OUT / "report.json").write_text(json.dumps(report))
+    QgsProject.instance().clear()  # else QGIS asks (modally) whether to save the project
     QTimer.singleShot(200, iface.actionExit().trigger)
 
 

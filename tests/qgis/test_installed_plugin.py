@@ -13,6 +13,9 @@ from conftest import ROOT, qgis_process
 
 from segment_plugin.plugin_files import version
 
+DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+README_PICTURES = ROOT / "resources" / "screenshots"  # regenerated here, shown in the README
+
 
 def test_zip_has_one_top_folder_with_package_metadata_and_resources(plugin_zip):
     names = zipfile.ZipFile(plugin_zip).namelist()
@@ -69,16 +72,19 @@ def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, en
     user_models = tmp_path / "no_user_models"  # not the other tests' tiny models, nor ~/.local's
     user_models.mkdir()
     env = dict(os.environ, SMOKE_OUT=str(out), SEGMENT_PLUGIN_MODELS=str(user_models))
+    if DEMO.exists():  # then the bundled model segments the demo and the window is grabbed
+        env["SMOKE_RASTER"] = str(DEMO)
     for name in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "QT_QPA_PLATFORM"):
         env.pop(name, None)  # the desktop app draws on Xvfb with the throw-away profile
-    command = ["timeout", "240", "xvfb-run", "-a", "qgis", "--profiles-path", str(qgis_profile)]
+    command = ["timeout", "420", "xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"]
+    command += ["qgis", "--profiles-path", str(qgis_profile)]
     command += [
         "--nologo",
         "--noversioncheck",
         "--code",
         str(Path(__file__).with_name("desktop_smoke.py")),
     ]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=480)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["loaded"] and report["action"]
@@ -93,3 +99,11 @@ def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, en
         png = out / name
         assert png.stat().st_size > 10_000
         (artifacts / f"desktop_{name}").write_bytes(png.read_bytes())
+    (README_PICTURES / "segment_dialog.png").write_bytes((out / "segment_dialog.png").read_bytes())
+    if not DEMO.exists():
+        return
+    assert report["segment_status"].startswith("Done:"), report["segment_status"]
+    assert report["legend"] == ["background", "building", "woodland", "water", "road"]
+    window = out / "qgis_window.png"
+    assert window.stat().st_size > 200_000  # an orthophoto under classes, not an empty canvas
+    (README_PICTURES / "qgis_demo_landcover.png").write_bytes(window.read_bytes())
