@@ -31,7 +31,7 @@ from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
 from segment_plugin.engine.progress import Reporter, ScaledReporter
-from segment_plugin.engine.styling import write_qml
+from segment_plugin.engine.styling import write_class_sidecars
 from segment_plugin.engine.tiling import (
     RollingAccumulator,
     TileGrid,
@@ -579,7 +579,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
             counts = _to_input_grid(src, working, finals, wgrid, card)
         pixel = raster_io.pixel_size_m(src)
         megapixels = src.width * src.height / 1e6
-    qml = write_qml(params.output, card.classes)
+    qml = write_class_sidecars(params.output, card.classes)
     elapsed = time.monotonic() - started
     class_pixels = {c.name: int(n) for c, n in zip(card.classes, counts)}
     areas = None

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from segment_plugin.engine.errors import DependencyError, InputError
-from segment_plugin.engine.models.package import IGNORE_CODE, ClassInfo, ModelCard
+from segment_plugin.engine.models.package import ClassInfo, ModelCard
 
 MIN_SIZE = 4  # pixels; smaller rasters cannot be tiled or reflect-padded meaningfully
 OUTPUT_BLOCK = 256
@@ -144,10 +144,11 @@ def output_profile(
 
 
 def describe_classes(dst: Any, classes: Sequence[ClassInfo], model_name: str) -> None:
-    """Colour table, band description and class names in the metadata of a class raster."""
-    colormap = {c.code: (*c.rgb(), 255) for c in classes}
-    colormap[IGNORE_CODE] = (0, 0, 0, 0)
-    dst.write_colormap(1, colormap)
+    """Band description and class names in the metadata of a class raster.
+
+    Its colour table goes in the ``.aux.xml`` beside it (``styling.write_class_sidecars``): one
+    written into the GeoTIFF always has 256 entries, which QGIS lists as 256 legend classes.
+    """
     dst.set_band_description(1, "land-cover class")
     dst.update_tags(
         CLASSES=json.dumps([{"code": c.code, "name": c.name, "color": c.color} for c in classes]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import numpy as np
 import pytest
@@ -56,12 +57,17 @@ def test_output_grid_style_and_metadata(tmp_path, tiny_model):
     with rasterio.open(raster) as src, rasterio.open(result["output"]) as out:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
         assert out.dtypes == ("uint8",) and out.nodata == 255
-        assert out.colormap(1)[1][:3] == (0xD7, 0x19, 0x1C)
+        # the palette (from the .aux.xml beside it): one entry per class, not 256
+        assert len(out.colormap(1)) == 5 and out.colormap(1)[1][:3] == (0xD7, 0x19, 0x1C)
         assert out.descriptions[0] == "land-cover class"
         tags = out.tags()
         assert [c["name"] for c in json.loads(tags["CLASSES"])][:2] == ["background", "building"]
         assert tags["CLASS_3"] == "water" and tags["MODEL"] == "tiny"
     assert set(np.unique(classes)) <= CODES
+    band = ElementTree.parse(tmp_path / "classes.tif.aux.xml").find("PAMRasterBand")
+    assert [c.text for c in band.find("CategoryNames")] == [c.name for c in LANDCOVER_CLASSES]
+    rat = [[f.text for f in row] for row in band.find("GDALRasterAttributeTable").iter("Row")]
+    assert rat[2] == ["2", "woodland", "26", "150", "65"]
     qml = (tmp_path / "classes.qml").read_text()
     assert 'type="paletted"' in qml and 'label="woodland"' in qml and "#1a9641" in qml
     with rasterio.open(tmp_path / "p.tif") as probs:

@@ -217,6 +217,14 @@ def test_qgis_process_segments_headless(qgis_profile, tiny_models, demo, tmp_pat
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert json.loads(proc.stdout)["results"]["OUTPUT"] == str(out)
     assert out.exists() and Path(str(out).replace(".tif", ".qml")).exists()
+    # opened in a QGIS without our plugin or .qml: the file's own palette, named, 5 entries
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in (".tif", ".tif.aux.xml"):
+        (bare / f"copy{suffix}").write_bytes(Path(f"{out}{suffix[4:]}").read_bytes())
+    layer = QgsRasterLayer(str(bare / "copy.tif"), "copy")
+    assert layer.renderer().type() == "paletted"
+    assert [c.label for c in layer.renderer().classes()] == CLASS_NAMES
 
 
 def test_evaluate_algorithm(registry, tmp_path):
