@@ -32,28 +32,39 @@ def wait(condition, seconds):
         time.sleep(0.05)
 
 
-def segment_demo(dialog, raster, report):
-    """Segment Layer with the bundled model, as a user clicks it; grab the QGIS window."""
-    layer = iface.addRasterLayer(raster, "gorinchem")
+def segment_and_grab(dialog, raster, name, bands, report):
+    """Segment Layer with the bundled model, as a user clicks it; grab the QGIS window.
+
+    ``bands``: the layer band (1-based) for each of the model's bands, as a user picks them.
+    """
+    project = QgsProject.instance()
+    project.removeAllMapLayers()
+    layer = iface.addRasterLayer(raster, name)
+    project.setCrs(layer.crs())
+    renderer = layer.renderer()
+    if hasattr(renderer, "setRedBand"):  # show the imagery in the colours the model reads
+        renderer.setRedBand(bands[0])
+        renderer.setGreenBand(bands[1])
+        renderer.setBlueBand(bands[2])
     dialog.layer_combo.setLayer(layer)
     dialog.model_combo.setCurrentText("landcover")
-    dialog.output_widget.setFilePath(str(OUT / "gorinchem_landcover.tif"))
+    for combo, band in zip(dialog.band_combos, bands):
+        combo.setCurrentIndex(band - 1)
+    dialog.output_widget.setFilePath(str(OUT / f"{name}_landcover.tif"))
     dialog.polygons_check.setChecked(True)
-    dialog.polygons_widget.setFilePath(str(OUT / "gorinchem_landcover.gpkg"))
+    dialog.polygons_widget.setFilePath(str(OUT / f"{name}_landcover.gpkg"))
     dialog.min_area_spin.setValue(10.0)
     dialog.run()
     wait(lambda: dialog.task is None, 200)
-    report["segment_status"] = dialog.status.text()
-    dialog.close()
-    project = QgsProject.instance()
-    report["layers"] = sorted(layer.name() for layer in project.mapLayers().values())
-    classes = project.mapLayersByName("gorinchem — classes (landcover)")
-    polygons = project.mapLayersByName("gorinchem — class polygons (landcover)")
+    entry = report.setdefault("segmented", {})[name] = {"status": dialog.status.text()}
+    entry["layers"] = sorted(layer.name() for layer in project.mapLayers().values())
+    classes = project.mapLayersByName(f"{name} — classes (landcover)")
+    polygons = project.mapLayersByName(f"{name} — class polygons (landcover)")
     if not classes or not polygons:
         return
     classes[0].renderer().setOpacity(0.55)
     polygons[0].setOpacity(0.35)
-    report["legend"] = [c.label for c in classes[0].renderer().classes()]
+    entry["legend"] = [c.label for c in classes[0].renderer().classes()]
     iface.mainWindow().resize(1600, 1000)  # no window manager on Xvfb to maximise it
     canvas = iface.mapCanvas()
     canvas.setExtent(layer.extent())
@@ -61,7 +72,7 @@ def segment_demo(dialog, raster, report):
     QgsApplication.processEvents()
     canvas.waitWhileRendering()
     wait(lambda: False, 2)  # let the legend and the status bar settle
-    iface.mainWindow().grab().save(str(OUT / "qgis_window.png"))
+    iface.mainWindow().grab().save(str(OUT / f"qgis_{name}.png"))
 
 
 def run():
@@ -90,8 +101,9 @@ def run():
         QgsApplication.processEvents()
         report["status"] = dialog.status.text()
         dialog.grab().save(str(OUT / "segment_dialog.png"))
-        if os.environ.get("SMOKE_RASTER"):
-            segment_demo(dialog, os.environ["SMOKE_RASTER"], report)
+        for entry in filter(None, os.environ.get("SMOKE_RASTERS", "").split(";")):
+            name, raster, bands = entry.split("|")  # what a user picks in the dialog
+            segment_and_grab(dialog, raster, name, [int(b) for b in bands.split(",")], report)
         dialog.close()
     finetune = actions.get("segment_plugin_fine_tune")
     report["finetune_in_toolbar"] = toolbar is not None and finetune in toolbar.actions()

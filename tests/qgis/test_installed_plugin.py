@@ -15,6 +15,10 @@ from segment_plugin.plugin_files import version
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
 README_PICTURES = ROOT / "resources" / "screenshots"  # regenerated here, shown in the README
+SEGMENTED = [  # (layer name, raster, the layer band for the model's red, green, blue)
+    ("gorinchem", DEMO, "1,2,3"),
+    ("rotterdam_ms", DEMO.with_name("spacenet_rotterdam_ms_bgrn_1m_uint16.tif"), "3,2,1"),
+]
 
 
 def test_zip_has_one_top_folder_with_package_metadata_and_resources(plugin_zip):
@@ -72,8 +76,8 @@ def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, en
     user_models = tmp_path / "no_user_models"  # not the other tests' tiny models, nor ~/.local's
     user_models.mkdir()
     env = dict(os.environ, SMOKE_OUT=str(out), SEGMENT_PLUGIN_MODELS=str(user_models))
-    if DEMO.exists():  # then the bundled model segments the demo and the window is grabbed
-        env["SMOKE_RASTER"] = str(DEMO)
+    if DEMO.exists():  # then the bundled model segments these and the window is grabbed
+        env["SMOKE_RASTERS"] = ";".join(f"{name}|{path}|{bands}" for name, path, bands in SEGMENTED)
     for name in ("QGIS_CUSTOM_CONFIG_PATH", "QGIS_OPTIONS_PATH", "QT_QPA_PLATFORM"):
         env.pop(name, None)  # the desktop app draws on Xvfb with the throw-away profile
     command = ["timeout", "420", "xvfb-run", "-a", "-s", "-screen 0 1600x1000x24"]
@@ -102,8 +106,10 @@ def test_desktop_loads_the_zip_and_opens_both_dialogs(qgis_profile, tmp_path, en
     (README_PICTURES / "segment_dialog.png").write_bytes((out / "segment_dialog.png").read_bytes())
     if not DEMO.exists():
         return
-    assert report["segment_status"].startswith("Done:"), report["segment_status"]
-    assert report["legend"] == ["background", "building", "woodland", "water", "road"]
-    window = out / "qgis_window.png"
-    assert window.stat().st_size > 200_000  # an orthophoto under classes, not an empty canvas
-    (README_PICTURES / "qgis_demo_landcover.png").write_bytes(window.read_bytes())
+    for name, _, _ in SEGMENTED:
+        entry = report["segmented"][name]
+        assert entry["status"].startswith("Done:"), entry["status"]
+        assert entry["legend"] == ["background", "building", "woodland", "water", "road"]
+        window = out / f"qgis_{name}.png"
+        assert window.stat().st_size > 200_000  # imagery under classes, not an empty canvas
+        (README_PICTURES / f"qgis_{name}_landcover.png").write_bytes(window.read_bytes())
