@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-devices", action="store_true", help="do not import TensorFlow to list devices"
     )
     _add_common(info)
-    info.set_defaults(handler=_cmd_info)
+    info.set_defaults(keras=True, handler=_cmd_info)
 
     seg = commands.add_parser(
         "segment",
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(seg)
-    seg.set_defaults(handler=_cmd_segment)
+    seg.set_defaults(keras=True, handler=_cmd_segment)
 
     vec = commands.add_parser(
         "vectorize",
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the last epoch")
     tr.add_argument("--overwrite", action="store_true")
     _add_common(tr)
-    tr.set_defaults(handler=_cmd_train)
+    tr.set_defaults(keras=True, handler=_cmd_train)
 
     ev = commands.add_parser(
         "evaluate",
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--overwrite", action="store_true")
     _add_common(ev)
-    ev.set_defaults(handler=_cmd_evaluate)
+    ev.set_defaults(keras=True, handler=_cmd_evaluate)
 
     ch = commands.add_parser(
         "export-chips", help="raster + label polygons → georeferenced image/mask chip pairs"
@@ -410,6 +410,25 @@ def _failed(reporter: Reporter, exc: SegmentPluginError) -> int:
     return exc.exit_code
 
 
+def _import_keras_quietly() -> None:
+    """Import Keras (and TensorFlow) now, with what C++ code prints to stderr meanwhile dropped.
+
+    TensorFlow and absl print start-up lines (``All log messages before absl::InitializeLog()``,
+    oneDNN and CPU-feature notices) from C++ at import, which ``TF_CPP_MIN_LOG_LEVEL`` does not
+    all reach. ``--debug`` keeps them. An import that fails still raises.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own info and warnings
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        import keras  # noqa: F401 - the import is the point
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the process exit code (0 ok, 2 bad input, 3 missing, 130 cancel)."""
     args = build_parser().parse_args(argv)
@@ -425,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cancel_on_signals(reporter.cancel)
     handler: Command = args.handler
     try:
+        if getattr(args, "keras", False) and not args.debug:
+            _import_keras_quietly()
         handler(args, reporter)
     except SegmentPluginError as exc:
         return _failed(reporter, exc)

@@ -142,3 +142,24 @@ def test_gdal_block_cache_is_bounded_unless_the_environment_sets_it(monkeypatch,
     monkeypatch.setenv("GDAL_CACHEMAX", "1024")
     assert cli.main(["models"]) == 0
     assert os.environ["GDAL_CACHEMAX"] == "1024"
+
+
+def test_text_mode_prints_only_our_lines(tmp_path, tiny_model):
+    """No TensorFlow/absl start-up chatter: each stderr line is progress, a log or an error."""
+    from conftest import scene, write_raster
+
+    raster = write_raster(tmp_path / "in.tif", scene(64, 64))
+    command = [sys.executable, "-m", "segment_plugin.engine", "segment", str(raster)]
+    command += ["--output", str(tmp_path / "out.tif"), "--model", str(tiny_model)]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ours = ("[", "model ", "warning: ", "the raster ")
+    foreign = [line for line in proc.stderr.splitlines() if not line.startswith(ours)]
+    assert foreign == []
+    assert proc.stdout.startswith("wrote ")
+    # --debug keeps the libraries' lines: there are some to hide (TensorFlow 2.21's absl notice)
+    debug = subprocess.run(
+        command + ["--overwrite", "--debug"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert debug.returncode == 0
+    assert [line for line in debug.stderr.splitlines() if not line.startswith(ours)]
