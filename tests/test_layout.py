@@ -91,3 +91,24 @@ def test_top_level_layout():
     present = {p.name for p in ROOT.iterdir()}
     assert expected <= present
     assert (ROOT / ".ci" / "run").is_file()
+
+
+def test_changelog_and_metadata_txt_are_in_step():
+    """metadata.txt's changelog= repeats each CHANGELOG.md version's summary line, newest first."""
+    import configparser
+    import re
+
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    sections = re.findall(r"^## (\S+)\n\n(.+)$", changelog, flags=re.M)
+    metadata = configparser.ConfigParser()
+    metadata.read(ROOT / "metadata.txt", encoding="utf-8")
+    general = metadata["general"]
+    entries = [line.split(" ", 1) for line in general["changelog"].strip().splitlines()]
+    assert [tuple(entry) for entry in entries] == sections
+    assert sections[0][0] == general["version"]  # the newest entry is this version
+
+
+def test_readme_is_a_landing_page():
+    """Reference material lives in docs/ (make docs); the README stays short."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= 200

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The bundled model's training on a lent GPU machine, run there through the device tool (README,
+# The bundled model's training on a lent GPU machine, run there through the device tool (docs/training.md,
 # "Training on a lent GPU machine"); make device-kit prepares .device/ here first.
 #
 #   install  the wheels in .device/wheels into .device/site, which stays on the warm machine for

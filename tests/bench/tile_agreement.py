@@ -3,9 +3,9 @@ whole-image pass, and report the share of pixels where each tiled map agrees wit
 
     tile_agreement.py --model MODEL --work-dir DIR RASTER ...
 
-Also takes Dubai tile 8's first part (not georeferenced) as a GeoTIFF on a 1 m grid (the README's
-estimate of its resolution), built under DIR, so that there is a raster larger than one tile at
-the model's resolution. JSON on stdout.
+Also takes Dubai tile 8's first part (not georeferenced) as a GeoTIFF on a 1 m grid (the
+estimate of its resolution in docs/multisource-candidate.md), built under DIR, so that there is
+a raster larger than one tile at the model's resolution. JSON on stdout.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ TILES = (256, 512)
 
 
 def dubai_geotiff(folder: Path) -> Path:
-    """Dubai tile 8 part 1 on a 1 m UTM 40N grid (its resolution as estimated in the README)."""
+    """Dubai tile 8 part 1 on a 1 m UTM 40N grid (its resolution, estimated in the docs)."""
     out = folder / "dubai_tile8_part1_1m.tif"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)

@@ -14,7 +14,7 @@ from conftest import ROOT, qgis_process
 from segment_plugin.plugin_files import version
 
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
-README_PICTURES = ROOT / "resources" / "screenshots"  # regenerated here, shown in the README
+README_PICTURES = ROOT / "docs" / "images"  # regenerated here, shown in the README and docs
 SEGMENTED = [  # (layer name, raster, the layer band for the model's red, green, blue)
     ("gorinchem", DEMO, "1,2,3"),
     ("rotterdam_ms", DEMO.with_name("spacenet_rotterdam_ms_bgrn_1m_uint16.tif"), "3,2,1"),
