@@ -415,7 +415,8 @@ def _import_keras_quietly() -> None:
 
     TensorFlow and absl print start-up lines (``All log messages before absl::InitializeLog()``,
     oneDNN and CPU-feature notices) from C++ at import, which ``TF_CPP_MIN_LOG_LEVEL`` does not
-    all reach. ``--debug`` keeps them. An import that fails still raises.
+    all reach. ``--debug`` keeps them. A Keras that cannot be imported is left to the command
+    (``info`` reports an incomplete environment; the others a missing dependency).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own info and warnings
     sys.stderr.flush()
@@ -424,6 +425,8 @@ def _import_keras_quietly() -> None:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 2)
         import keras  # noqa: F401 - the import is the point
+    except ImportError:
+        pass
     finally:
         os.dup2(saved, 2)
         os.close(saved)
