@@ -175,6 +175,15 @@ def _strip_polygons(
     return np.asarray(codes, np.int64), polygons
 
 
+def _batch(regions: list[tuple[int, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, polygons) arrays of closed regions; empties the list."""
+    codes = np.asarray([code for code, _ in regions], np.int64)
+    polygons = np.empty(len(regions), dtype=object)
+    polygons[:] = [polygon for _, polygon in regions]
+    regions.clear()
+    return codes, polygons
+
+
 def polygonize(
     dataset: Any,
     selected: np.ndarray | None,
@@ -226,10 +235,7 @@ def polygonize(
             regions.close(root) for root in sorted({regions.find(p) for p in touched} - still_open)
         ]
         if closed:
-            yield (
-                np.asarray([code for code, _ in closed], np.int64),
-                np.asarray([polygon for _, polygon in closed], dtype=object),
-            )
+            yield _batch(closed)  # the generator keeps no reference while the batch is written
         open_below = dict(at_bottom)
         reporter.progress(bottom / height, f"polygonised {bottom}/{height} rows")
 
@@ -397,19 +403,25 @@ def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict
         def joined(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
             return np.concatenate([c for c, _ in batches]), np.concatenate([p for _, p in batches])
 
+        def write_pending() -> None:
+            """Write the held batches; their pixel-coordinate copies go before the writing."""
+            nonlocal pending, held
+            codes, polygons = joined(pending)
+            pending, held = [], 0
+            world = _to_world(polygons, src.transform)
+            del polygons  # one region can hold millions of holes: one copy at a time
+            flush(codes, world)
+
         held = 0
         for batch in polygonize(source, selected, reporter):
-            if not len(batch[0]):
-                continue
-            if params.simplify:
+            if len(batch[0]) and params.simplify:
                 collected.append(batch)
-                continue
-            pending.append(batch)
-            held += len(batch[0])
+            elif len(batch[0]):
+                pending.append(batch)
+                held += len(batch[0])
+            del batch  # only ``pending`` holds it now
             if held >= WRITE_BATCH:
-                codes, polygons = joined(pending)
-                flush(codes, _to_world(polygons, src.transform))
-                pending, held = [], 0
+                write_pending()
         if params.simplify and collected:
             codes, polygons = joined(collected)
             world = _to_world(polygons, src.transform)
@@ -420,8 +432,7 @@ def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict
                 chunk = slice(begin, begin + WRITE_BATCH)
                 flush(codes[chunk], simplified[chunk])
         elif pending:
-            codes, polygons = joined(pending)
-            flush(codes, _to_world(polygons, src.transform))
+            write_pending()
         if written == 0:
             what = f"of class(es) {list(params.classes)}" if params.classes else "with a class"
             raise InputError(f"{params.input} has no pixels {what}: nothing to vectorise")
