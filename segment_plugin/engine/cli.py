@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from segment_plugin import plugin_files
-from segment_plugin.engine.errors import CancelledError, SegmentPluginError
+from segment_plugin.engine.errors import CancelledError, InputError, SegmentPluginError
 from segment_plugin.engine.info import engine_info, format_info
 from segment_plugin.engine.models.architectures import ARCHITECTURES
 from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES
@@ -403,6 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _damaged_raster(exc: BaseException) -> InputError | None:
+    """A GDAL read failure as the input error it is: GDAL's own line names file, band and block.
+
+    Rasterio raises "Read failed. See previous exception for details." and chains GDAL's message
+    (e.g. "cut.tif, band 1: IReadBlock failed at X offset 0, Y offset 2: TIFFReadEncodedTile()
+    failed."): a raster cut short, garbage in a compressed tile, a VRT whose source is gone.
+    """
+    errors = sys.modules.get("rasterio.errors")
+    if errors is None or not isinstance(exc, errors.RasterioIOError):
+        return None
+    if not str(exc).startswith("Read failed"):
+        return None
+    detail = str(exc.__cause__ or exc).strip()
+    return InputError(
+        f"cannot read the raster data ({detail}): the file looks damaged or truncated; "
+        "check it with gdalinfo -checksum"
+    )
+
+
 def _failed(reporter: Reporter, exc: SegmentPluginError) -> int:
     reporter.emit("error", code=exc.code, message=str(exc))
     status = "cancelled" if isinstance(exc, CancelledError) else "error"
@@ -455,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if reporter.cancel.is_set():  # a library failing because we interrupted it
             return _failed(reporter, CancelledError("cancelled"))
+        damaged = _damaged_raster(exc)
+        if damaged is not None:
+            return _failed(reporter, damaged)
         # a bug: one clear line, the traceback only on request
         if args.debug:
             traceback.print_exc()

@@ -6,7 +6,10 @@ A failed or cancelled job leaves nothing behind — no partial GeoTIFF, no half-
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -55,14 +58,57 @@ def _probe(path: Path, message: str) -> None:
     probe.unlink()
 
 
+def _owner() -> str:
+    """Who writes a temporary: this host and process, so a later run can tell a dead writer."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:32]
+    return f"{host}-{os.getpid()}"
+
+
 def temporary_sibling(path: Path) -> Path:
-    """A hidden name in the same folder (same file system, so the final rename is atomic)."""
-    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix or '.tif'}")
+    """A hidden name in the same folder (same file system, so the final rename is atomic).
+
+    ``.<name>.<random>.<host>-<pid>.partial<suffix>``: which output and which writer it belongs to.
+    """
+    suffix = path.suffix or ".tif"
+    return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.{_owner()}.partial{suffix}")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries of ``path`` left by a run of this host that was killed.
+
+    A writer on another host (a shared folder) or still alive here is left alone.
+    """
+    host = _owner().rsplit("-", 1)[0]
+    pattern = re.compile(
+        rf"^\.{re.escape(path.stem)}\.[0-9a-f]{{8}}\.{re.escape(host)}-(\d+)\.partial"
+    )
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*.partial*"):
+        match = pattern.match(candidate.name)
+        if match and not _alive(int(match.group(1))):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 @contextmanager
 def committed(paths: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary names for ``paths``; renamed to them only if the block succeeds, else deleted."""
+    """Temporary names for ``paths``; renamed to them only if the block succeeds, else deleted.
+
+    Temporaries a killed earlier run left for the same outputs are removed first.
+    """
+    for path in paths:
+        remove_stale_temporaries(path)
     temps = [temporary_sibling(p) for p in paths]
     try:
         yield temps

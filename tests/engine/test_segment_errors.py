@@ -53,6 +53,73 @@ def test_not_a_raster(capsys, tmp_path, tiny_model):
     assert no_outputs(tmp_path)
 
 
+def cut_short(path, data):
+    """A tiled, compressed GeoTIFF of ``data`` cut to half its bytes (a failed copy)."""
+    import rasterio
+
+    whole = path.with_name("whole_" + path.name)
+    bands, height, width = data.shape
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands}
+    profile.update(dtype="uint8", tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(whole, "w", **profile) as dst:
+        dst.write(data)
+    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return path
+
+
+def vrt_of_a_deleted_file(tmp_path):
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">gone.tif</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    vrt = tmp_path / "mosaic.vrt"  # its source, gone.tif, was deleted (or never copied)
+    vrt.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64">{bands}</VRTDataset>')
+    return vrt
+
+
+@pytest.mark.parametrize("case", ["segment cut", "segment vrt", "vectorize cut"])
+def test_damaged_raster_is_an_input_error_naming_the_file(capsys, tmp_path, tiny_model, case):
+    command, kind = case.split()
+    if kind == "vrt":
+        damaged, named = vrt_of_a_deleted_file(tmp_path), "gone.tif"
+    elif command == "segment":
+        damaged = cut_short(tmp_path / "cut.tif", scene(256, 256))
+        named = "cut.tif"
+    else:
+        codes = np.random.default_rng(0).integers(0, 5, (1, 256, 256)).astype(np.uint8)
+        damaged, named = cut_short(tmp_path / "cut.tif", codes), "cut.tif"
+    out = tmp_path / ("out.tif" if command == "segment" else "out.gpkg")
+    extra = ["--model", str(tiny_model)] if command == "segment" else []
+    code = cli.main([command, str(damaged), "--output", str(out), *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert_one_error(code, lines, "the file looks damaged or truncated")
+    assert named in [line for line in lines if line.startswith("error:")][0]
+    assert no_outputs(tmp_path)
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path, rgb, tiny_model):
+    from segment_plugin.engine import outputs
+
+    out = tmp_path / "out.tif"
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(finished.stdout)  # a process that has ended: its writer is gone
+    ours = outputs.temporary_sibling(out).name
+    stale = tmp_path / ours.replace(f"-{__import__('os').getpid()}.", f"-{dead_pid}.")
+    stale.write_bytes(b"half a raster")
+    (tmp_path / f"{stale.name}.aux.xml").write_text("<PAMDataset/>")
+    assert cli.main(["segment", str(rgb), "--output", str(out), "--model", str(tiny_model)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert out.exists()
+
+
 def test_band_out_of_range(capsys, tmp_path, rgb, tiny_model):
     code, lines = segment_cli(
         capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, "--bands", "1,2,5"
