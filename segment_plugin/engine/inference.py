@@ -12,6 +12,7 @@ on the input's grid.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -65,6 +66,30 @@ class WorkingGrid:
         return Window(col / self.fx, row / self.fy, width / self.fx, height / self.fy)
 
 
+#: an explicit --resolution may resample an input at most this much finer (per axis)
+MAX_EXPLICIT_UPSAMPLE = 16.0
+#: share of the machine's memory the tiles and blended probabilities may take
+MEMORY_SHARE = 0.5
+
+
+def check_memory(width: int, tile: int, overlap: int, classes: int, bands: int, batch: int) -> None:
+    """Refuse, with the numbers, a tile or batch whose buffers would not fit in memory.
+
+    What grows with them: the rolling accumulator (tile + stride rows of the working grid's width,
+    float32 per class plus a weight) and a batch of tiles (input bands, probabilities, blending).
+    The model's own activations come on top.
+    """
+    rows = 2 * tile - overlap
+    need = rows * width * (classes + 1) * 4 + batch * tile * tile * (bands + 2 * classes) * 4
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > MEMORY_SHARE * total:
+        raise InputError(
+            f"tile {tile} with batch {batch} on a {width:,}-pixel-wide grid would hold about "
+            f"{need / 2**30:,.1f} GB of tiles and blended probabilities, more than half of this "
+            f"machine's {total / 2**30:.0f} GB: lower --tile or --batch"
+        )
+
+
 def working_grid(
     dataset: Any, card: ModelCard, resolution: float | None, reporter: Reporter
 ) -> WorkingGrid:
@@ -82,6 +107,13 @@ def working_grid(
     if resolution is None:  # the model's own resolution: not beyond MAX_UPSAMPLE
         target = raster_io.model_resolution_for(max(size), target)
     factor_x, factor_y = size[0] / target, size[1] / target
+    if max(factor_x, factor_y) > MAX_EXPLICIT_UPSAMPLE:
+        raise InputError(
+            f"--resolution {target:g} m on {min(size):.3g} m pixels would segment a grid "
+            f"{max(factor_x, factor_y):.0f}× finer ({dataset.width * factor_x:,.0f} × "
+            f"{dataset.height * factor_y:,.0f} pixels); at most {MAX_EXPLICIT_UPSAMPLE:g}× "
+            "finer than the input is accepted: finer pixels add no detail, only time and disk"
+        )
     if (
         abs(factor_x - 1) <= raster_io.RESAMPLE_TOLERANCE
         and abs(factor_y - 1) <= raster_io.RESAMPLE_TOLERANCE
@@ -544,6 +576,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
         overlap = params.overlap if params.overlap is not None else default_overlap(tile)
         if overlap >= tile:
             raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+        check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), params.batch)
         if tile % card.input_multiple:
             raise InputError(
                 f"model {card.name!r} needs tile sizes that are multiples of "

@@ -29,7 +29,9 @@ def family(path: Path) -> list[Path]:
 
 
 def check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:
-    """Refuse an output that is the input, exists (without overwrite) or cannot be written."""
+    """Refuse an output that is a folder, the input, exists (unless overwrite), or is unwritable."""
+    if path.is_dir():
+        raise OutputError(f"the output {path} is a folder; give a file name in it")
     if path.resolve() == input_path.resolve():
         raise OutputError(f"the output {path} is the input; choose another file")
     if path.exists() and not overwrite:

@@ -291,6 +291,11 @@ def _cleaned_copy(dataset: Any, params: VectorizeParams, temp: Path, reporter: R
         pixel = raster_io.pixel_size_m(dataset)
         pixel_area = pixel[0] * pixel[1] if pixel else 1.0
         size_px = max(1, math.ceil(params.min_area / pixel_area))
+        if size_px > dataset.width * dataset.height:
+            raise InputError(
+                f"--min-area {params.min_area:g} m² is more than the whole raster "
+                f"({dataset.width * dataset.height * pixel_area:g} m²): no region could stay"
+            )
         reporter.log(f"minimum mapping unit {params.min_area:g} m² = {size_px} pixels")
     sieve_halo = size_px if size_px > 1 else 0
     smooth_halo = 1 if params.smooth else 0

@@ -120,6 +120,30 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path, rgb, tiny
     assert out.exists()
 
 
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--tile", "100000"], "GB of tiles and blended probabilities, more than half"),
+        (["--tile", "4096", "--batch", "64"], "lower --tile or --batch"),
+        (["--resolution", "0.001"], "250× finer"),
+    ],
+)
+def test_absurd_tile_batch_or_resolution_is_refused_with_the_numbers(
+    capsys, tmp_path, rgb, tiny_model, args, expected
+):
+    code, lines = segment_cli(
+        capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, *args
+    )
+    assert_one_error(code, lines, expected)
+    assert no_outputs(tmp_path)
+
+
+def test_output_that_is_a_folder(capsys, tmp_path, rgb, tiny_model):
+    (tmp_path / "out.tif").mkdir()
+    code, lines = segment_cli(capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model)
+    assert_one_error(code, lines, "is a folder; give a file name in it")
+
+
 def test_band_out_of_range(capsys, tmp_path, rgb, tiny_model):
     code, lines = segment_cli(
         capsys, rgb, "--output", tmp_path / "out.tif", "--model", tiny_model, "--bands", "1,2,5"

@@ -259,6 +259,16 @@ def vectorize_cli(capsys, *args):
     ]
 
 
+def test_min_area_larger_than_the_raster_is_refused(capsys, tmp_path):
+    raster = class_raster(tmp_path / "c.tif", class_scene())  # 120×150 px of 0.5 m: 4500 m²
+    code = cli.main(
+        ["vectorize", str(raster), "--output", str(tmp_path / "p.gpkg")] + ["--min-area", "5000"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "more than the whole raster (4500 m²)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.tif"]
+
+
 def test_float_raster_is_refused(capsys, tmp_path):
     raster = write_raster(
         tmp_path / "f.tif", np.random.default_rng(0).random((1, 20, 20)).astype("float32")
