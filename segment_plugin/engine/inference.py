@@ -248,6 +248,26 @@ class _Worker(threading.Thread):
             self.error = exc
 
 
+def valid_pixels(src: Any, bands: Sequence[int], window: Any, shape: tuple[int, int]) -> np.ndarray:
+    """Pixels to classify: GDAL's dataset mask, and for float rasters finite values only.
+
+    NaN and ±inf are no data in practice (a nodata value GDAL does not know about), and one inf
+    would break the whole-raster statistics.
+    """
+    from rasterio.enums import Resampling
+
+    valid = src.dataset_mask(window=window, out_shape=shape) > 0
+    if np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+        values = src.read(
+            list(bands),
+            window=window,
+            out_shape=(len(bands), *shape),
+            resampling=Resampling.nearest,
+        )
+        valid &= np.isfinite(values).all(axis=0)
+    return valid
+
+
 class _Pipeline:
     """Reader thread → model (calling thread) → writer thread, for one working grid."""
 
@@ -285,7 +305,8 @@ class _Pipeline:
             resampling=Resampling.average if downsample else Resampling.bilinear,
             masked=True,
         )
-        values = np.where(np.ma.getmaskarray(data), self.normalizer.fill_value(), data.data)
+        missing = np.ma.getmaskarray(data) | ~np.isfinite(data.data)  # NaN, ±inf: no data
+        values = np.where(missing, self.normalizer.fill_value(), data.data)
         return self.normalizer(pad_to_tile(values, tile))
 
     def _reader(self, out: queue.Queue, stop: threading.Event) -> None:
@@ -334,10 +355,8 @@ class _Pipeline:
                     probs, self.class_weights, out=probs, renormalise=probs_dst is not None
                 )
                 n = probs.shape[0]
-                mask = src.dataset_mask(
-                    window=self.wgrid.input_window(start, 0, n, width), out_shape=(n, width)
-                )
-                valid = mask > 0
+                under = self.wgrid.input_window(start, 0, n, width)
+                valid = valid_pixels(src, self.bands, under, (n, width))
                 classes = self.codes[probs.argmax(axis=-1)]
                 classes[~valid] = IGNORE_CODE
                 counts += _count_codes(classes, self.codes)
@@ -498,7 +517,12 @@ def _create_outputs(
 
 
 def _to_input_grid(
-    src: Any, working: list[Path], finals: list[Path], wgrid: WorkingGrid, card: ModelCard
+    src: Any,
+    bands: Sequence[int],
+    working: list[Path],
+    finals: list[Path],
+    wgrid: WorkingGrid,
+    card: ModelCard,
 ) -> np.ndarray:
     """Write the working-grid results back on the input grid (nearest), block row by block row."""
     import rasterio
@@ -514,7 +538,7 @@ def _to_input_grid(
             n = min(raster_io.OUTPUT_BLOCK, src.height - row)
             window = Window(0, row, src.width, n)
             under = Window(0, row * wgrid.fy, wgrid.width, n * wgrid.fy)
-            valid = src.dataset_mask(window=window) > 0
+            valid = valid_pixels(src, bands, window, (n, src.width))
             classes = sources[0].read(
                 1, window=under, out_shape=(n, src.width), resampling=Resampling.nearest
             )
@@ -609,7 +633,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
         counts = pipeline.run(predictor, working, profile, reporter)
         if wgrid.resampled:
             reporter.log("writing the result back on the input grid")
-            counts = _to_input_grid(src, working, finals, wgrid, card)
+            counts = _to_input_grid(src, bands, working, finals, wgrid, card)
         pixel = raster_io.pixel_size_m(src)
         megapixels = src.width * src.height / 1e6
     qml = write_class_sidecars(params.output, card.classes)

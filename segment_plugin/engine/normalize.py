@@ -39,7 +39,7 @@ def raster_stats(dataset: Any, bands: tuple[int, ...], low: float, high: float) 
         max(1, round(dataset.width * scale)),
     )
     data = dataset.read(list(bands), out_shape=shape, masked=True)
-    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    valid = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(data.data).all(axis=0)
     fraction = float(valid.mean())
     if not valid.any():
         raise InputError(f"{dataset.name} holds only nodata pixels: nothing to segment")

@@ -270,3 +270,28 @@ def test_cancel_leaves_no_partial_file(tmp_path, tiny_model):
     assert time.monotonic() - started < 10
     assert rest[-1] == {"event": "end", "status": "cancelled", "exit_code": 130}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
+
+
+def test_nan_and_inf_are_nodata_and_do_not_poison_the_statistics(tmp_path, tiny_model):
+    import rasterio
+
+    values = scene(96, 96).astype(np.float32)
+    clean = write_raster(tmp_path / "clean.tif", values)
+    holed = values.copy()
+    holed[:, 10:30, 10:30] = np.nan
+    holed[:, 70, 70] = np.inf  # one inf made the whole-raster percentiles inf: all class 0
+    dirty = write_raster(tmp_path / "dirty.tif", holed)
+    for raster in (clean, dirty):
+        code = cli.main(
+            ["segment", str(raster), "--output", str(tmp_path / f"{raster.stem}_c.tif")]
+            + ["--model", str(tiny_model)]
+        )
+        assert code == 0
+    with rasterio.open(tmp_path / "clean_c.tif") as a, rasterio.open(tmp_path / "dirty_c.tif") as b:
+        expected, got = a.read(1), b.read(1)
+    assert (got[10:30, 10:30] == 255).all() and got[70, 70] == 255
+    elsewhere = np.ones(got.shape, bool)
+    elsewhere[5:35, 5:35] = False  # the hole's neighbours see its fill value through the tile
+    elsewhere[70, 70] = False
+    assert len(np.unique(got[elsewhere])) > 1
+    assert (got[elsewhere] == expected[elsewhere]).mean() > 0.9
