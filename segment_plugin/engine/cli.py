@@ -177,6 +177,21 @@ def _cmd_export_chips(args: argparse.Namespace, reporter: Reporter) -> None:
         print(f"wrote {len(chips)} chip pairs to {args.output}")
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer not below ``minimum`` (a 0 px preview, a 3 px chip)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--progress",
@@ -384,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--field", help="the polygon field holding the class")
     ch.add_argument("--mapping", help="field value → class code as JSON (default: codes)")
     ch.add_argument("--output", required=True, type=Path, help="folder for the chips")
-    ch.add_argument("--patch", type=int, default=256)
+    ch.add_argument(
+        "--patch", type=at_least(32), default=256, help="chip size in pixels (at least 32)"
+    )
     _add_common(ch)
     ch.set_defaults(handler=_cmd_export_chips)
 
@@ -392,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("image", type=Path, help="the segmented raster")
     pre.add_argument("classes", type=Path, help="its class raster (from segment)")
     pre.add_argument("--output", required=True, type=Path, help="preview.png")
-    pre.add_argument("--max-side", type=int, default=1000, help="panel size limit in pixels")
+    pre.add_argument(
+        "--max-side", type=at_least(16), default=1000, help="panel size limit in pixels"
+    )
     pre.add_argument("--overwrite", action="store_true")
     _add_common(pre)
     pre.set_defaults(handler=_cmd_preview)

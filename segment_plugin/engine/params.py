@@ -86,6 +86,9 @@ class SegmentParams(JobParams):
         self.output = Path(self.output)
         if self.probabilities is not None:
             self.probabilities = Path(self.probabilities)
+        for flag, path in (("--output", self.output), ("--probabilities", self.probabilities)):
+            if path is not None and path.suffix.lower() not in (".tif", ".tiff"):
+                raise InputError(f"{flag} is written as a GeoTIFF: name it .tif, not {path.name}")
         if self.vector is not None:
             self.vector = Path(self.vector)
             if self.vector.suffix.lower() not in (".shp", ".gpkg"):

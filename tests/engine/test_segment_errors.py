@@ -295,3 +295,28 @@ def test_nan_and_inf_are_nodata_and_do_not_poison_the_statistics(tmp_path, tiny_
     elsewhere[70, 70] = False
     assert len(np.unique(got[elsewhere])) > 1
     assert (got[elsewhere] == expected[elsewhere]).mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["segment", "in.tif", "--output", "c.png"], "name it .tif, not c.png"),
+        (["segment", "in.tif", "--output", "c.tif", "--probabilities", "p.jpg"], "not p.jpg"),
+        (["preview", "a.tif", "b.tif", "--output", "x.png", "--max-side", "0"], "at least 16"),
+        (["export-chips", "i.tif", "--labels", "l.gpkg", "--output", "c", "--patch", "3"], "32"),
+    ],
+)
+def test_values_that_cannot_be_right_are_refused_up_front(capsys, tmp_path, argv, expected):
+    with pytest.raises(SystemExit) as exited:  # argparse's own refusal, or ours: exit 2 either way
+        sys.exit(
+            cli.main(
+                [
+                    str(tmp_path / a) if a.endswith((".tif", ".png", ".jpg", ".gpkg")) else a
+                    for a in argv
+                ]
+            )
+        )
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
