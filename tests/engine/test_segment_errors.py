@@ -320,3 +320,10 @@ def test_values_that_cannot_be_right_are_refused_up_front(capsys, tmp_path, argv
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_user_models_variable_pointing_at_a_file(capsys, tmp_path, monkeypatch):
+    (tmp_path / "models.txt").write_text("not a folder")
+    monkeypatch.setenv("SEGMENT_PLUGIN_MODELS", str(tmp_path / "models.txt"))
+    assert cli.main(["models"]) == 2  # was silently ignored: fine-tuned models went missing
+    assert "is a file: point it at a folder" in capsys.readouterr().err

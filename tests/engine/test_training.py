@@ -497,6 +497,18 @@ def test_export_chips_writes_georeferenced_pairs(digitised, tmp_path, capsys):
         assert chip.crs == mask.crs and chip.transform == mask.transform and chip.count == 4
         assert set(np.unique(mask.read(1))) <= {0, 2, 3, 4, 255}
     assert len(pairs_folder(out, [0, 1, 2, 3, 4], bands=3)) == 9  # what train --images reads
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_refused_export_chips_leaves_no_folder(digitised, tmp_path, capsys):
+    raster, labels, _ = digitised
+    out = tmp_path / "chips"
+    argv = ["export-chips", str(raster), "--labels", str(labels), "--field", "kind"]
+    argv += ["--mapping", json.dumps({"field": 0}), "--output", str(out)]  # forest etc. unmapped
+    assert cli.main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()  # it was created empty before each refusal
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_polygons_mapped_to_other_are_partial_labels(digitised, tmp_path):

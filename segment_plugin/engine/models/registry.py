@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from segment_plugin import plugin_files
-from segment_plugin.engine.errors import ModelError
+from segment_plugin.engine.errors import InputError, ModelError
 from segment_plugin.engine.models.package import CARD_FILE, ModelPackage
 
 ENV_USER_MODELS = "SEGMENT_PLUGIN_MODELS"
@@ -27,6 +27,8 @@ def user_models_dir() -> Path:
     """The user's model folder (fine-tuned models go here)."""
     override = os.environ.get(ENV_USER_MODELS, "").strip()
     if override:
+        if Path(override).exists() and not Path(override).is_dir():
+            raise InputError(f"{ENV_USER_MODELS}={override} is a file: point it at a folder")
         return Path(override)
     base = os.environ.get("XDG_DATA_HOME", "").strip() or str(Path.home() / ".local" / "share")
     return Path(base) / "segment_plugin" / "models"

@@ -18,6 +18,9 @@ Each scene knows its ground resolution where it can (a georeferenced image, or t
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -431,13 +434,36 @@ def export_chips(
     patch: int,
 ) -> list[Path]:
     """Georeferenced chip pairs (``chip_R_C.tif`` + ``chip_R_C_mask.tif``) where labels exist."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # chips go to a hidden folder beside the target, moved in only when all are written: a
+    # refused, failed or cancelled run leaves no folder and no partial set
+    staging = Path(
+        tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial")
+    )
+    try:
+        written = _write_chips(raster, labels, field, mapping, staging, patch)
+        folder.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [folder / path.name for path in written]
+
+
+def _write_chips(
+    raster: Path,
+    labels: Path,
+    field: str | None,
+    mapping: dict[Any, int] | None,
+    folder: Path,
+    patch: int,
+) -> list[Path]:
     import rasterio
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
 
     from segment_plugin.engine.tiling import tile_origins
 
-    folder.mkdir(parents=True, exist_ok=True)
     written = []
     with rasterio.open(raster) as src:
         codes = labels_on_grid(src, labels, field, mapping)
