@@ -23,6 +23,14 @@ def test_save_open_load_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json", "model.keras"]
 
 
+def test_a_damaged_model_file_says_so(tmp_path):
+    save_package(build_tiny_model(), tiny_card(), tmp_path / "m")
+    weights = tmp_path / "m" / "model.keras"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ModelError, match="model.keras is damaged"):  # Keras: "File not found"
+        ModelPackage.open(tmp_path / "m").load_model()
+
+
 def test_later_card_fields_round_trip_and_have_defaults(tmp_path):
     weighted = tiny_card(class_weights=(0.2, 1.0, 1.1, 0.6, 1.2))
     assert ModelCard.from_dict(json.loads(weighted.to_json())) == weighted

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,8 +187,14 @@ class ModelPackage:
     def load_model(self) -> Any:
         """Load ``model.keras`` with ``safe_mode=True`` and check it against the card."""
         keras = _keras()
+        weights = self.path / MODEL_FILE
+        if weights.is_file() and not zipfile.is_zipfile(weights):  # Keras says "File not found"
+            raise ModelError(
+                f"{self.path.name}: {MODEL_FILE} is damaged (not a .keras zip archive, "
+                f"{weights.stat().st_size:,} bytes): copy or export the model again"
+            )
         try:
-            model = keras.saving.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
+            model = keras.saving.load_model(weights, compile=False, safe_mode=True)
         except ValueError as exc:
             text = str(exc)
             if "safe_mode" in text or "lambda" in text.lower():
