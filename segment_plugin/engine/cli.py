@@ -8,6 +8,7 @@ commands with ``--progress json``.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -18,7 +19,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from segment_plugin import plugin_files
-from segment_plugin.engine.errors import CancelledError, InputError, SegmentPluginError
+from segment_plugin.engine.errors import (
+    CancelledError,
+    InputError,
+    OutputError,
+    SegmentPluginError,
+)
 from segment_plugin.engine.info import engine_info, format_info
 from segment_plugin.engine.models.architectures import ARCHITECTURES
 from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES
@@ -441,6 +447,19 @@ def _damaged_raster(exc: BaseException) -> InputError | None:
     )
 
 
+def _disk_full(exc: BaseException) -> OutputError | None:
+    """No space left (or quota exceeded) while writing: the user's problem to fix, said plainly."""
+    text = f"{exc} {exc.__cause__ or ''}"
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and "No space left on device" not in text and "Free disk space" not in text:
+        return None
+    where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+    return OutputError(
+        f"the disk is full{where}: nothing was kept, any previous output is as it was; "
+        "free some space (or choose another folder) and run again"
+    )
+
+
 def _failed(reporter: Reporter, exc: SegmentPluginError) -> int:
     reporter.emit("error", code=exc.code, message=str(exc))
     status = "cancelled" if isinstance(exc, CancelledError) else "error"
@@ -493,9 +512,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if reporter.cancel.is_set():  # a library failing because we interrupted it
             return _failed(reporter, CancelledError("cancelled"))
-        damaged = _damaged_raster(exc)
-        if damaged is not None:
-            return _failed(reporter, damaged)
+        known = _damaged_raster(exc) or _disk_full(exc)
+        if known is not None:
+            return _failed(reporter, known)
         # a bug: one clear line, the traceback only on request
         if args.debug:
             traceback.print_exc()

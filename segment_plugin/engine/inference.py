@@ -634,9 +634,11 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
         if wgrid.resampled:
             reporter.log("writing the result back on the input grid")
             counts = _to_input_grid(src, bands, working, finals, wgrid, card)
+        # beside the temporary name: renamed with the raster, or removed with it on a failure
+        write_class_sidecars(finals[0], card.classes)
         pixel = raster_io.pixel_size_m(src)
         megapixels = src.width * src.height / 1e6
-    qml = write_class_sidecars(params.output, card.classes)
+    qml = params.output.with_suffix(".qml")
     elapsed = time.monotonic() - started
     class_pixels = {c.name: int(n) for c, n in zip(card.classes, counts)}
     areas = None

@@ -22,10 +22,10 @@ SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".
 
 
 def family(path: Path) -> list[Path]:
-    """The files that make up one output: a shapefile's sidecars, else the file + .aux.xml."""
+    """The files of one output: a shapefile's sidecars, else the file, .aux.xml and .qml style."""
     if path.suffix.lower() == ".shp":
         return [path.with_suffix(ext) for ext in SHAPEFILE_SIDECARS]
-    return [path, path.with_name(path.name + ".aux.xml")]
+    return [path, path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")]
 
 
 def check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:

@@ -327,3 +327,30 @@ def test_user_models_variable_pointing_at_a_file(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGMENT_PLUGIN_MODELS", str(tmp_path / "models.txt"))
     assert cli.main(["models"]) == 2  # was silently ignored: fine-tuned models went missing
     assert "is a file: point it at a folder" in capsys.readouterr().err
+
+
+def test_disk_full_at_the_last_write_keeps_the_previous_output(
+    capsys, tmp_path, rgb, tiny_model, monkeypatch
+):
+    import errno
+
+    from segment_plugin.engine import inference
+
+    out = tmp_path / "out.tif"
+    earlier = write_raster(tmp_path / "earlier.tif", scene(64, 64, seed=7))  # another result
+    assert (
+        cli.main(["segment", str(earlier), "--output", str(out), "--model", str(tiny_model)]) == 0
+    )
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out.with_suffix(".qml")))
+
+    monkeypatch.setattr(inference, "write_class_sidecars", full)  # the last file of the job
+    code = cli.main(
+        ["segment", str(rgb), "--output", str(out), "--model", str(tiny_model), "--overwrite"]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert_one_error(code, lines, "the disk is full", exit_code=2)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # as it was
