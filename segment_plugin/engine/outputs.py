@@ -9,7 +9,9 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -125,3 +127,22 @@ def committed(paths: Sequence[Path]) -> Iterator[list[Path]]:
         for temp in temps:
             for leftover in family(temp):
                 leftover.unlink(missing_ok=True)
+
+
+@contextmanager
+def committed_folder(folder: Path) -> Iterator[Path]:
+    """A hidden staging folder beside ``folder``; its files move into ``folder`` on success.
+
+    A refused, failed or cancelled job leaves no folder and no partial set of files.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial")
+    )
+    try:
+        yield staging
+        folder.mkdir(exist_ok=True)
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -37,13 +37,8 @@ WORK = ROOT / "build" / "bench"
 DATA = ROOT.parent / "shared" / "data"
 DUBAI8 = DATA / "landcover" / "dubai" / "tile_8"
 CHESAPEAKE = DATA / "rasters" / "chesapeake_m_3907833_nw_17_1_lc_classes.tif"
-CLASSES = [
-    {"code": 0, "name": "background", "color": "#F5F5DC"},
-    {"code": 1, "name": "building", "color": "#D7191C"},
-    {"code": 2, "name": "woodland", "color": "#1A9641"},
-    {"code": 3, "name": "water", "color": "#2B83BA"},
-    {"code": 4, "name": "road", "color": "#FDAE61"},
-]
+CARD = ROOT / "resources" / "models" / "landcover" / "model.json"
+CLASSES = json.loads(CARD.read_text())["classes"]  # the bundled model's codes, names, colours
 
 
 def mirror_tiled(

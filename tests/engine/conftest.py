@@ -199,3 +199,28 @@ def events(stdout: str) -> list[dict]:
     """The JSON events of an engine run (every stdout line must be one)."""
     lines = [line for line in stdout.splitlines() if line.strip()]
     return [json.loads(line) for line in lines]
+
+
+def cancel_mid_run(command: list[str]) -> tuple[int, float, list[dict]]:
+    """Run an engine command and SIGTERM it (QGIS's Cancel) at its first progress below half.
+
+    Returns its exit code, the seconds it took to exit, and the events it sent after the signal.
+    """
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and 0 < event["fraction"] < 0.5:
+            break
+    else:
+        pytest.fail("no progress before the end")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rest = [json.loads(line) for line in proc.stdout]
+    code = proc.wait(30)
+    return code, time.monotonic() - started, rest

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, scene, write_raster
+from conftest import cancel_mid_run, scene, write_raster
 
 from segment_plugin.engine import cli
 
@@ -253,21 +250,8 @@ def test_cancel_leaves_no_partial_file(tmp_path, tiny_model):
         str(out),
     ]
     command += ["--model", str(tiny_model), "--tile", "64", "--batch", "1", "--progress", "json"]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "progress" and 0 < event["fraction"] < 0.5:
-            break
-    else:
-        pytest.fail("no progress before the end")
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    rest = [json.loads(line) for line in proc.stdout]
-    assert proc.wait(30) == 130
-    assert time.monotonic() - started < 10
+    code, seconds, rest = cancel_mid_run(command)
+    assert code == 130 and seconds < 10
     assert rest[-1] == {"event": "end", "status": "cancelled", "exit_code": 130}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
 

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 import shapely
-from conftest import LANDCOVER_CLASSES, write_raster
+from conftest import LANDCOVER_CLASSES, cancel_mid_run, write_raster
 from rasterio.features import shapes
 from rasterio.transform import from_origin
 
@@ -342,18 +339,7 @@ def test_sigterm_is_honoured_within_seconds_and_leaves_nothing(tmp_path):
     raster = class_raster(tmp_path / "noise.tif", data)
     command = [sys.executable, "-m", "segment_plugin.engine", "vectorize", str(raster)]
     command += ["--output", str(tmp_path / "out.gpkg"), "--progress", "json"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "progress" and 0 < event["fraction"] < 0.5:
-            break
-    else:
-        pytest.fail("no progress before the end")
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    rest = [json.loads(line) for line in proc.stdout]
-    assert proc.wait(30) == 130
-    assert time.monotonic() - started < 5
+    code, seconds, rest = cancel_mid_run(command)
+    assert code == 130 and seconds < 5
     assert rest[-1] == {"event": "end", "status": "cancelled", "exit_code": 130}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["noise.tif"]

@@ -18,9 +18,6 @@ Each scene knows its ground resolution where it can (a georeferenced image, or t
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.params import OTHER_LABEL
 from segment_plugin.engine.raster_io import (
@@ -433,31 +431,11 @@ def export_chips(
     folder: Path,
     patch: int,
 ) -> list[Path]:
-    """Georeferenced chip pairs (``chip_R_C.tif`` + ``chip_R_C_mask.tif``) where labels exist."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # chips go to a hidden folder beside the target, moved in only when all are written: a
-    # refused, failed or cancelled run leaves no folder and no partial set
-    staging = Path(
-        tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".partial")
-    )
-    try:
-        written = _write_chips(raster, labels, field, mapping, staging, patch)
-        folder.mkdir(exist_ok=True)
-        for path in sorted(staging.iterdir()):
-            os.replace(path, folder / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [folder / path.name for path in written]
+    """Georeferenced chip pairs (``chip_R_C.tif`` + ``chip_R_C_mask.tif``) where labels exist.
 
-
-def _write_chips(
-    raster: Path,
-    labels: Path,
-    field: str | None,
-    mapping: dict[Any, int] | None,
-    folder: Path,
-    patch: int,
-) -> list[Path]:
+    Written into a staging folder moved in at the end: a refused, failed or cancelled run leaves
+    no folder and no partial set.
+    """
     import rasterio
     from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
@@ -465,7 +443,7 @@ def _write_chips(
     from segment_plugin.engine.tiling import tile_origins
 
     written = []
-    with rasterio.open(raster) as src:
+    with outputs.committed_folder(folder) as staging, rasterio.open(raster) as src:
         codes = labels_on_grid(src, labels, field, mapping)
         size = min(patch, src.height, src.width)
         for row in tile_origins(src.height, size, size):
@@ -481,21 +459,21 @@ def _write_chips(
                     transform=window_transform(window, src.transform),
                     driver="GTiff",
                 )
-                stem = folder / f"chip_{row:06d}_{col:06d}"
+                stem = staging / f"chip_{row:06d}_{col:06d}"
                 with rasterio.open(stem.with_suffix(".tif"), "w", **profile) as dst:
                     dst.write(src.read(window=window))
                 mask_profile = dict(profile, count=1, dtype="uint8", nodata=None, photometric=None)
                 mask_profile.pop("photometric")
                 with rasterio.open(f"{stem}_mask.tif", "w", **mask_profile) as dst:
                     dst.write(mask, 1)
-                written.append(stem.with_suffix(".tif"))
-    if not written:
-        raise InputError("no labelled pixels: no chips written")
-    values = list((mapping or {}).values())
-    if OTHER_LABEL in values:  # the chips are partially labelled, and say so
-        named = sorted({int(v) for v in values if v not in (OTHER_LABEL, IGNORE_INDEX)})
-        spec = {"labelled": named, "other": OTHER_INDEX, "note": "written by export-chips"}
-        (folder / LABELS_FILE).write_text(json.dumps(spec, indent=2))
+                written.append(folder / f"{stem.name}.tif")
+        if not written:
+            raise InputError("no labelled pixels: no chips written")
+        values = list((mapping or {}).values())
+        if OTHER_LABEL in values:  # the chips are partially labelled, and say so
+            named = sorted({int(v) for v in values if v not in (OTHER_LABEL, IGNORE_INDEX)})
+            spec = {"labelled": named, "other": OTHER_INDEX, "note": "written by export-chips"}
+            (staging / LABELS_FILE).write_text(json.dumps(spec, indent=2))
     return written
 
 
