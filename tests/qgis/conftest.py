@@ -39,11 +39,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-def grab(widget, name: str) -> Path:
-    """Save a widget as the user sees it to build/screenshots/NAME (open it to look)."""
+DOC_IMAGES = ROOT / "docs" / "images"  # pictures the docs show: made here, not by hand
+
+
+def grab(widget, name: str, docs: bool = False) -> Path:
+    """Save a widget as the user sees it to build/screenshots/NAME (open it to look).
+
+    ``docs``: also to docs/images/NAME, where the user guide shows it.
+    """
     SHOTS.mkdir(parents=True, exist_ok=True)
     QgsApplication.processEvents()  # let the relayout run
     assert widget.grab().save(str(SHOTS / name))
+    if docs:
+        (DOC_IMAGES / name).write_bytes((SHOTS / name).read_bytes())
     return SHOTS / name
 
 

@@ -147,7 +147,7 @@ def test_fine_tune_from_the_dialog_end_to_end(dialog, plugin, engine_python, tmp
     )
     assert dialog.iou_table.item(woodland, 3).text().startswith(("+", "-"))
     assert "(base) →" in dialog.status.text()
-    grab(dialog, "finetune_dialog_done.png")
+    grab(dialog, "finetune_dialog_done.png", docs=True)
     grab(dialog.chart, "finetune_chart.png")
     # the new model is listed in the Segment dialog, and it segments
     wait_until(lambda: "tiny_dialog" in segment.models, timeout=120)

@@ -167,7 +167,7 @@ def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
     shares = [float(table.item(row, 2).text()) for row in range(table.rowCount())]
     assert sum(shares) == pytest.approx(100, abs=0.5) and shares == sorted(shares, reverse=True)
     assert {table.item(row, 0).text() for row in range(table.rowCount())} <= set(CLASS_NAMES)
-    grab(dialog, "segment_dialog_results.png")
+    grab(dialog, "segment_dialog_results.png", docs=True)
     from segment_plugin.settings import PluginSettings
 
     render_map([polygons, classes, dialog.layer_combo.currentLayer()], "segment_result_map.png")
