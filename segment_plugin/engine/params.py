@@ -245,6 +245,13 @@ class TrainParams(JobParams):
             raise InputError(f"patch must be a multiple of 16 (128, 256, 512), got {self.patch}")
         if self.epochs < 1 or self.batch < 1 or (self.workers is not None and self.workers < 1):
             raise InputError("epochs, batch and workers must be at least 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise InputError(
+                f"steps-per-epoch must be at least 1 (leave it out for the default), "
+                f"got {self.steps_per_epoch}"
+            )
+        if self.patch < 32:
+            raise InputError(f"patch must be at least 32 pixels, got {self.patch}")
         if self.filters is not None and (self.base_model or self.filters < 4):
             raise InputError(
                 "--filters (at least 4) sets a new model's width; "

@@ -288,6 +288,8 @@ def test_nan_and_inf_are_nodata_and_do_not_poison_the_statistics(tmp_path, tiny_
         (["segment", "in.tif", "--output", "c.tif", "--probabilities", "p.jpg"], "not p.jpg"),
         (["preview", "a.tif", "b.tif", "--output", "x.png", "--max-side", "0"], "at least 16"),
         (["export-chips", "i.tif", "--labels", "l.gpkg", "--output", "c", "--patch", "3"], "32"),
+        (["train", "--images", "i", "--output", "m", "--steps-per-epoch", "0"], "at least 1"),
+        (["train", "--images", "i", "--output", "m", "--patch", "0"], "at least 32 pixels"),
     ],
 )
 def test_values_that_cannot_be_right_are_refused_up_front(capsys, tmp_path, argv, expected):
