@@ -82,8 +82,6 @@ def run_engine_with_feedback(
             feedback.pushInfo(metrics_text(values))
             if isinstance(feedback, DialogFeedback):
                 feedback.metricsReceived.emit(values)
-        elif kind == "error":
-            feedback.reportError(event.get("message", ""))
 
     return run_engine(
         args,

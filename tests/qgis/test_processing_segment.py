@@ -227,6 +227,29 @@ def test_qgis_process_segments_headless(qgis_profile, tiny_models, demo, tmp_pat
     assert [c.label for c in layer.renderer().classes()] == CLASS_NAMES
 
 
+def test_qgis_process_reports_an_engine_error_once(
+    qgis_profile, tiny_models, demo, tmp_path, engine_python, monkeypatch
+):
+    """One ERROR: line (QGIS's own, from the exception), not ours as well (five lines before)."""
+    monkeypatch.setenv("SEGMENT_PLUGIN_MODELS", str(tiny_models))
+    monkeypatch.setenv(ENV_PYTHON, str(engine_python))
+    proc = qgis_process(
+        qgis_profile,
+        "run",
+        "segment_plugin:segment_layer",
+        "--",
+        f"INPUT={demo}",
+        "MODEL=tiny",
+        "BANDS=1,2,5",
+        f"OUTPUT={tmp_path / 'x.tif'}",
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR:")]
+    assert errors == ["ERROR:\tband 5 is out of range: the input has bands 1..3"]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.tif").exists()
+
+
 def test_evaluate_algorithm(registry, tmp_path):
     reference = (
         ROOT.parent / "shared" / "data" / "rasters" / "chesapeake_m_3907833_nw_17_1_lc_classes.tif"
