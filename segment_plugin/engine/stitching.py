@@ -118,8 +118,8 @@ def _link(items: list[np.ndarray]) -> list[np.ndarray]:
 def stitch(polygons: list[Any], borders: np.ndarray) -> Any:
     """One polygon from the pieces of a 4-connected region (pixel coordinates).
 
-    ``borders`` holds the rows (y) of the strip borders the pieces were cut along; the list of
-    pieces is emptied.
+    ``borders`` holds the rows (y) where strips meet (a piece's other straight runs on those rows
+    are split and joined again, unchanged); the list of pieces is emptied.
     """
     import shapely
 

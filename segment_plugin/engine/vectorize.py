@@ -91,18 +91,17 @@ def _edge_intervals(polygon: Any, y: float) -> list[tuple[float, float]]:
 class _Regions:
     """Pieces of regions cut by strip borders, grouped by a union-find until the region closes."""
 
-    def __init__(self) -> None:
+    def __init__(self, borders: np.ndarray) -> None:
+        self.borders = borders  # rows (y) where strips meet: where pieces are stitched
         self.parent: list[int] = []
         self.pieces: dict[int, list[Any]] = {}  # root → pieces
-        self.borders: dict[int, set[int]] = {}  # root → the strip borders its pieces were cut at
         self.code: list[int] = []
 
-    def add(self, code: int, polygon: Any, borders: set[int]) -> int:
+    def add(self, code: int, polygon: Any) -> int:
         index = len(self.parent)
         self.parent.append(index)
         self.code.append(code)
         self.pieces[index] = [polygon]
-        self.borders[index] = borders
         return index
 
     def find(self, index: int) -> int:
@@ -116,14 +115,12 @@ class _Regions:
         if ra != rb:
             self.parent[rb] = ra
             self.pieces[ra].extend(self.pieces.pop(rb))
-            self.borders[ra] |= self.borders.pop(rb)
 
     def close(self, root: int) -> tuple[int, Any]:
         pieces = self.pieces.pop(root)
-        borders = self.borders.pop(root)
         if len(pieces) == 1:
             return self.code[root], pieces[0]
-        return self.code[root], stitch(pieces, np.fromiter(borders, float))
+        return self.code[root], stitch(pieces, self.borders)
 
 
 def _connect(
@@ -197,7 +194,7 @@ def polygonize(
     height, width, nodata = dataset.height, dataset.width, dataset.nodata
     nodata = None if nodata is None else int(nodata)
     strip_rows = strip_rows or max(1, STRIP_PIXELS // width)
-    regions = _Regions()
+    regions = _Regions(np.arange(strip_rows, height, strip_rows, dtype=float))
     open_below: dict[int, list[tuple[int, list]]] = {}  # code → pieces on the last border
     for row in range(0, height, strip_rows):
         reporter.cancel.check()
@@ -218,10 +215,7 @@ def polygonize(
         was_open = [p for pieces in open_below.values() for p, _ in pieces]
         for k in np.flatnonzero(~inside):
             code, polygon = int(codes[k]), polygons[k]
-            cut_at = {row} if touches_top[k] else set()
-            if touches_bottom[k]:
-                cut_at.add(bottom)
-            piece = regions.add(code, polygon, cut_at)
+            piece = regions.add(code, polygon)
             if touches_top[k]:
                 at_top[code].append((piece, _edge_intervals(polygon, row)))
             if touches_bottom[k]:
