@@ -586,16 +586,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
         if src.crs is None:
             reporter.log("the input has no CRS: the output is on its pixel grid", "warning")
         wgrid = working_grid(src, card, params.resolution, reporter)
-        norm = card.normalization
-        stats = raster_stats(src, bands, norm.low, norm.high)
-        normalizer = Normalizer(card, stats, src.dtypes[bands[0] - 1])
-        if normalizer.warning:
-            reporter.log(normalizer.warning, "warning")
-        device = select_device(params.device)
-        model = package.load_model()
-        if device == GPU:
-            model = mixed_precision_copy(model)
-            reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
+        # the tile is checked before the statistics pass and the model load: both take time
         tile = params.tile or card.tile_size
         overlap = params.overlap if params.overlap is not None else default_overlap(tile)
         if overlap >= tile:
@@ -606,6 +597,16 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
                 f"model {card.name!r} needs tile sizes that are multiples of "
                 f"{card.input_multiple}, not {tile}"
             )
+        norm = card.normalization
+        stats = raster_stats(src, bands, norm.low, norm.high)
+        normalizer = Normalizer(card, stats, src.dtypes[bands[0] - 1])
+        if normalizer.warning:
+            reporter.log(normalizer.warning, "warning")
+        device = select_device(params.device)
+        model = package.load_model()
+        if device == GPU:
+            model = mixed_precision_copy(model)
+            reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
         fixed = model.inputs[0].shape[1]
         if fixed is not None and fixed != tile:
             raise InputError(f"model {card.name!r} only takes {fixed}×{fixed} tiles, not {tile}")

@@ -77,7 +77,7 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.{_owner()}.partial{suffix}")
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
+def remove_stale_temporaries(path: Path) -> None:
     """Delete the temporaries of ``path`` left by a run of this host that was killed.
 
     A writer on another host (a shared folder) or still alive here is left alone.
@@ -86,13 +86,10 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     pattern = re.compile(
         rf"^\.{re.escape(path.stem)}\.[0-9a-f]{{8}}\.{re.escape(host)}-(\d+)\.partial"
     )
-    removed = []
     for candidate in path.parent.glob(f".{glob.escape(path.stem)}.*.partial*"):
         match = pattern.match(candidate.name)
         if match and not _alive(int(match.group(1))):
             candidate.unlink(missing_ok=True)
-            removed.append(candidate)
-    return removed
 
 
 def _alive(pid: int) -> bool:
