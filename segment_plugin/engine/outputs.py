@@ -23,11 +23,16 @@ from segment_plugin.engine.errors import OutputError
 SHAPEFILE_SIDECARS = (".shp", ".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qml")
 
 
+def aux_xml(path: Path) -> Path:
+    """GDAL's sidecar of ``path`` (PAM: palette, category names, statistics)."""
+    return path.with_name(path.name + ".aux.xml")
+
+
 def family(path: Path) -> list[Path]:
     """The files of one output: a shapefile's sidecars, else the file, .aux.xml and .qml style."""
     if path.suffix.lower() == ".shp":
         return [path.with_suffix(ext) for ext in SHAPEFILE_SIDECARS]
-    return [path, path.with_name(path.name + ".aux.xml"), path.with_suffix(".qml")]
+    return [path, aux_xml(path), path.with_suffix(".qml")]
 
 
 def check_output_path(path: Path, input_path: Path, overwrite: bool) -> None:

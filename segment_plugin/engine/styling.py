@@ -15,6 +15,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from segment_plugin.engine.models.package import ClassInfo
+from segment_plugin.engine.outputs import aux_xml
 
 
 def paletted_raster_qml(classes: Sequence[ClassInfo]) -> str:
@@ -48,11 +49,9 @@ def paletted_raster_qml(classes: Sequence[ClassInfo]) -> str:
 """
 
 
-def write_qml(raster_path: Path, classes: Sequence[ClassInfo]) -> Path:
-    """Write ``<raster>.qml`` beside the raster; returns its path."""
-    qml = raster_path.with_suffix(".qml")
-    qml.write_text(paletted_raster_qml(classes), encoding="utf-8")
-    return qml
+def write_qml(raster_path: Path, classes: Sequence[ClassInfo]) -> None:
+    """Write ``<raster>.qml`` beside the raster."""
+    raster_path.with_suffix(".qml").write_text(paletted_raster_qml(classes), encoding="utf-8")
 
 
 # GDAL's raster attribute table codes: field types and usages (gdal.h GDALRATFieldType/Usage)
@@ -105,8 +104,7 @@ def pam_categories_xml(classes: Sequence[ClassInfo]) -> str:
 """
 
 
-def write_class_sidecars(raster_path: Path, classes: Sequence[ClassInfo]) -> Path:
-    """Write ``<raster>.qml`` and ``<raster>.tif.aux.xml``; returns the .qml's path."""
-    aux = raster_path.with_name(raster_path.name + ".aux.xml")
-    aux.write_text(pam_categories_xml(classes), encoding="utf-8")
-    return write_qml(raster_path, classes)
+def write_class_sidecars(raster_path: Path, classes: Sequence[ClassInfo]) -> None:
+    """Write ``<raster>.qml`` and ``<raster>.tif.aux.xml``."""
+    aux_xml(raster_path).write_text(pam_categories_xml(classes), encoding="utf-8")
+    write_qml(raster_path, classes)
