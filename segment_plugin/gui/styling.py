@@ -49,7 +49,7 @@ def style_class_raster(layer: QgsRasterLayer) -> None:
     """Apply the ``.qml`` written beside the class raster: only the model's classes, named.
 
     QGIS loads it by itself when a user adds the file, but Processing loads its results without
-    default styles, which shows the GeoTIFF's 256-entry colour table as numbers instead.
+    default styles (the 256-entry legend of numbers the toolbox showed).
     """
     qml = Path(layer.source()).with_suffix(".qml")
     if qml.exists():

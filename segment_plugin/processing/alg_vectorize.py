@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from segment_plugin.gui.styling import result_layer_names
 from segment_plugin.processing.alg_segment_layer import run_or_raise, vectorize_args
 from segment_plugin.processing.base import PluginAlgorithm
 from segment_plugin.processing.raster_input import is_plain_file
@@ -78,5 +79,6 @@ class VectorizeAlgorithm(PluginAlgorithm):
             args.append("--smooth")
         result = run_or_raise(args, feedback)
         feedback.pushInfo(f"{result.get('features', 0)} polygons")
-        style_on_load(context, output, layer.source(), f"{layer.name()} — class polygons")
+        _, polygons_name = result_layer_names(layer.name(), None)
+        style_on_load(context, output, layer.source(), polygons_name)
         return {"OUTPUT": output}

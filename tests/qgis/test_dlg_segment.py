@@ -119,14 +119,19 @@ def test_outputs_default_beside_the_input_named_for_the_model(dialog, monkeypatc
     assert "not writable" in dialog.output_note.text()
 
 
-def test_enter_runs_and_esc_asks_before_cancelling(dialog, tmp_path):
-    from qgis.PyQt.QtCore import Qt
-    from qgis.PyQt.QtTest import QTest
-
+def set_up_a_slow_run(dialog, tmp_path):
+    """The tiny model on 32 px tiles: a run long enough to act on while it goes."""
     dialog.model_combo.setCurrentText("tiny")
     dialog.tile_spin.setValue(32)
     dialog.overlap_spin.setValue(8)
     dialog.output_widget.setFilePath(str(tmp_path / "classes.tif"))
+
+
+def test_enter_runs_and_esc_asks_before_cancelling(dialog, tmp_path):
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtTest import QTest
+
+    set_up_a_slow_run(dialog, tmp_path)
     dialog.show()
     QTest.keyClick(dialog, Qt.Key_Return)
     assert dialog.task is not None  # Enter ran it
@@ -178,10 +183,7 @@ def test_run_adds_styled_layers(dialog, tmp_path, qgis_iface):
 
 
 def test_cancel_mid_run_leaves_nothing(dialog, tmp_path):
-    dialog.model_combo.setCurrentText("tiny")
-    dialog.tile_spin.setValue(32)
-    dialog.overlap_spin.setValue(8)
-    dialog.output_widget.setFilePath(str(tmp_path / "classes.tif"))
+    set_up_a_slow_run(dialog, tmp_path)
     dialog.run()
     wait_until(lambda: "left" in dialog.status.text(), timeout=120)  # an ETA is shown
     dialog.cancel()
