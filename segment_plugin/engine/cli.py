@@ -504,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cancel_on_signals(reporter.cancel)
     handler: Command = args.handler
     try:
-        if getattr(args, "keras", False) and not args.debug:
+        # info --no-devices never imports Keras: a pre-import would make it 30× slower
+        if getattr(args, "keras", False) and not args.debug and not getattr(args, "no_devices", 0):
             _import_keras_quietly()
         handler(args, reporter)
     except SegmentPluginError as exc:

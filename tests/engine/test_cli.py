@@ -163,3 +163,15 @@ def test_text_mode_prints_only_our_lines(tmp_path, tiny_model):
     )
     assert debug.returncode == 0
     assert [line for line in debug.stderr.splitlines() if not line.startswith(ours)]
+
+
+def test_info_without_devices_stays_light():
+    """The quiet Keras pre-import is not for `info --no-devices` (0.1 s, not 3 s)."""
+    script = (
+        "import sys; from segment_plugin.engine import cli; cli.main(['info', '--no-devices']); "
+        "print('keras' in sys.modules, file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stderr.strip().splitlines()[-1] == "False"
