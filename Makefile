@@ -216,6 +216,7 @@ train-bundled: setup
 	    --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
 	mkdir -p $(BUNDLED)
 	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
+	$(ENGINE_VENV)/bin/segment-plugin export-onnx $(BUNDLED) --into-package
 
 # A multi-source candidate (docs/multisource-candidate.md; not the bundled model: it scores
 # better on every source's held-out images but worse on the real rasters in ../shared/data/rasters):

@@ -27,7 +27,7 @@ from segment_plugin.engine.errors import (
 )
 from segment_plugin.engine.info import engine_info, format_info
 from segment_plugin.engine.models.architectures import ARCHITECTURES
-from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES
+from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES, RUNTIMES
 from segment_plugin.engine.progress import (
     PROTOCOL_VERSION,
     JsonLinesReporter,
@@ -87,10 +87,38 @@ def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
             print(f"wrote {result['vector']['features']} polygons to {result['vector']['output']}")
 
 
+def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine import outputs
+    from segment_plugin.engine.models.onnx_export import add_onnx_to_package, export_onnx
+    from segment_plugin.engine.models.registry import resolve_model
+
+    package = resolve_model(args.model)
+    if (args.output is None) == (not args.into_package):
+        raise InputError("give either --output FILE.onnx or --into-package")
+    reporter.progress(0.0, "exporting")
+    if args.into_package:
+        result = add_onnx_to_package(package)
+    else:
+        if args.output.suffix.lower() != ".onnx":
+            raise InputError(f"--output is an ONNX file: name it .onnx, not {args.output.name}")
+        outputs.check_output_path(args.output, package.path, args.overwrite)
+        result = export_onnx(package, args.output, deepness=not args.no_deepness)
+    reporter.result(**result)
+    if args.progress == "text":
+        print(f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB)")
+
+
 def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
     from dataclasses import asdict
 
-    from segment_plugin.engine.models.registry import list_models, user_models_dir
+    from segment_plugin.engine.models.registry import add_onnx_model, list_models, user_models_dir
+
+    if args.add is not None:
+        added = add_onnx_model(args.add, args.name, args.overwrite)
+        reporter.result(added=str(added.path), card=asdict(added.card))
+        if args.progress == "text":
+            print(f"added {added.card.name!r}: {added.path}\n  {added.card.description}")
+        return
 
     listing = []
     for origin, found in list_models():
@@ -241,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overlap", type=int, help="tile overlap in px (default: 3/8 of the tile)")
     seg.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
     seg.add_argument("--device", choices=DEVICES, default="auto")
+    seg.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="keras (TensorFlow) or onnx (ONNX Runtime); auto: ONNX where the model has one",
+    )
     seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")
     seg.add_argument(
         "--keep-class-weights",
@@ -250,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_common(seg)
-    seg.set_defaults(keras=True, handler=_cmd_segment)
+    seg.set_defaults(keras=_runs_keras, handler=_cmd_segment)
 
     vec = commands.add_parser(
         "vectorize",
@@ -385,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prediction", type=Path, help="compare this class raster to --reference")
     ev.add_argument("--report", type=Path, help="also write an HTML report")
     ev.add_argument("--tile", type=int)
+    ev.add_argument("--runtime", choices=RUNTIMES, default="auto", help="as segment --runtime")
     ev.add_argument("--tta", action="store_true", help="as segment --tta (4× slower)")
     ev.add_argument(
         "--keep-class-weights",
@@ -393,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--overwrite", action="store_true")
     _add_common(ev)
-    ev.set_defaults(keras=True, handler=_cmd_evaluate)
+    ev.set_defaults(keras=_runs_keras, handler=_cmd_evaluate)
 
     ch = commands.add_parser(
         "export-chips", help="raster + label polygons → georeferenced image/mask chip pairs"
@@ -422,7 +457,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pre)
     pre.set_defaults(handler=_cmd_preview)
 
+    onnx = commands.add_parser(
+        "export-onnx",
+        help="a model as one ONNX file (runs in Deepness, ONNX Runtime and other tools)",
+        description="Keras' ONNX export: NCHW float input scaled as Deepness scales it, class "
+        "probabilities out (the class weights' bias undone in the graph), our model card and "
+        "Deepness' metadata keys inside.",
+    )
+    onnx.add_argument("model", help="bundled/user model name or folder")
+    onnx.add_argument("--output", type=Path, help="the .onnx file to write")
+    onnx.add_argument(
+        "--into-package",
+        action="store_true",
+        help="write model.onnx into the model's own folder instead, for --runtime onnx",
+    )
+    onnx.add_argument(
+        "--no-deepness",
+        action="store_true",
+        help="without Deepness' keys (for a model whose normalisation they cannot express)",
+    )
+    onnx.add_argument("--overwrite", action="store_true")
+    _add_common(onnx)
+    onnx.set_defaults(keras=True, handler=_cmd_export_onnx)
+
     models = commands.add_parser("models", help="list bundled and user models with their cards")
+    models.add_argument(
+        "--add",
+        type=Path,
+        metavar="FILE.onnx",
+        help="add an ONNX model (Deepness format or our export) to your models folder",
+    )
+    models.add_argument("--name", help="its name (default: the file's)")
+    models.add_argument("--overwrite", action="store_true", help="replace a user model so named")
     _add_common(models)
     models.set_defaults(handler=_cmd_models)
     return parser
@@ -467,6 +533,18 @@ def _failed(reporter: Reporter, exc: SegmentPluginError) -> int:
     return exc.exit_code
 
 
+def _runs_keras(args: argparse.Namespace) -> bool:
+    """Whether a segment/evaluate run will load Keras (not when its model runs on ONNX)."""
+    from segment_plugin.engine.models.registry import resolve_model
+
+    if getattr(args, "prediction", None) is not None:
+        return False
+    try:
+        return resolve_model(args.model).runtime(args.runtime) == "keras"
+    except SegmentPluginError:
+        return False  # the command reports it
+
+
 def _import_keras_quietly() -> None:
     """Import Keras (and TensorFlow) now, with what C++ code prints to stderr meanwhile dropped.
 
@@ -505,7 +583,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         # info --no-devices never imports Keras: a pre-import would make it 30× slower
-        if getattr(args, "keras", False) and not args.debug and not getattr(args, "no_devices", 0):
+        keras = getattr(args, "keras", False)
+        keras = keras(args) if callable(keras) else keras
+        if keras and not args.debug and not getattr(args, "no_devices", 0):
             _import_keras_quietly()
         handler(args, reporter)
     except SegmentPluginError as exc:

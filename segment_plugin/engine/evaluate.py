@@ -18,6 +18,7 @@ import numpy as np
 
 from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, band_stats
 from segment_plugin.engine.params import EvaluateParams, SegmentParams
@@ -34,7 +35,14 @@ def _pairs_report(params: EvaluateParams, reporter: Reporter) -> tuple[dict[str,
     package = resolve_model(params.model)
     card = package.card
     scenes = pairs_folder(params.images, card.class_codes, len(card.bands), params.gsd)
-    return _scenes_report(package, package.load_model(), scenes, params, reporter), card.name
+    model = _load(package, params, reporter)
+    return _scenes_report(package, model, scenes, params, reporter), card.name
+
+
+def _load(package: ModelPackage, params: EvaluateParams, reporter: Reporter) -> Any:
+    from segment_plugin.engine.inference import load_for_inference
+
+    return load_for_inference(package, params.runtime, "auto", reporter)[0]
 
 
 def _scenes_report(
@@ -88,7 +96,7 @@ def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any
 
     package = resolve_model(params.model)
     card = package.card
-    model = package.load_model()
+    model = _load(package, params, reporter)
     per_source = {}
     for source in read_sources(params.sources, params.data_root):
         if not source.validation:
@@ -144,6 +152,7 @@ def _raster_matrix(params: EvaluateParams, reporter: Reporter) -> tuple[np.ndarr
                 model=params.model,
                 tile=params.tile,
                 tta=params.tta,
+                runtime=params.runtime,
                 keep_class_weights=params.keep_class_weights,
             ),
             reporter,

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 from segment_plugin.engine import outputs, raster_io
 from segment_plugin.engine.devices import GPU, select_device
 from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.models.onnx_model import OnnxModel
 from segment_plugin.engine.models.package import IGNORE_CODE, ModelCard, ModelPackage
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, raster_stats
@@ -192,6 +193,23 @@ def undo_class_weights(
     return out
 
 
+def load_for_inference(
+    package: ModelPackage, runtime: str, device: str, reporter: Reporter
+) -> tuple[Any, str]:
+    """The package's model on the chosen runtime and device, and the device's name."""
+    runtime = package.runtime(runtime)
+    if runtime == "onnx":
+        model = package.load_model("onnx", device)
+        reporter.log(f"runtime: ONNX Runtime ({model.session.get_providers()[0]})")
+        return model, model.device
+    device = select_device(device)
+    model = package.load_model("keras")
+    if device == GPU:
+        model = mixed_precision_copy(model)
+        reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
+    return model, device
+
+
 class Predictor:
     """Runs the model on batches of normalised tiles; optional flip test-time augmentation."""
 
@@ -205,11 +223,16 @@ class Predictor:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (n, h, w, classes) for a batch (n, h, w, bands)."""
-        import keras
-
-        with keras.device(self.device):
+        with self._device_scope():
             probs = predict_tiles(self.model, batch, self.tta)
         return self._as_probabilities(probs.astype(np.float32, copy=False))
+
+    def _device_scope(self) -> Any:
+        if isinstance(self.model, OnnxModel):  # its session was made for its device
+            return nullcontext()
+        import keras
+
+        return keras.device(self.device)
 
     def _as_probabilities(self, out: np.ndarray) -> np.ndarray:
         if not self._checked:
@@ -602,11 +625,7 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
         normalizer = Normalizer(card, stats, src.dtypes[bands[0] - 1])
         if normalizer.warning:
             reporter.log(normalizer.warning, "warning")
-        device = select_device(params.device)
-        model = package.load_model()
-        if device == GPU:
-            model = mixed_precision_copy(model)
-            reporter.log("GPU: running the model in mixed precision (float16, float32 output)")
+        model, device = load_for_inference(package, params.runtime, params.device, reporter)
         fixed = model.inputs[0].shape[1]
         if fixed is not None and fixed != tile:
             raise InputError(f"model {card.name!r} only takes {fixed}×{fixed} tiles, not {tile}")

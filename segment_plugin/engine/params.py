@@ -15,6 +15,12 @@ from segment_plugin.engine.errors import InputError
 
 PARAMS_SCHEMA_VERSION = 1
 DEVICES = ("auto", "cpu", "gpu")
+RUNTIMES = ("auto", "keras", "onnx")
+
+
+def _check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
 def _check_device(device: str) -> None:
@@ -76,6 +82,7 @@ class SegmentParams(JobParams):
     overlap: int | None = None  # None: 3/8 of the tile (tiling.default_overlap)
     batch: int = 4
     device: str = "auto"
+    runtime: str = "auto"  # keras, onnx, or auto: ONNX Runtime where the model has a model.onnx
     tta: bool = False
     # keep the bias the loss's class weights gave the outputs (see inference.undo_class_weights)
     keep_class_weights: bool = False
@@ -96,6 +103,7 @@ class SegmentParams(JobParams):
         if self.bands is not None:
             self.bands = tuple(int(b) for b in self.bands)
         _check_device(self.device)
+        _check_runtime(self.runtime)
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         if self.tile is not None and self.tile < 16:
@@ -277,6 +285,7 @@ class EvaluateParams(JobParams):
     prediction: Path | None = None  # … or an existing class raster, compared to the reference
     report: Path | None = None  # also write an HTML report
     tile: int | None = None
+    runtime: str = "auto"  # as segment --runtime
     tta: bool = False  # as segment --tta: the mean over flipped copies
     keep_class_weights: bool = False  # as segment --keep-class-weights
     overwrite: bool = False
@@ -300,6 +309,7 @@ class EvaluateParams(JobParams):
             raise InputError("--gsd (positive, metres per pixel) is for --images only")
         if self.images is None and self.sources is None and self.reference is None:
             raise InputError("--raster and --prediction need --reference (the reference classes)")
+        _check_runtime(self.runtime)
         for flag, value in (("--tta", self.tta), ("--keep-class-weights", self.keep_class_weights)):
             if value and self.prediction is not None:
                 raise InputError(f"{flag} needs a model to run: not with --prediction")

@@ -8,6 +8,7 @@ a user model never shadows a bundled one of the same name (the bundled one is ne
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from segment_plugin import plugin_files
@@ -66,3 +67,31 @@ def resolve_model(name_or_path: str) -> ModelPackage:
     )
     known = ", ".join(names) if names else "none installed"
     raise ModelError(f"unknown model {name_or_path!r} (known models: {known})")
+
+
+def add_onnx_model(path: Path, name: str | None = None, overwrite: bool = False) -> ModelPackage:
+    """A package in the user's folder for an ONNX file (Deepness' format or our export).
+
+    Its card comes from the file (our card, or one derived from Deepness' metadata), so a file
+    that is not a segmentation model is refused here, not at its first run.
+    """
+    import shutil
+
+    from segment_plugin.engine import outputs
+    from segment_plugin.engine.models.onnx_model import read_card
+    from segment_plugin.engine.models.package import MODEL_FILE, ONNX_FILE
+
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        raise InputError(f"{path}: not an .onnx file")
+    card = read_card(path)
+    card = replace(card, name=name or card.name)
+    if (bundled_models_dir() / card.name).exists():
+        raise InputError(f"{card.name!r} is a bundled model's name: choose another with --name")
+    target = user_models_dir() / card.name
+    if target.exists() and not overwrite:
+        raise InputError(f"a user model {card.name!r} exists ({target}): --overwrite replaces it")
+    with outputs.committed_folder(target) as staging:
+        shutil.copyfile(path, staging / ONNX_FILE)
+        (staging / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
+    (target / MODEL_FILE).unlink(missing_ok=True)  # an overwritten Keras model is not this one
+    return ModelPackage.open(target)
