@@ -11,12 +11,16 @@ APT_PACKAGES  := qgis python3-qgis qgis-providers python3-venv xvfb xauth zip
 QGIS_TOOLS    := pytest==9.2.0 pytest-qgis==5.0.2 ruff==0.17.5
 DOCS_TOOLS    := mkdocs==1.6.1
 ENGINE_TOOLS  := pytest==9.2.0 hypothesis==6.170.15
+# The engine's kind: full (TensorFlow + ONNX Runtime: segment, fine-tune, export) or light
+# (ONNX Runtime only, no TensorFlow: segment, vectorise, evaluate). make setup ENGINE_KIND=light
+ENGINE_KIND   ?= full
+ENGINE_EXTRA  := $(if $(filter full,$(ENGINE_KIND)),[full])
 SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis docs demo package lint bench clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis docs demo package lint bench check-light clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -27,6 +31,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
+	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make train-multisource  a multi-source candidate at 0.5 m (partial labels), resumable"
 	@echo "make card-bundled   its measured figures into its card (after make bench)"
@@ -36,7 +41,8 @@ help:
 	@echo "make check-backends  the bundled model agrees, and training runs, under JAX and torch (.venv-jax, .venv-torch)"
 	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
 
-setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed $(QGIS_VENV)/.docs-installed
+setup: .setup/apt $(ENGINE_VENV)/.installed-$(ENGINE_KIND) $(QGIS_VENV)/.installed \
+	$(QGIS_VENV)/.docs-installed
 
 # apt: install only what is missing, so a machine that has everything is not touched.
 .setup/apt:
@@ -50,12 +56,15 @@ setup: .setup/apt $(ENGINE_VENV)/.installed $(QGIS_VENV)/.installed $(QGIS_VENV)
 	@mkdir -p .setup && touch $@
 
 # Engine: a plain venv (no system site-packages), pinned binary wheels, the project editable.
-$(ENGINE_VENV)/.installed: .setup/apt segment_plugin/engine/requirements.txt \
-		segment_plugin/engine/constraints.txt pyproject.toml
+# The light one is the same package without its [full] extra (pyproject.toml).
+$(ENGINE_VENV)/.installed-$(ENGINE_KIND): .setup/apt segment_plugin/engine/requirements.txt \
+		segment_plugin/engine/requirements-light.txt segment_plugin/engine/constraints.txt \
+		pyproject.toml
 	@test -x $(ENGINE_PY) || $(SYSTEM_PYTHON) -m venv $(ENGINE_VENV)
 	$(ENGINE_PY) -m pip install -q --disable-pip-version-check \
-	    -c segment_plugin/engine/constraints.txt -e . $(ENGINE_TOOLS)
+	    -c segment_plugin/engine/constraints.txt -e ".$(ENGINE_EXTRA)" $(ENGINE_TOOLS)
 	$(ENGINE_PY) -m pip check
+	@rm -f $(ENGINE_VENV)/.installed-*
 	@touch $@
 
 # QGIS side: system python3 with QGIS's own packages visible, plus test tools only.
@@ -119,6 +128,16 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench_segment.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
+	set -o pipefail; $(ENGINE_PY) tests/bench/bench_runtimes.py | tee build/bench/bench_runtimes.json
+
+# The inference-only engine for real: a fresh .venv-light (ENGINE_KIND=light), the tests that
+# say what it does, and both kinds' install time and size (fresh venvs in build/engines; pip's
+# cache is warm after make setup, so these are times from a local cache, not a first download).
+check-light: setup
+	rm -rf .venv-light
+	$(MAKE) --no-print-directory ENGINE_VENV=.venv-light ENGINE_KIND=light .venv-light/.installed-light
+	.venv-light/bin/python -m pytest tests/engine/test_light_engine.py
+	$(ENGINE_PY) tests/bench/engine_sizes.py | tee build/engine_sizes.json
 
 # Model packages must load, and training run, under Keras' other backends: a lent GPU machine
 # has JAX and torch but no TensorFlow. One venv each (.venv-jax, .venv-torch); torch is the

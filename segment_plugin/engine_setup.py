@@ -21,6 +21,14 @@ from segment_plugin.runner import clean_environment, stream_process, venv_python
 
 REQUIREMENTS = PACKAGE_DIR / "engine" / "requirements.txt"
 CONSTRAINTS = PACKAGE_DIR / "engine" / "constraints.txt"
+#: What each kind of engine installs, and what it weighs (measured: tests/bench/engine_sizes.py).
+ENGINE_KINDS = {
+    "full": (REQUIREMENTS, "segment and fine-tune; TensorFlow, about 2.1 GB"),
+    "light": (
+        PACKAGE_DIR / "engine" / "requirements-light.txt",
+        "segment only, with ONNX models; no TensorFlow, about 0.5 GB",
+    ),
+}
 ENV_BASE_PYTHON = "SEGMENT_PLUGIN_BASE_PYTHON"
 #: Python versions the pinned TensorFlow publishes wheels for.
 SUPPORTED_PYTHONS = ((3, 10), (3, 11), (3, 12), (3, 13))
@@ -57,10 +65,12 @@ class SetupStep:
 def setup_steps(
     target: Path,
     base_python: Path,
-    requirements: Path = REQUIREMENTS,
+    requirements: Path | None = None,
     constraints: Path | None = CONSTRAINTS,
+    kind: str = "full",
 ) -> list[SetupStep]:
-    """The commands that build an engine environment in ``target``."""
+    """The commands that build an engine environment of ``kind`` in ``target``."""
+    requirements = requirements or ENGINE_KINDS[kind][0]
     python = str(venv_python(target))
     install = [
         python,
@@ -77,7 +87,7 @@ def setup_steps(
         SetupStep(
             "Creating the virtual environment", [str(base_python), "-m", "venv", str(target)]
         ),
-        SetupStep("Installing the engine libraries (pinned wheels, about 1 GB)", install),
+        SetupStep(f"Installing the engine libraries ({ENGINE_KINDS[kind][1]})", install),
         SetupStep("Checking the installed libraries", [python, "-m", "pip", "check"]),
     ]
 

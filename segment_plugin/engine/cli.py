@@ -25,7 +25,7 @@ from segment_plugin.engine.errors import (
     OutputError,
     SegmentPluginError,
 )
-from segment_plugin.engine.info import engine_info, format_info
+from segment_plugin.engine.info import engine_info, format_info, require_full_engine
 from segment_plugin.engine.models.architectures import ARCHITECTURES
 from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES, RUNTIMES
 from segment_plugin.engine.progress import (
@@ -92,6 +92,7 @@ def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.models.onnx_export import add_onnx_to_package, export_onnx
     from segment_plugin.engine.models.registry import resolve_model
 
+    require_full_engine("exporting to ONNX")
     package = resolve_model(args.model)
     if (args.output is None) == (not args.into_package):
         raise InputError("give either --output FILE.onnx or --into-package")
@@ -172,6 +173,7 @@ def _cmd_train(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.params import TrainParams
     from segment_plugin.engine.training.train import train
 
+    require_full_engine("training")
     result = train(params_from_args(TrainParams, args), reporter)
     reporter.result(**result)
     if args.progress == "text":

@@ -202,8 +202,8 @@ def load_for_inference(
         model = package.load_model("onnx", device)
         reporter.log(f"runtime: ONNX Runtime ({model.session.get_providers()[0]})")
         return model, model.device
+    model = package.load_model("keras")  # first: in an inference-only engine, says so
     device = select_device(device)
-    model = package.load_model("keras")
     if device == GPU:
         model = mixed_precision_copy(model)
         reporter.log("GPU: running the model in mixed precision (float16, float32 output)")

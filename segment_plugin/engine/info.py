@@ -7,6 +7,7 @@ raised.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -16,16 +17,21 @@ from typing import Any
 from segment_plugin import plugin_files
 from segment_plugin.engine.errors import DependencyError
 
-#: Distributions the engine needs, by the name pip knows them.
-REQUIRED_DISTRIBUTIONS = (
-    "tensorflow",
-    "keras",
+#: Distributions every engine needs, by the name pip knows them (the inference-only engine has
+#: just these: it segments, vectorises and evaluates with ONNX models).
+INFERENCE_DISTRIBUTIONS = (
+    "onnxruntime",
     "numpy",
     "rasterio",
     "shapely",
     "geopandas",
     "pyogrio",
     "pyproj",
+)
+#: ... and what the full engine adds: Keras models, training, ONNX export.
+FULL_DISTRIBUTIONS = ("tensorflow", "keras", "onnx", "tf2onnx")
+FULL_ENGINE_HINT = (
+    "set up the full engine (the engine dialog's 'Full' choice, or make setup ENGINE_KIND=full)"
 )
 
 #: tensorflow is published under several distribution names; any one provides ``import tensorflow``.
@@ -61,11 +67,40 @@ def tensorflow_devices() -> list[dict[str, str]]:
     ]
 
 
+def engine_kind(packages: dict[str, str | None]) -> str:
+    """``full``, ``inference-only`` (no TensorFlow, no Keras: by choice) or ``incomplete``."""
+    if all(packages[name] for name in FULL_DISTRIBUTIONS):
+        return "full"
+    if not packages["tensorflow"] and not packages["keras"]:
+        return "inference-only"
+    return "incomplete"
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:
+        return False
+
+
+def require_full_engine(what: str) -> None:
+    """Refuse ``what`` (training, export) in an inference-only engine, saying how to get one."""
+    if not all(_importable(name) for name in ("keras", "tensorflow")):
+        raise DependencyError(
+            f"{what} needs the full engine (TensorFlow and Keras); this engine is "
+            f"inference-only: {FULL_ENGINE_HINT}"
+        )
+
+
 def engine_info(probe_devices: bool = True) -> dict[str, Any]:
     """Report the engine environment; ``probe_devices`` imports TensorFlow (a few seconds)."""
-    packages = {name: _distribution_version(name) for name in REQUIRED_DISTRIBUTIONS}
-    missing = sorted(name for name, found in packages.items() if found is None)
+    names = INFERENCE_DISTRIBUTIONS + FULL_DISTRIBUTIONS
+    packages = {name: _distribution_version(name) for name in names}
+    kind = engine_kind(packages)
+    needed = INFERENCE_DISTRIBUTIONS if kind == "inference-only" else names
+    missing = sorted(name for name in needed if packages[name] is None)
     report: dict[str, Any] = {
+        "kind": kind,
         "engine_version": plugin_files.version(),
         "python": platform.python_version(),
         "executable": sys.executable,
@@ -81,7 +116,15 @@ def engine_info(probe_devices: bool = True) -> dict[str, Any]:
             report["devices"] = tensorflow_devices()
         except DependencyError as exc:
             report["device_error"] = str(exc)
-        report["gpu"] = any(d["type"] == "GPU" for d in report["devices"])
+    elif probe_devices and packages["onnxruntime"] is not None:
+        import onnxruntime
+
+        report["devices"] = [
+            {"type": "GPU" if "CUDA" in name else "CPU", "name": name}
+            for name in onnxruntime.get_available_providers()
+            if name in ("CUDAExecutionProvider", "CPUExecutionProvider")
+        ]
+    report["gpu"] = any(d["type"] == "GPU" for d in report["devices"])
     report["ready"] = not missing and report["device_error"] is None
     return report
 
@@ -89,14 +132,20 @@ def engine_info(probe_devices: bool = True) -> dict[str, Any]:
 def format_info(report: dict[str, Any]) -> str:
     """The report as lines for a terminal."""
     lines = [
-        f"segment_plugin engine {report['engine_version']}",
+        f"segment_plugin engine {report['engine_version']} ({report['kind']})",
         f"python     {report['python']} ({report['executable']})",
     ]
     for name, version in report["packages"].items():
-        lines.append(f"{name:<10} {version or 'MISSING'}")
+        absent = "not installed" if report["kind"] == "inference-only" else "MISSING"
+        lines.append(f"{name:<11} {version or absent}")
     devices = ", ".join(d["type"] for d in report["devices"]) or "none probed"
     lines.append(f"devices    {devices}")
     if report["device_error"]:
         lines.append(f"device error: {report['device_error']}")
-    lines.append("ready" if report["ready"] else "NOT ready: install the missing packages")
+    if not report["ready"]:
+        lines.append("NOT ready: install the missing packages")
+    elif report["kind"] == "inference-only":
+        lines.append(f"ready to segment with ONNX models; training: {FULL_ENGINE_HINT}")
+    else:
+        lines.append("ready")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from pathlib import Path
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -28,7 +29,7 @@ from qgis.PyQt.QtWidgets import (
     QVBoxLayout,
 )
 
-from segment_plugin.engine_setup import find_base_python
+from segment_plugin.engine_setup import ENGINE_KINDS, find_base_python, setup_steps
 from segment_plugin.plugin_files import resource_path, version
 from segment_plugin.runner import EngineResult
 from segment_plugin.settings import PluginSettings
@@ -38,6 +39,7 @@ from segment_plugin.tasks.setup_task import SetupEngineTask
 LOG_TAG = "Segment Plugin"
 #: Distribution name → how its authors spell it.
 _SHOWN_PACKAGES = {
+    "onnxruntime": "ONNX Runtime",
     "tensorflow": "TensorFlow",
     "keras": "Keras",
     "numpy": "NumPy",
@@ -102,8 +104,20 @@ class EngineDialog(QDialog):
         status_layout.addWidget(self.status_view)
         layout.addWidget(status)
 
-        create = QGroupBox("Create an engine environment (pinned wheels from PyPI, about 1 GB)")
+        create = QGroupBox("Create an engine environment (pinned wheels from PyPI)")
         create_layout = QVBoxLayout(create)
+        kind_row = QHBoxLayout()
+        kind_row.addWidget(QLabel("Kind:"))
+        self.kind_combo = QComboBox()
+        for kind, (_, what) in ENGINE_KINDS.items():
+            label = "Full" if kind == "full" else "Inference only"
+            self.kind_combo.addItem(f"{label} — {what}", kind)
+        self.kind_combo.setToolTip(
+            "Inference only runs ONNX models (the bundled model ships as one) with ONNX Runtime: "
+            "a fraction of the download. Fine-tuning needs the full engine."
+        )
+        kind_row.addWidget(self.kind_combo, 1)
+        create_layout.addLayout(kind_row)
         target_row = QHBoxLayout()
         self.target_edit = QLineEdit(str(default_engine_dir()))
         target_row.addWidget(QLabel("Folder:"))
@@ -180,7 +194,9 @@ class EngineDialog(QDialog):
         if base is None:
             self._log("No python3 to create the environment from: set SEGMENT_PLUGIN_BASE_PYTHON.")
             return
-        self.start_setup(Path(self.target_edit.text().strip()), base)
+        target = Path(self.target_edit.text().strip())
+        kind = self.kind_combo.currentData()
+        self.start_setup(target, base, steps=setup_steps(target, base, kind=kind))
 
     def start_setup(self, target: Path, base_python: Path, steps=None) -> SetupEngineTask:
         """Create an engine environment at ``target`` in a background task."""
@@ -228,8 +244,11 @@ class EngineDialog(QDialog):
 def status_html(result: EngineResult) -> str:
     """The engine's report as a small HTML table: state, Python, libraries, devices."""
     report = result.data
+    light = report.get("kind") == "inference-only"
     if result.ok and report.get("ready"):
         state = "<span style='color:#1A7F37'><b>ready</b></span>"
+        if light:
+            state += " — inference only (ONNX models); fine-tuning needs the full engine"
     elif result.ok:
         missing = ", ".join(report.get("missing", []))
         state = f"<span style='color:#B35900'><b>incomplete</b></span>: missing {missing}"
@@ -242,7 +261,9 @@ def status_html(result: EngineResult) -> str:
         packages = report.get("packages") or {}
         rows.append(("Python", escape(f"{report['python']} — {report['executable']}")))
         for name, title in _SHOWN_PACKAGES.items():
-            rows.append((title, packages.get(name) or "<b>MISSING</b>"))
+            missing = name in report.get("missing", [])
+            absent = "<b>MISSING</b>" if missing or not light else "not installed"
+            rows.append((title, packages.get(name) or absent))
         devices = report.get("devices") or []
         rows.append(("Devices", escape(", ".join(f"{d['type']} ({d['name']})" for d in devices))))
     cells = "".join(f"<tr><td><b>{k}</b>&nbsp;&nbsp;</td><td>{v}</td></tr>" for k, v in rows)

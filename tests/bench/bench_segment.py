@@ -107,14 +107,17 @@ def mosaic(size: int) -> Path:
     return path
 
 
-def model_only_seconds(raster: Path, package: ModelPackage) -> tuple[float, float, int]:
-    """predict_on_batch wall time on exactly the tiles segment() makes (read beforehand).
+def model_only_seconds(
+    raster: Path, package: ModelPackage, runtime: str = "auto"
+) -> tuple[float, float, int]:
+    """predict_on_batch wall time on exactly the tiles segment() makes (read beforehand), on the
+    runtime segment would use (``auto``) or the one named.
 
     Also the model's start-up, which segment() pays once per run as well: loading it and its
     first call (tracing, plus one batch), as seconds beyond that batch's share of the loop.
     """
     started = time.perf_counter()
-    model = package.load_model()
+    model = package.load_model(package.runtime(runtime))
     load_s = time.perf_counter() - started
     with rasterio.open(raster) as src:
         stats = raster_stats(src, (1, 2, 3), 2, 98)
@@ -146,7 +149,7 @@ def segment_in_process(raster: Path, model: Path) -> float:
     return time.perf_counter() - started
 
 
-def segment_process(raster: Path, model: Path) -> dict:
+def segment_process(raster: Path, model: Path, runtime: str = "auto") -> dict:
     """A whole CLI run in its own process: wall time, peak RSS (from wait4), its result."""
     out = WORK / f"classes_{raster.stem}.tif"
     command = [
@@ -165,6 +168,8 @@ def segment_process(raster: Path, model: Path) -> dict:
         str(OVERLAP),
         "--batch",
         str(BATCH),
+        "--runtime",
+        runtime,
         "--overwrite",
         "--progress",
         "json",
@@ -295,6 +300,7 @@ def main() -> None:
             "python": platform.python_version(),
         },
         "model": model_note,
+        "runtime": package.runtime(),
         "tile": TILE,
         "overlap": OVERLAP,
         "batch": BATCH,

@@ -31,7 +31,7 @@ def test_info_json_reports_tensorflow_and_cpu():
     assert stream[-1] == {"event": "end", "status": "ok", "exit_code": 0}
     (result,) = [e["data"] for e in stream if e["event"] == "result"]
     assert result["ready"] is True
-    assert result["missing"] == []
+    assert result["missing"] == [] and result["kind"] == "full"
     assert result["packages"]["tensorflow"].startswith("2.")
     assert result["packages"]["keras"].startswith("3.")
     assert any(d["type"] == "CPU" for d in result["devices"])

@@ -12,6 +12,7 @@ from qgis.core import QgsApplication
 
 from segment_plugin.engine_setup import (
     CONSTRAINTS,
+    ENGINE_KINDS,
     ENV_BASE_PYTHON,
     REQUIREMENTS,
     SetupError,
@@ -41,6 +42,19 @@ def test_real_setup_installs_the_pinned_requirements_with_constraints(tmp_path):
     for line in REQUIREMENTS.read_text().splitlines():
         if line and not line.startswith("#"):
             assert "==" in line, f"unpinned engine requirement: {line}"
+
+
+def test_inference_only_setup_installs_no_tensorflow(tmp_path):
+    """The light kind: ONNX Runtime and the geo stack, pinned, nothing of TensorFlow."""
+    light, _ = ENGINE_KINDS["light"]
+    install = setup_steps(tmp_path / "env", BASE, kind="light")[1].command
+    assert install[install.index("-r") + 1] == str(light)
+    assert install[install.index("-c") + 1] == str(CONSTRAINTS)
+    pins = [x for x in light.read_text().splitlines() if x and not x.startswith("#")]
+    assert all("==" in pin for pin in pins) and any(p.startswith("onnxruntime==") for p in pins)
+    assert not any(p.startswith(("tensorflow", "keras")) for p in pins)
+    full = {x for x in REQUIREMENTS.read_text().splitlines() if x and not x.startswith("#")}
+    assert set(pins) <= full  # the same pins as the full engine's: one set of versions
 
 
 def test_creates_a_working_environment(tmp_path):
@@ -137,8 +151,9 @@ def test_dialog_creates_an_environment_then_reports_it_incomplete(
         # this small environment lacks the engine libraries: the engine itself says what is missing
         assert dialog.last_result.ok
         status = words(dialog.status_view.toPlainText())
-        assert "incomplete: missing" in status and "tensorflow" in status
-        assert "TensorFlow MISSING" in status
+        # (no TensorFlow either: what it lacks is what an inference-only engine needs)
+        assert "incomplete: missing" in status and "onnxruntime" in status
+        assert "ONNX Runtime MISSING" in status and "TensorFlow not installed" in status
         shots = ROOT / "build" / "screenshots"
         shots.mkdir(parents=True, exist_ok=True)
         QgsApplication.processEvents()  # let the relayout run, as a user would see it

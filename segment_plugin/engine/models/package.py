@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from segment_plugin.engine.errors import DependencyError, ModelError
+from segment_plugin.engine.info import FULL_ENGINE_HINT
 from segment_plugin.engine.params import RUNTIMES
 
 CARD_SCHEMA_VERSION = 1
@@ -314,8 +315,8 @@ def _keras() -> Any:
     except ImportError as exc:
         raise DependencyError(
             f"Keras is not installed in this engine environment ({exc}): this is the "
-            "inference-only engine, which runs ONNX models; training and Keras models need the "
-            "full engine (set it up with ENGINE=full, or choose it in the engine setup dialog)"
+            "inference-only engine, which runs ONNX models; Keras models need the full engine "
+            f"({FULL_ENGINE_HINT})"
         ) from exc
     return keras
 
