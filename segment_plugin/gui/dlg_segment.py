@@ -43,6 +43,7 @@ from qgis.PyQt.QtWidgets import (
 
 from segment_plugin.area_summary import area_summary
 from segment_plugin.gui.algorithm_dialog import AlgorithmDialog
+from segment_plugin.gui.onnx_models import OnnxModelButtons
 from segment_plugin.gui.styling import (
     raster_classes,
     result_layer_names,
@@ -99,6 +100,7 @@ class SegmentDialog(AlgorithmDialog):
         self.setMinimumWidth(560)
         self.resize(960, 0)  # wide enough for the extent buttons' labels
         self._started = 0.0
+        self._added_model: str | None = None  # an ONNX model just added: chosen once listed
         self._source_name = ""
         self._defaults: dict[str, str] = {}  # suffix → the output path the dialog proposed
         self._build()
@@ -128,6 +130,10 @@ class SegmentDialog(AlgorithmDialog):
         form.addRow("", self.export_note)
         self.model_combo = QComboBox()
         form.addRow("Model:", self.model_combo)
+        self.onnx_buttons = OnnxModelButtons(
+            self.model_combo.currentText, self._model_added, lambda text: self.status.setText(text)
+        )
+        form.addRow("", self.onnx_buttons)
         input_layout.addLayout(form)
 
         self.card_view = QTextBrowser()  # scrolls: the card's prose can be long
@@ -222,6 +228,14 @@ class SegmentDialog(AlgorithmDialog):
         self.tile_spin.setValue(settings.tile_size)
 
     # ---- models -------------------------------------------------------------------------
+    def _model_added(self, name: str) -> None:
+        """An ONNX model was added: list the models again, with it chosen."""
+        self._added_model = name
+        self.load_models()
+
+    def wanted_model(self) -> str:  # noqa: D102
+        return self._added_model or super().wanted_model()
+
     def _model_changed(self, *_args) -> None:
         self._default_outputs()
         card = self.models.get(self.model_combo.currentText())

@@ -26,6 +26,7 @@ from segment_plugin.processing.raster_input import engine_readable_path
 from segment_plugin.processing.result_styles import style_on_load
 
 DEVICES = ["auto", "cpu", "gpu"]
+RUNTIMES = ["auto", "keras", "onnx"]
 
 
 def vectorize_args(min_area: float, simplify: float) -> list[str]:
@@ -89,6 +90,14 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
         self.addParameter(
             QgsProcessingParameterEnum("DEVICE", "Device", options=DEVICES, defaultValue=0)
         )
+        self.addParameter(
+            QgsProcessingParameterEnum(
+                "RUNTIME",
+                "Runtime (auto: ONNX Runtime where the model has model.onnx)",
+                options=RUNTIMES,
+                defaultValue=0,
+            )
+        )
         self.addParameter(QgsProcessingParameterBoolean("TTA", "Test-time augmentation", False))
         self.addParameter(
             QgsProcessingParameterBoolean(
@@ -138,6 +147,7 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
             if value > 0:
                 args += [flag, str(value)]
         args += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
+        args += ["--runtime", RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)]]
         if self.parameterAsBoolean(parameters, "TTA", context):
             args.append("--tta")
         if self.parameterAsBoolean(parameters, "KEEP_CLASS_WEIGHTS", context):

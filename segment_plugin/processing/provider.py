@@ -8,6 +8,7 @@ from qgis.PyQt.QtGui import QIcon
 from segment_plugin.plugin_files import resource_path, version
 from segment_plugin.processing.alg_engine_status import EngineStatusAlgorithm
 from segment_plugin.processing.alg_evaluate import EvaluateAlgorithm
+from segment_plugin.processing.alg_onnx import AddOnnxModelAlgorithm, ExportOnnxAlgorithm
 from segment_plugin.processing.alg_segment_layer import SegmentLayerAlgorithm
 from segment_plugin.processing.alg_training import ExportTrainingChipsAlgorithm, FineTuneAlgorithm
 from segment_plugin.processing.alg_vectorize import VectorizeAlgorithm
@@ -38,6 +39,8 @@ class SegmentProvider(QgsProcessingProvider):
             EvaluateAlgorithm(),
             ExportTrainingChipsAlgorithm(),
             FineTuneAlgorithm(),
+            ExportOnnxAlgorithm(),
+            AddOnnxModelAlgorithm(),
         )
         for algorithm in algorithms:
             self.addAlgorithm(algorithm)

@@ -222,3 +222,22 @@ def test_export_polygons_round_trips(dialog, tmp_path):
         f["class"] for f in polygons.getFeatures()
     )
     assert back.crs() == polygons.crs()
+
+
+def test_add_a_deepness_model_from_the_picker(dialog, tiny_models):
+    """Add ONNX model…: the model list reloads with it chosen, its classes in the card view."""
+    model = ROOT.parent / "shared/peers/deepness-test-models/dummy_segmentation_models"
+    model = model / "two_outputs_softmax_bsx2x512x512.onnx"
+    if not model.exists():
+        pytest.skip("../shared is absent")
+    try:
+        dialog.onnx_buttons.add_model(model)
+        name = model.stem
+        wait_until(lambda: dialog.model_combo.currentText() == name, timeout=120)
+        assert "Coffee" in dialog.card_view.toPlainText()
+        assert "2 outputs" in dialog.card_view.toPlainText()
+        assert dialog.onnx_buttons.add_button.isEnabled()
+    finally:
+        import shutil
+
+        shutil.rmtree(tiny_models / model.stem, ignore_errors=True)

@@ -202,9 +202,10 @@ class ModelPackage:
     def runtime(self, requested: str = "auto") -> str:
         """The runtime a run uses: as requested, or ``auto``.
 
-        ``auto``: ONNX Runtime where there is a model.onnx and ONNX Runtime is installed (on this
-        project's CPU it ran the bundled model 1.3× as fast as TensorFlow, docs/performance.md),
-        else Keras.
+        ``auto``: ONNX Runtime where there is a model.onnx and ONNX Runtime is installed, else
+        Keras. On this project's 2-core CPU the two run the bundled model's tiles about equally
+        fast, but a segment run under ONNX Runtime starts seconds sooner (no TensorFlow import)
+        and peaks at 0.73× the memory (tests/bench/bench_runtimes.py, docs/performance.md).
         """
         if requested not in RUNTIMES:
             raise ModelError(f"unknown runtime {requested!r} (one of {', '.join(RUNTIMES)})")
