@@ -68,12 +68,10 @@ def tensorflow_devices() -> list[dict[str, str]]:
 
 
 def engine_kind(packages: dict[str, str | None]) -> str:
-    """``full``, ``inference-only`` (no TensorFlow, no Keras: by choice) or ``incomplete``."""
-    if all(packages[name] for name in FULL_DISTRIBUTIONS):
-        return "full"
-    if not packages["tensorflow"] and not packages["keras"]:
+    """``inference-only`` (TensorFlow and Keras not importable), ``full`` or ``incomplete``."""
+    if not all(_importable(module) for module in ("tensorflow", "keras")):
         return "inference-only"
-    return "incomplete"
+    return "full" if all(packages[name] for name in FULL_DISTRIBUTIONS) else "incomplete"
 
 
 def _importable(module: str) -> bool:
@@ -111,7 +109,7 @@ def engine_info(probe_devices: bool = True) -> dict[str, Any]:
         "gpu": False,
         "device_error": None,
     }
-    if probe_devices and packages["tensorflow"] is not None:
+    if probe_devices and kind != "inference-only":
         try:
             report["devices"] = tensorflow_devices()
         except DependencyError as exc:

@@ -86,6 +86,11 @@ class AlgorithmDialog(QDialog):
         """Show what the engine found: auto → the device it will use; gpu disabled without one."""
         self._devices_task = None
         self.devices_known = show_devices(self.device_combo, outcome)
+        if outcome.ok:
+            self.engine_kind_known(outcome.data.get("kind", "full"))
+
+    def engine_kind_known(self, kind: str) -> None:
+        """The engine said which kind it is (``full``, ``inference-only``); a hook."""
 
     def wanted_model(self) -> str:
         """The model to select once the list is loaded: the one used last."""

@@ -28,6 +28,7 @@ from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QColorDialog,
     QComboBox,
+    QDialogButtonBox,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
@@ -239,6 +240,34 @@ class FineTuneDialog(AlgorithmDialog):
         right.addWidget(self.run_info)
         self.train_button = self.add_run_controls(right, "Train", "Cancel training")
         self.train_button.clicked.connect(self.train)
+        self.full_engine_button = QPushButton("Set up the full engine…")
+        self.full_engine_button.setToolTip(
+            "This engine is inference-only (ONNX Runtime, no TensorFlow): it segments but "
+            "cannot train. Create a full engine environment in the engine dialog."
+        )
+        self.full_engine_button.clicked.connect(self.set_up_full_engine)
+        self.buttons.addButton(self.full_engine_button, QDialogButtonBox.ActionRole)
+        self.full_engine_button.setVisible(False)  # after addButton, which shows it
+
+    def engine_kind_known(self, kind: str) -> None:
+        """An inference-only engine cannot train: say so before the user prepares a run."""
+        light = kind == "inference-only"
+        self.full_engine_button.setVisible(light)
+        self.train_button.setEnabled(not light)
+        if light:
+            self.run_info.setText(
+                "<b>Fine-tuning needs the full engine</b> (TensorFlow). This engine is "
+                "inference-only: it segments with ONNX models but cannot train."
+            )
+
+    def set_up_full_engine(self):
+        """The engine dialog, with the full kind chosen (it creates one in a new folder)."""
+        from segment_plugin.gui.dlg_engine import EngineDialog
+
+        dialog = EngineDialog(self)
+        dialog.kind_combo.setCurrentIndex(dialog.kind_combo.findData("full"))
+        dialog.show()
+        return dialog
 
     def _label_kind_changed(self, *_args) -> None:
         polygons = self.polygons_radio.isChecked()

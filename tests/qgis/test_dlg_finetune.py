@@ -191,3 +191,27 @@ def test_models_folder_that_cannot_be_written_is_one_clear_message(dialog, tmp_p
     wait_until(lambda: dialog.task is None, timeout=120)
     assert dialog.last_error.startswith("cannot create the models folder")
     assert "Traceback" not in dialog.status.text()
+
+
+def test_an_inference_only_engine_offers_the_full_one(plugin, monkeypatch, tmp_path):
+    """No TensorFlow in the engine: Train is off, the dialog says why and offers the setup."""
+    from segment_plugin.runner import ENV_PYTHON
+
+    engine = Path(segment_plugin.__file__).parents[1] / ".venv" / "bin" / "python"
+    blocker = Path(segment_plugin.__file__).parents[1] / "tests" / "engine" / "no_tensorflow"
+    light = tmp_path / "light-python"  # the full engine with TensorFlow and Keras made absent
+    light.write_text(f'#!/bin/sh\nPYTHONPATH="{blocker}" exec "{engine}" "$@"\n')
+    light.chmod(0o755)
+    monkeypatch.setenv(ENV_PYTHON, str(light))
+    next(a for a in plugin.actions if a.objectName() == "segment_plugin_fine_tune").trigger()
+    dlg = plugin._finetune_dialog
+    wait_until(lambda: dlg.full_engine_button.isVisible(), timeout=120)
+    assert not dlg.train_button.isEnabled()
+    assert "needs the full engine" in dlg.run_info.text()
+    assert fits_a_laptop(dlg) == []
+    grab(dlg, "finetune_dialog_inference_only.png")
+    setup = dlg.set_up_full_engine()
+    try:
+        assert setup.kind_combo.currentData() == "full"
+    finally:
+        setup.close()
