@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis docs demo package lint bench check-light clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -31,6 +31,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
+	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
 	@echo "make train-multisource  a multi-source candidate at 0.5 m (partial labels), resumable"
@@ -129,6 +130,22 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_runtimes.py | tee build/bench/bench_runtimes.json
+
+# Deepness side by side (docs/onnx.md): Deepness' own dependencies in a venv of their own that
+# sees QGIS's Python packages (Deepness' pins: onnxruntime <= 1.17, opencv <= 4.9, numpy < 2, so
+# numpy stays the one QGIS has). Exports the bundled model and runs it in both on the demo and a
+# 5000x5000 mosaic: wall, peak memory, agreement of the class maps.
+PEERS_VENV := .venv-peers
+PEERS_PINS := onnxruntime==1.17.0 opencv-python-headless==4.9.0.80
+$(PEERS_VENV)/.installed: .setup/apt
+	@test -x $(PEERS_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(PEERS_VENV)
+	numpy=$$($(SYSTEM_PYTHON) -c 'import numpy; print(numpy.__version__)'); \
+	$(PEERS_VENV)/bin/pip install -q --disable-pip-version-check $(PEERS_PINS) "numpy==$$numpy"
+	@touch $@
+
+bench-peers: setup $(PEERS_VENV)/.installed
+	@mkdir -p build/bench
+	set -o pipefail; $(PEERS_VENV)/bin/python tests/bench/bench_peers.py | tee build/bench/bench_peers.json
 
 # The inference-only engine for real: a fresh .venv-light (ENGINE_KIND=light), the tests that
 # say what it does, and both kinds' install time and size (fresh venvs in build/engines; pip's
