@@ -43,7 +43,7 @@ help:
 	@echo "make device-kit  what a GPU training run on a lent device machine needs, in .device/"
 
 setup: .setup/apt $(ENGINE_VENV)/.installed-$(ENGINE_KIND) $(QGIS_VENV)/.installed \
-	$(QGIS_VENV)/.docs-installed
+	$(QGIS_VENV)/.docs-installed .venv-peers/.installed
 
 # apt: install only what is missing, so a machine that has everything is not touched.
 .setup/apt:
@@ -135,6 +135,7 @@ bench: setup
 # sees QGIS's Python packages (Deepness' pins: onnxruntime <= 1.17, opencv <= 4.9, numpy < 2, so
 # numpy stays the one QGIS has). Exports the bundled model and runs it in both on the demo and a
 # 5000x5000 mosaic: wall, peak memory, agreement of the class maps.
+# (Part of setup: tests/qgis/test_deepness_interop.py runs our export in Deepness.)
 PEERS_VENV := .venv-peers
 PEERS_PINS := onnxruntime==1.17.0 opencv-python-headless==4.9.0.80
 $(PEERS_VENV)/.installed: .setup/apt

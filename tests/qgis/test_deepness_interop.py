@@ -1,0 +1,53 @@
+"""Our exported bundled model runs in the real Deepness plugin (0.6.5, ../shared/peers).
+
+Deepness' own ``MapProcessorSegmentation`` runs headless in a QGIS process with Deepness'
+pinned dependencies (``.venv-peers``, made by make setup), as tests/bench/bench_peers.py runs
+it; its class map must be the bundled model's map of the demo orthophoto.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import ROOT
+from qgis.core import QgsRasterLayer
+
+PEERS = ROOT.parent / "shared" / "peers" / "deepness-0.6.5.zip"
+DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+
+
+def test_exported_bundled_model_runs_in_deepness(engine_python, tmp_path):
+    if not PEERS.exists() or not DEMO.exists():
+        pytest.skip("../shared is absent")
+    assert PEERS_PYTHON.exists(), "no .venv-peers: run make setup"
+    model, ours = tmp_path / "landcover.onnx", tmp_path / "ours.tif"
+    cli = [str(engine_python), "-m", "segment_plugin.engine"]
+    subprocess.run([*cli, "export-onnx", "landcover", "--output", str(model)], check=True,
+                   capture_output=True, cwd=ROOT, timeout=300)  # fmt: skip
+    subprocess.run([*cli, "segment", str(DEMO), "--output", str(ours)], check=True,
+                   capture_output=True, cwd=ROOT, timeout=300)  # fmt: skip
+    build = ROOT / "build" / "peers"
+    if not (build / "deepness").is_dir():
+        with zipfile.ZipFile(PEERS) as archive:
+            archive.extractall(build)
+    theirs = tmp_path / "deepness.npy"
+    run = subprocess.run(
+        [str(PEERS_PYTHON), "tests/bench/bench_peers.py", "deepness", str(DEMO), str(model),
+         str(theirs)], capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1])["stride_px"] == 318
+    deepness = np.load(theirs)
+    layer = QgsRasterLayer(str(ours), "ours")
+    block = layer.dataProvider().block(1, layer.extent(), layer.width(), layer.height())
+    mine = np.frombuffer(bytes(block.data()), np.uint8).reshape(layer.height(), layer.width())
+    assert deepness.shape == mine.shape
+    assert set(np.unique(deepness)) <= {0, 1, 2, 3, 4}
+    # the same classes but for context: pasted tile centres vs blended tiles (docs/onnx.md)
+    assert (deepness == mine).mean() > 0.88
+    assert (deepness == 3).sum() > 0.4 * deepness.size  # the river, as water
