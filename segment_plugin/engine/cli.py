@@ -277,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="keras (TensorFlow) or onnx (ONNX Runtime); auto: ONNX where the model has one",
     )
+    seg.add_argument(
+        "--scheduler",
+        help="run the strips on Dask: 'local' (a cluster of --workers processes here) or a "
+        "scheduler's tcp://HOST:PORT (inputs and outputs on a filesystem every worker sees)",
+    )
+    seg.add_argument(
+        "--workers", type=at_least(1), default=2, help="processes of --scheduler local (default 2)"
+    )
     seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")
     seg.add_argument(
         "--keep-class-weights",

@@ -11,6 +11,7 @@ on the input's grid.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -292,7 +293,11 @@ def valid_pixels(src: Any, bands: Sequence[int], window: Any, shape: tuple[int, 
 
 
 class _Pipeline:
-    """Reader thread → model (calling thread) → writer thread, for one working grid."""
+    """Reader thread → model (calling thread) → writer thread, for rows of one working grid.
+
+    ``rows`` (first, last): the strip of the working grid this run writes, into a raster of
+    that strip's height (a part); it reads only the tile rows that cover it. Default: all.
+    """
 
     def __init__(
         self,
@@ -303,7 +308,10 @@ class _Pipeline:
         normalizer: Normalizer,
         batch: int,
         class_weights: Sequence[float] | None,
+        rows: tuple[int, int] | None = None,
     ) -> None:
+        self.rows = rows or (0, grid.height)
+        self.tile_rows = grid.tile_rows_for(*self.rows)
         self.src_path = src_path
         self.bands = list(bands)
         self.grid = grid
@@ -338,7 +346,7 @@ class _Pipeline:
         with rasterio.open(self.src_path) as src:
             where: list[tuple[int, int]] = []
             tiles: list[np.ndarray] = []
-            for row in self.grid.rows:
+            for row in (self.grid.rows[i] for i in self.tile_rows):
                 for col in self.grid.cols:
                     if stop.is_set():
                         return
@@ -373,7 +381,9 @@ class _Pipeline:
                     continue
                 if item is _DONE:
                     return
-                start, probs = item
+                start, probs = self._within_strip(*item)
+                if not len(probs):
+                    continue
                 probs = undo_class_weights(  # in place: these rows are ours alone
                     probs, self.class_weights, out=probs, renormalise=probs_dst is not None
                 )
@@ -383,12 +393,17 @@ class _Pipeline:
                 classes = self.codes[probs.argmax(axis=-1)]
                 classes[~valid] = IGNORE_CODE
                 counts += _count_codes(classes, self.codes)
-                window = Window(0, start, width, n)
+                window = Window(0, start - self.rows[0], width, n)
                 classes_dst.write(classes, 1, window=window)
                 if probs_dst is not None:
                     scaled = raster_io.as_uint8_probabilities(probs)
                     scaled[~valid] = 0
                     probs_dst.write(np.moveaxis(scaled, -1, 0), window=window)
+
+    def _within_strip(self, start: int, probs: np.ndarray) -> tuple[int, np.ndarray]:
+        """The rows of a finished block that belong to this strip (the others are incomplete)."""
+        first, last = max(start, self.rows[0]), min(start + len(probs), self.rows[1])
+        return first, probs[max(0, first - start) : max(0, last - start)]
 
     # -- the calling thread ----------------------------------------------------------------
     def run(
@@ -435,7 +450,10 @@ class _Pipeline:
     ) -> None:
         """Model calls and blending; the cancel token is checked between batches."""
         grid = self.grid
-        accumulator = RollingAccumulator(grid, len(self.codes), blend_window(grid.tile))
+        accumulator = RollingAccumulator(
+            grid, len(self.codes), blend_window(grid.tile), first_tile_row=self.tile_rows[0]
+        )
+        count = len(self.tile_rows) * len(grid.cols)
         done = 0
         started = time.monotonic()
         while True:
@@ -453,10 +471,10 @@ class _Pipeline:
             elapsed = time.monotonic() - started
             rate = done / elapsed if elapsed > 0 else 0.0
             reporter.progress(
-                done / grid.count,
-                f"{done}/{grid.count} tiles",
+                done / count,
+                f"{done}/{count} tiles",
                 tiles_per_s=round(rate, 2),
-                eta_s=round((grid.count - done) / rate, 1) if rate else None,
+                eta_s=round((count - done) / rate, 1) if rate else None,
             )
 
 
@@ -579,6 +597,67 @@ def _to_input_grid(
     return counts
 
 
+@dataclass(frozen=True)
+class SegmentJob:
+    """One segment job's plan: what each of its strip tasks needs, decided once.
+
+    Picklable, so that Dask ships it to workers: the input, the model package and how to run
+    it, the working and tile grids, the whole-raster statistics (a strip must normalise as the
+    whole raster does) and the working grid's raster profile.
+    """
+
+    input: str
+    model: str
+    runtime: str
+    device: str
+    bands: tuple[int, ...]
+    grid: TileGrid
+    wgrid: WorkingGrid
+    stats: Any
+    dtype: str
+    batch: int
+    tta: bool
+    class_weights: tuple[float, ...] | None
+    profile: dict[str, Any]
+
+    def part_profile(self, rows: tuple[int, int]) -> dict[str, Any]:
+        """The profile of a raster holding only working-grid rows ``rows``."""
+        from rasterio.transform import Affine
+
+        transform = self.profile["transform"] @ Affine.translation(0, rows[0])
+        return {**self.profile, "height": rows[1] - rows[0], "transform": transform}
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_model(model: str, runtime: str, device: str) -> tuple[Any, str]:
+    """A Dask worker process loads each model once, not once per task."""
+    return load_for_inference(ModelPackage.open(model), runtime, device, Reporter())
+
+
+def run_strip(
+    job: SegmentJob,
+    rows: tuple[int, int],
+    paths: list[Path],
+    reporter: Reporter | None = None,
+    loaded: tuple[Any, str] | None = None,
+) -> np.ndarray:
+    """One task: working-grid rows ``rows`` of ``job`` into ``paths``; its class pixel counts.
+
+    The rasters at ``paths`` are as high as the strip. ``reporter``: none on a Dask worker
+    (the client reports progress). ``loaded``: the (model, device) to use instead of loading it
+    (a single-process run has it already).
+    """
+    reporter = reporter or Reporter()
+    card = ModelPackage.open(job.model).card
+    model, device = loaded or _worker_model(job.model, job.runtime, job.device)
+    normalizer = Normalizer(card, job.stats, job.dtype)
+    pipeline = _Pipeline(
+        job.input, job.bands, job.grid, job.wgrid, normalizer, job.batch, job.class_weights, rows
+    )
+    predictor = Predictor(model, device, job.tta, reporter)
+    return pipeline.run(predictor, paths, job.part_profile(rows), reporter)
+
+
 def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str, Any]:
     """Segment ``params.input`` into ``params.output`` (and optional probabilities, polygons)."""
     reporter = reporter or Reporter()
@@ -647,10 +726,27 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
                 width=wgrid.width,
                 transform=src.transform @ Affine.scale(1 / wgrid.fx, 1 / wgrid.fy),
             )
-        weights = None if params.keep_class_weights else card.class_weights
-        pipeline = _Pipeline(src.name, bands, grid, wgrid, normalizer, params.batch, weights)
-        predictor = Predictor(model, device, params.tta, reporter)
-        counts = pipeline.run(predictor, working, profile, reporter)
+        job = SegmentJob(
+            input=src.name,
+            model=str(package.path),
+            runtime=params.runtime,
+            device=params.device,
+            bands=tuple(bands),
+            grid=grid,
+            wgrid=wgrid,
+            stats=stats,
+            dtype=src.dtypes[bands[0] - 1],
+            batch=params.batch,
+            tta=params.tta,
+            class_weights=None if params.keep_class_weights else card.class_weights,
+            profile=profile,
+        )
+        if params.scheduler is None:  # the same plan as one task, in this process
+            counts = run_strip(job, (0, grid.height), working, reporter, (model, device))
+        else:
+            from segment_plugin.engine.scaleout import run_on_dask
+
+            counts = run_on_dask(job, working, params.scheduler, params.workers, reporter)
         if wgrid.resampled:
             reporter.log("writing the result back on the input grid")
             counts = _to_input_grid(src, bands, working, finals, wgrid, card)

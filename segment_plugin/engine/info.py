@@ -27,6 +27,7 @@ INFERENCE_DISTRIBUTIONS = (
     "geopandas",
     "pyogrio",
     "pyproj",
+    "distributed",
 )
 #: ... and what the full engine adds: Keras models, training, ONNX export.
 FULL_DISTRIBUTIONS = ("tensorflow", "keras", "onnx", "tf2onnx")

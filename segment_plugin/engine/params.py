@@ -83,6 +83,10 @@ class SegmentParams(JobParams):
     batch: int = 4
     device: str = "auto"
     runtime: str = "auto"  # keras, onnx, or auto: ONNX Runtime where the model has a model.onnx
+    # Dask: "local" (a LocalCluster of `workers` processes) or a scheduler's tcp://host:port;
+    # None: one process (the same plan, as one task)
+    scheduler: str | None = None
+    workers: int = 2
     tta: bool = False
     # keep the bias the loss's class weights gave the outputs (see inference.undo_class_weights)
     keep_class_weights: bool = False
@@ -104,6 +108,13 @@ class SegmentParams(JobParams):
             self.bands = tuple(int(b) for b in self.bands)
         _check_device(self.device)
         _check_runtime(self.runtime)
+        if self.workers < 1:
+            raise InputError(f"workers must be at least 1, got {self.workers}")
+        if self.scheduler not in (None, "local") and "://" not in self.scheduler:
+            raise InputError(
+                f"--scheduler is 'local' or a Dask scheduler's address (tcp://host:port), "
+                f"not {self.scheduler!r}"
+            )
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         if self.tile is not None and self.tile < 16:

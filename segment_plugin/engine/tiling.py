@@ -84,6 +84,22 @@ class TileGrid:
         """Number of tiles."""
         return len(self.rows) * len(self.cols)
 
+    def tile_rows_for(self, first: int, last: int) -> list[int]:
+        """Indexes of the tile rows that cover grid rows ``first`` to ``last`` (exclusive)."""
+        return [i for i, row in enumerate(self.rows) if row < last and row + self.tile > first]
+
+
+def strip_bounds(grid: TileGrid, count: int) -> list[tuple[int, int]]:
+    """Row ranges of ``count`` strips of about equal tile rows, cut at tile-row origins.
+
+    A strip's rows are finished by the tile rows that cover them alone, so a strip segmented by
+    itself (with :meth:`TileGrid.tile_rows_for`) gives exactly the rows a whole run gives there.
+    """
+    origins = grid.rows
+    count = max(1, min(count, len(origins)))
+    cuts = sorted({origins[round(k * len(origins) / count)] for k in range(count)})
+    return list(zip(cuts, cuts[1:] + [grid.height]))
+
 
 class RollingAccumulator:
     """Weighted sums of probabilities for the rows still open; finished rows are handed out.
@@ -94,17 +110,19 @@ class RollingAccumulator:
     ``tile × width × classes`` floats whatever the raster's height.
     """
 
-    def __init__(self, grid: TileGrid, classes: int, window: np.ndarray) -> None:
+    def __init__(
+        self, grid: TileGrid, classes: int, window: np.ndarray, first_tile_row: int = 0
+    ) -> None:
         self.grid = grid
         self.classes = classes
         self.window = window[:, :, None]
-        self.start = 0  # grid row held in buffer row 0
+        self.start = grid.rows[first_tile_row]  # grid row held in buffer row 0
         rows = min(grid.tile, grid.height)
         self.sums = np.zeros((rows, grid.width, classes), np.float32)
         self.weights = np.zeros((rows, grid.width, 1), np.float32)
         self._scratch = np.empty((grid.tile, grid.tile, classes), np.float32)
         self._origins = grid.rows
-        self._next_row = 0  # index of the tile row being filled
+        self._next_row = first_tile_row  # index of the tile row being filled
 
     def add(self, row: int, col: int, probs: np.ndarray) -> None:
         """Add one tile's probabilities (tile, tile, classes), cropped to the grid."""

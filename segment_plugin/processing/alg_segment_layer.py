@@ -98,6 +98,18 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
                 defaultValue=0,
             )
         )
+        self.addParameter(
+            QgsProcessingParameterString(
+                "SCHEDULER",
+                "Dask scheduler (empty: this computer; 'local': a cluster of WORKERS processes "
+                "here; tcp://host:port: a cluster whose workers see the input and output folder)",
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber("WORKERS", "Workers (with 'local')", defaultValue=2,
+                                         minValue=1)
+        )  # fmt: skip
         self.addParameter(QgsProcessingParameterBoolean("TTA", "Test-time augmentation", False))
         self.addParameter(
             QgsProcessingParameterBoolean(
@@ -148,6 +160,10 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
                 args += [flag, str(value)]
         args += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
         args += ["--runtime", RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)]]
+        scheduler = self.parameterAsString(parameters, "SCHEDULER", context).strip()
+        if scheduler:
+            workers = self.parameterAsInt(parameters, "WORKERS", context)
+            args += ["--scheduler", scheduler, "--workers", str(workers)]
         if self.parameterAsBoolean(parameters, "TTA", context):
             args.append("--tta")
         if self.parameterAsBoolean(parameters, "KEEP_CLASS_WEIGHTS", context):

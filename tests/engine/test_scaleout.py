@@ -1,0 +1,164 @@
+"""segment on Dask: one plan, strips as tasks, parts joined; the same raster as one process.
+
+Real Dask processes: a LocalCluster of 2 workers, and a ``dask scheduler`` with a ``dask
+worker`` started as separate processes on 127.0.0.1 (what a cluster is).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import cancel_mid_run, events, run_cli, scene, shared_raster, write_raster
+
+from segment_plugin.engine.tiling import TileGrid, strip_bounds
+
+MANILA = "oam_manila_ph_rgb_10cm.tif"
+DASK = Path(sys.executable).parent / "dask"
+
+
+def test_strips_cover_the_grid_cut_at_tile_rows():
+    grid = TileGrid(2048, 900, 512, 192)  # tile rows at 0, 320, ... 1536
+    for count in (1, 2, 3, 4, 5, 99):
+        bounds = strip_bounds(grid, count)
+        assert bounds[0][0] == 0 and bounds[-1][1] == 2048
+        assert all(a < b and b == c for (a, b), (c, _) in zip(bounds, bounds[1:]))
+        assert {a for a, _ in bounds} <= set(grid.rows)
+    assert len(strip_bounds(grid, 99)) == len(grid.rows)
+    assert grid.tile_rows_for(640, 960) == [1, 2]  # 320..832 and 640..1152; 960.. starts after
+
+
+def test_strips_segmented_apart_equal_one_run(tiny_model, tmp_path):
+    """The task itself, no Dask: strips segmented one by one and stacked are the whole run."""
+    from segment_plugin.engine.inference import segment
+    from segment_plugin.engine.params import SegmentParams
+
+    raster = write_raster(tmp_path / "scene.tif", scene(700, 300))
+    whole = tmp_path / "whole.tif"
+    segment(SegmentParams(raster, whole, model=str(tiny_model), tile=64, overlap=24))
+    from segment_plugin.engine.inference import run_strip
+
+    job = _job(raster, tiny_model)
+    stacked = []
+    for k, rows in enumerate(strip_bounds(job.grid, 5)):
+        part = tmp_path / f"part{k}.tif"
+        run_strip(job, rows, [part])
+        with rasterio.open(part) as src:
+            assert src.height == rows[1] - rows[0]
+            top = job.profile["transform"]
+            assert src.transform.f == pytest.approx(top.f + top.e * rows[0])
+            stacked.append(src.read(1))
+    with rasterio.open(whole) as src:
+        assert np.array_equal(np.concatenate(stacked), src.read(1))
+
+
+def _job(raster, model):
+    """The plan segment makes for ``raster`` at tile 64 / overlap 24 (as above)."""
+    from segment_plugin.engine.inference import SegmentJob, WorkingGrid
+    from segment_plugin.engine.models.package import ModelPackage
+    from segment_plugin.engine.normalize import raster_stats
+
+    card = ModelPackage.open(model).card
+    with rasterio.open(raster) as src:
+        stats = raster_stats(src, (1, 2, 3), card.normalization.low, card.normalization.high)
+        return SegmentJob(
+            input=str(raster), model=str(model), runtime="auto", device="cpu",
+            bands=(1, 2, 3), grid=TileGrid(src.height, src.width, 64, 24),
+            wgrid=WorkingGrid(src.height, src.width, 1.0, 1.0), stats=stats,
+            dtype=src.dtypes[0], batch=4, tta=False, class_weights=None,
+            profile=dict(src.profile),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The bundled model's classes and probabilities of the Manila tile, in one process."""
+    raster = shared_raster(MANILA)
+    out = tmp_path_factory.mktemp("single")
+    run = run_cli("segment", str(raster), "--output", str(out / "c.tif"),
+                  "--probabilities", str(out / "p.tif"), "--progress", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return raster, out, events(run.stdout)[-2]["data"]
+
+
+def _same_rasters(a: Path, b: Path) -> None:
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        assert x.profile["transform"] == y.profile["transform"] and x.crs == y.crs
+        assert np.array_equal(x.read(), y.read())
+
+
+def test_local_cluster_gives_the_single_process_rasters(single, tmp_path):
+    raster, one, expected = single
+    run = run_cli(
+        "segment", str(raster), "--output", str(tmp_path / "c.tif"),
+        "--probabilities", str(tmp_path / "p.tif"), "--scheduler", "local", "--workers", "2",
+        "--progress", "json", timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = events(run.stdout)
+    assert any("4 strips on 2 workers" in e.get("message", "") for e in got)
+    assert got[-2]["data"]["class_pixels"] == expected["class_pixels"]
+    _same_rasters(one / "c.tif", tmp_path / "c.tif")
+    _same_rasters(one / "p.tif", tmp_path / "p.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.qml", "c.tif", "c.tif.aux.xml",
+                                                          "p.tif"]  # fmt: skip
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """``dask scheduler`` and one ``dask worker`` as separate processes on 127.0.0.1."""
+    info = tmp_path / "scheduler.json"
+    procs = [
+        subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                          "--no-dashboard", "--scheduler-file", str(info)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not info.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        address = json.loads(info.read_text())["address"]
+        procs.append(
+            subprocess.Popen([str(DASK), "worker", address, "--nworkers", "1", "--nthreads",
+                              "1", "--no-dashboard"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )  # fmt: skip
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+
+
+def test_a_separate_scheduler_and_worker_give_the_same_raster(single, cluster, tmp_path):
+    raster, one, _ = single
+    run = run_cli("segment", str(raster), "--output", str(tmp_path / "c.tif"),
+                  "--scheduler", cluster, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "on 1 workers" in run.stderr or "on 1 workers" in run.stdout
+    _same_rasters(one / "c.tif", tmp_path / "c.tif")
+
+
+def test_unreachable_scheduler_is_one_clear_error(tmp_path):
+    raster = shared_raster(MANILA)
+    run = run_cli("segment", str(raster), "--output", str(tmp_path / "c.tif"),
+                  "--scheduler", "tcp://127.0.0.1:9", timeout=120)  # fmt: skip
+    assert run.returncode == 2
+    assert "cannot reach the Dask scheduler tcp://127.0.0.1:9" in run.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cancel_on_dask_leaves_nothing(tmp_path):
+    raster = shared_raster(MANILA)
+    command = [sys.executable, "-m", "segment_plugin.engine", "segment", str(raster),
+               "--output", str(tmp_path / "c.tif"), "--scheduler", "local", "--workers", "2",
+               "--progress", "json"]  # fmt: skip
+    code, seconds, _ = cancel_mid_run(command)
+    assert code == 130 and seconds < 15
+    assert list(tmp_path.iterdir()) == []  # no output, no parts folder
