@@ -65,7 +65,8 @@ class OnnxModelButtons(QWidget):
     def add_model(self, path: Path) -> EngineCommandTask:
         """``models --add path`` in the background; the list reloads on the new model."""
         self._report(f"adding {path.name}…")
-        return self._run(["models", "--add", str(path), "--overwrite"], self._added)
+        # no --overwrite: a model of that name is the user's to remove, the message says so
+        return self._run(["models", "--add", str(path)], self._added)
 
     def export_model(self, model: str, path: Path) -> EngineCommandTask:
         """``export-onnx model --output path`` in the background."""
