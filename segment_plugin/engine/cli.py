@@ -71,7 +71,29 @@ def _band_list(text: str) -> tuple[int, ...]:
 def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.inference import segment
     from segment_plugin.engine.params import SegmentParams
+    from segment_plugin.engine.segment_many import expand_inputs, segment_many
 
+    inputs = expand_inputs(args.input)
+    if args.output_dir is not None:
+        if args.output or args.probabilities or args.vector:
+            raise InputError(
+                "with --output-dir each class raster goes there as <name>_<model>.tif: "
+                "--output, --probabilities and --vector are for one input"
+            )
+        template = argparse.Namespace(
+            **{**vars(args), "input": inputs[0], "output": args.output_dir / "_.tif"}
+        )
+        many = segment_many(
+            params_from_args(SegmentParams, template), inputs, args.output_dir, reporter
+        )
+        reporter.result(**many)
+        if args.progress == "text":
+            for result in many["outputs"]:
+                print(f"wrote {result['output']} ({result['seconds']} s)")
+        return
+    if len(inputs) != 1 or args.output is None:
+        raise InputError("give --output FILE for one input, or --output-dir DIR for several")
+    args.input = inputs[0]
     result = segment(params_from_args(SegmentParams, args), reporter)
     reporter.result(**result)
     if args.progress == "text":
@@ -260,8 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tiled, blended inference on a raster of any size; writes a class GeoTIFF "
         "on the input's grid with a colour table and a .qml style beside it.",
     )
-    seg.add_argument("input", type=Path, help="raster to segment (any GDAL-readable file)")
-    seg.add_argument("--output", required=True, type=Path, help="class raster to write (GeoTIFF)")
+    seg.add_argument(
+        "input",
+        type=Path,
+        nargs="+",
+        help="raster(s) to segment (any GDAL-readable file), folders of rasters, glob patterns",
+    )
+    seg.add_argument("--output", type=Path, help="class raster to write (GeoTIFF), one input")
+    seg.add_argument(
+        "--output-dir",
+        type=Path,
+        help="for several inputs: each class raster goes here as <name>_<model>.tif",
+    )
     seg.add_argument("--model", default="landcover", help="bundled/user model name or folder")
     seg.add_argument("--probabilities", type=Path, help="also write class probabilities (uint8)")
     seg.add_argument("--vector", type=Path, help="also write class polygons (.shp or .gpkg)")

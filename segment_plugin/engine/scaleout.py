@@ -16,7 +16,8 @@ import shutil
 import socket
 import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,9 @@ from segment_plugin.engine.tiling import strip_bounds
 STRIPS_PER_WORKER = 2  # a worker that finishes early takes another strip
 
 
-def run_on_dask(
-    job: SegmentJob, paths: list[Path], scheduler: str, workers: int, reporter: Reporter
-) -> np.ndarray:
-    """Segment ``job`` on Dask into ``paths``; returns the class pixel counts."""
+@contextmanager
+def dask_client(scheduler: str, workers: int) -> Iterator[Any]:
+    """A client of ``scheduler``: ``local`` starts a LocalCluster of ``workers`` processes."""
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -51,18 +51,27 @@ def run_on_dask(
                     silence_logs=40,
                 )  # fmt: skip
             )
-            client = stack.enter_context(Client(cluster))
-        else:
-            _reachable(scheduler)
-            try:
-                client = stack.enter_context(Client(scheduler, timeout=30))
-                client.wait_for_workers(1, timeout=60)
-            except TimeoutError as exc:  # (an OSError: first)
-                raise InputError(
-                    f"no Dask worker joined {scheduler} within 60 s (or it did not answer)"
-                ) from exc
-            except OSError as exc:
-                raise InputError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from exc
+            yield stack.enter_context(Client(cluster))
+            return
+        _reachable(scheduler)
+        try:
+            client = stack.enter_context(Client(scheduler, timeout=30))
+            client.wait_for_workers(1, timeout=60)
+        except TimeoutError as exc:  # (an OSError: first)
+            raise InputError(
+                f"no Dask worker joined {scheduler} within 60 s (or it did not answer)"
+            ) from exc
+        except OSError as exc:
+            raise InputError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from exc
+        yield client
+
+
+def run_on_dask(
+    job: SegmentJob, paths: list[Path], scheduler: str, workers: int, reporter: Reporter
+) -> np.ndarray:
+    """Segment ``job`` on Dask into ``paths``; returns the class pixel counts."""
+    with ExitStack() as stack:
+        client = stack.enter_context(dask_client(scheduler, workers))
         count = max(1, len(client.scheduler_info()["workers"])) * STRIPS_PER_WORKER
         strips = strip_bounds(job.grid, count)
         folder = Path(tempfile.mkdtemp(dir=paths[0].parent, prefix=f".{paths[0].stem}.",

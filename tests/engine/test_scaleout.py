@@ -162,3 +162,52 @@ def test_cancel_on_dask_leaves_nothing(tmp_path):
     code, seconds, _ = cancel_mid_run(command)
     assert code == 130 and seconds < 15
     assert list(tmp_path.iterdir()) == []  # no output, no parts folder
+
+
+def _rasters(folder: Path, count: int) -> list[Path]:
+    folder.mkdir()
+    return [
+        write_raster(folder / f"r{k}.tif", scene(150 + 40 * k, 170, seed=k)) for k in range(count)
+    ]
+
+
+def test_many_inputs_one_run_folder_glob_and_cluster(tiny_model, tmp_path):
+    """A folder and a pattern expand to rasters; each lands in --output-dir named for the
+    model; a LocalCluster serving all of them writes the same rasters."""
+    rasters = _rasters(tmp_path / "in", 3)
+    common = ["--model", str(tiny_model), "--tile", "64", "--progress", "json"]
+    one = run_cli("segment", str(rasters[0]), str(tmp_path / "in" / "r[12].tif"),
+                  "--output-dir", str(tmp_path / "one"), *common)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    result = events(one.stdout)[-2]["data"]
+    assert result["rasters"] == 3
+    names = sorted(p.name for p in (tmp_path / "one").glob("*.tif"))
+    assert names == ["r0_tiny.tif", "r1_tiny.tif", "r2_tiny.tif"]
+    dask = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "dask"),
+                   "--scheduler", "local", *common, timeout=300)  # fmt: skip
+    assert dask.returncode == 0, dask.stderr
+    logs = [e.get("message", "") for e in events(dask.stdout)]
+    assert sum("strips on 2 workers" in m for m in logs) == 3  # one cluster, three plans
+    for name in names:
+        _same_rasters(tmp_path / "one" / name, tmp_path / "dask" / name)
+
+
+def test_many_inputs_refusals(tiny_model, tmp_path, capsys):
+    """One clear error each (the CLI in this process: it is the messages that are tested)."""
+    from segment_plugin.engine import cli
+
+    rasters = _rasters(tmp_path / "in", 2)
+    two = [str(r) for r in rasters]
+    for args, message in (
+        ([*two, "--output", str(tmp_path / "x.tif")], "--output-dir DIR for several"),
+        ([*two, "--output-dir", str(tmp_path / "o"), "--vector", str(tmp_path / "v.gpkg")],
+         "--probabilities and --vector are for one input"),
+        ([str(tmp_path / "in" / "nothing*.tif"), "--output-dir", str(tmp_path / "o")],
+         "no file matches"),
+        ([two[0], two[0].replace("/in/", "/in/../in/"), "--output-dir", str(tmp_path / "o")],
+         "several inputs would write r0_tiny.tif"),
+    ):  # fmt: skip
+        assert cli.main(["segment", *args, "--model", str(tiny_model)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
