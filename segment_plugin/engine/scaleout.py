@@ -49,7 +49,8 @@ def dask_client(scheduler: str, workers: int) -> Iterator[Any]:
                     processes=True,
                     dashboard_address=None,
                     silence_logs=40,
-                )  # fmt: skip
+                    env=_thread_limits(workers),
+                )
             )
             yield stack.enter_context(Client(cluster))
             return
@@ -64,6 +65,19 @@ def dask_client(scheduler: str, workers: int) -> Iterator[Any]:
         except OSError as exc:
             raise InputError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from exc
         yield client
+
+
+def _thread_limits(workers: int) -> dict[str, str]:
+    """Each local worker's share of the cores for the model's thread pools.
+
+    ONNX Runtime, TensorFlow and OpenMP each size their pool to the machine: left alone, every
+    worker's model takes every core.
+    """
+    from segment_plugin.engine.models.onnx_model import THREADS_VARIABLE
+
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    names = (THREADS_VARIABLE, "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
+    return {name: share for name in names}
 
 
 def run_on_dask(

@@ -10,6 +10,7 @@ runs PyTorch-style NCHW models; ours are exported the same way so that Deepness 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from segment_plugin.engine.errors import DependencyError, ModelError
 from segment_plugin.engine.models.package import ClassInfo, ModelCard, Normalization
 
 CARD_KEY = "segment_plugin_card"
+THREADS_VARIABLE = "SEGMENT_PLUGIN_THREADS"
 # colours for classes a Deepness file names without any (background first, as in its outputs)
 _PALETTE = (
     "#F5F5DC", "#D7191C", "#1A9641", "#2B83BA", "#FDAE61", "#984EA3", "#A6D96A", "#FFFF33",
@@ -55,8 +57,13 @@ def providers(device: str) -> list[str]:
 
 def _session(path: Path, device: str = "cpu") -> Any:
     ort = onnxruntime()
+    options = ort.SessionOptions()
+    # set for Dask's local worker processes: the machine's cores shared out, not each taking all
+    threads = int(os.environ.get(THREADS_VARIABLE) or 0)
+    if threads > 0:
+        options.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), providers=providers(device))
+        return ort.InferenceSession(str(path), options, providers=providers(device))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
         raise ModelError(f"{path.name}: not a readable ONNX model ({exc})") from exc
 
