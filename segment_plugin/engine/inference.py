@@ -373,7 +373,7 @@ class _Pipeline:
 
         width = self.grid.width
         with rasterio.open(self.src_path) as src, ExitStack() as opened:
-            classes_dst, probs_dst = _create_outputs(opened, paths, profile, self.normalizer.card)
+            classes_dst, probs_dst = create_outputs(opened, paths, profile, self.normalizer.card)
             while not stop.is_set():
                 try:
                     item = rows_in.get(timeout=0.2)
@@ -535,7 +535,7 @@ def _count_codes(classes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return np.bincount(classes.ravel(), minlength=256)[codes]
 
 
-def _create_outputs(
+def create_outputs(
     stack: ExitStack, paths: list[Path], profile: dict[str, Any], card: ModelCard
 ) -> tuple[Any, Any]:
     """Open the class raster (and the probabilities raster) for writing, fully described."""
@@ -574,7 +574,7 @@ def _to_input_grid(
     counts = np.zeros(len(codes), np.int64)
     with ExitStack() as stack:
         sources = [stack.enter_context(rasterio.open(p)) for p in working]
-        classes_dst, probs_dst = _create_outputs(stack, finals, src.profile, card)
+        classes_dst, probs_dst = create_outputs(stack, finals, src.profile, card)
         for row in range(0, src.height, raster_io.OUTPUT_BLOCK):
             n = min(raster_io.OUTPUT_BLOCK, src.height - row)
             window = Window(0, row, src.width, n)

@@ -25,7 +25,7 @@ import numpy as np
 
 from segment_plugin.engine import raster_io
 from segment_plugin.engine.errors import DependencyError, InputError
-from segment_plugin.engine.inference import SegmentJob, _create_outputs, run_strip
+from segment_plugin.engine.inference import SegmentJob, create_outputs, run_strip
 from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.progress import Reporter
 from segment_plugin.engine.tiling import strip_bounds
@@ -169,7 +169,7 @@ def _assemble(job: SegmentJob, strips: list, parts: list[list[Path]], paths: lis
 
     card = ModelPackage.open(job.model).card
     with ExitStack() as stack:
-        targets = _create_outputs(stack, paths, job.profile, card)
+        targets = create_outputs(stack, paths, job.profile, card)
         for (first, last), files in zip(strips, parts):
             for target, file in zip(targets, files):
                 if target is None:
