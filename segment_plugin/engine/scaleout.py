@@ -86,16 +86,13 @@ def run_on_dask(
     """Segment ``job`` on Dask into ``paths``; returns the class pixel counts."""
     with ExitStack() as stack:
         client = stack.enter_context(dask_client(scheduler, workers))
-        count = max(1, len(client.scheduler_info()["workers"])) * STRIPS_PER_WORKER
-        strips = strip_bounds(job.grid, count)
+        joined = len(client.scheduler_info()["workers"])
+        strips = strip_bounds(job.grid, max(1, joined) * STRIPS_PER_WORKER)
         folder = Path(tempfile.mkdtemp(dir=paths[0].parent, prefix=f".{paths[0].stem}.",
                                        suffix=".parts"))  # fmt: skip
         stack.callback(shutil.rmtree, folder, True)
         _check_workers(client, job.input, folder)
-        reporter.log(
-            f"Dask: {len(strips)} strips on {len(client.scheduler_info()['workers'])} workers "
-            f"({scheduler})"
-        )
+        reporter.log(f"Dask: {len(strips)} strips on {joined} workers ({scheduler})")
         parts = [[folder / f"{k:04d}_{p.name}" for p in paths] for k in range(len(strips))]
         futures = [
             client.submit(run_strip, job, rows, part, pure=False)
@@ -141,12 +138,13 @@ def _gather(client: Any, futures: list, job: SegmentJob, strips: list, reporter:
 
 def _check_workers(client: Any, source: str, folder: Path) -> None:
     """Every worker must read the input and write the parts folder (a shared filesystem)."""
-    problems = {w: p for w, p in client.run(_probe, source, str(folder)).items() if p}
+    answers = client.run(_probe, source, str(folder))  # one per worker
+    problems = {worker: problem for worker, problem in answers.items() if problem}
     if problems:
         worker, problem = next(iter(problems.items()))
         raise InputError(
-            f"Dask worker {worker} ({len(problems)} of {len(client.scheduler_info()['workers'])})"
-            f" {problem}: inputs and outputs must be on a filesystem every worker sees"
+            f"Dask worker {worker} ({len(problems)} of {len(answers)}) {problem}: "
+            "inputs and outputs must be on a filesystem every worker sees"
         )
 
 

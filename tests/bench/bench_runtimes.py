@@ -18,7 +18,7 @@ import numpy as np
 import rasterio
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_segment import DEMO, WORK, bench_model, model_only_seconds, mosaic, segment_process  # noqa: E402
+from bench_segment import WORK, bench_setup, model_only_seconds, mosaic, segment_process  # noqa: E402
 
 from segment_plugin.engine.models.package import ModelPackage  # noqa: E402
 
@@ -27,11 +27,7 @@ REPEATS = 3
 
 
 def main() -> None:
-    if not DEMO.exists():
-        print(json.dumps({"error": f"{DEMO} is missing: the bench needs ../shared/data"}))
-        sys.exit(1)
-    WORK.mkdir(parents=True, exist_ok=True)
-    model_dir, note = bench_model()
+    model_dir, note = bench_setup()
     package = ModelPackage.open(model_dir)
     if set(package.runtimes) != set(RUNTIMES):
         print(json.dumps({"error": f"{model_dir} needs model.keras and model.onnx"}))

@@ -275,12 +275,17 @@ def seam_agreement(package: ModelPackage) -> dict:
     return results
 
 
-def main() -> None:
+def bench_setup() -> tuple[Path, str]:
+    """What every segmentation bench starts with: the data checked, its folder, the model."""
     if not DEMO.exists():
         print(json.dumps({"error": f"{DEMO} is missing: the bench needs ../shared/data"}))
         sys.exit(1)
     WORK.mkdir(parents=True, exist_ok=True)
-    model_dir, model_note = bench_model()
+    return bench_model()
+
+
+def main() -> None:
+    model_dir, model_note = bench_setup()
     package = ModelPackage.open(model_dir)
     small, large = mosaic(5000), mosaic(20000)
     # The processes are measured before this one loads TensorFlow: on Linux a child's peak RSS
