@@ -68,6 +68,17 @@ def _band_list(text: str) -> tuple[int, ...]:
     return bands
 
 
+def _add_dask(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scheduler",
+        help="run on Dask, by ranges of rows: 'local' (a cluster of --workers processes here) "
+        "or a scheduler's tcp://HOST:PORT (inputs and outputs on a filesystem every worker sees)",
+    )
+    parser.add_argument(
+        "--workers", type=at_least(1), default=2, help="processes of --scheduler local (default 2)"
+    )
+
+
 def _cmd_segment(args: argparse.Namespace, reporter: Reporter) -> None:
     from segment_plugin.engine.inference import segment
     from segment_plugin.engine.params import SegmentParams
@@ -309,14 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="keras (TensorFlow) or onnx (ONNX Runtime); auto: ONNX where the model has one",
     )
-    seg.add_argument(
-        "--scheduler",
-        help="run the strips on Dask: 'local' (a cluster of --workers processes here) or a "
-        "scheduler's tcp://HOST:PORT (inputs and outputs on a filesystem every worker sees)",
-    )
-    seg.add_argument(
-        "--workers", type=at_least(1), default=2, help="processes of --scheduler local (default 2)"
-    )
+    _add_dask(seg)
     seg.add_argument("--tta", action="store_true", help="average over flipped copies (4× slower)")
     seg.add_argument(
         "--keep-class-weights",
@@ -343,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vec.add_argument("--smooth", action="store_true", help="3×3 majority filter first")
     vec.add_argument("--layer", help="GeoPackage layer name (default: the file name)")
+    _add_dask(vec)
     vec.add_argument("--overwrite", action="store_true", help="replace an existing output")
     _add_common(vec)
     vec.set_defaults(handler=_cmd_vectorize)

@@ -668,7 +668,10 @@ def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str
 
     outputs.check_output_path(params.vector, params.input, params.overwrite)
     result = _segment(params, ScaledReporter(reporter, 0.0, 0.85))
-    vector = VectorizeParams(params.output, params.vector, overwrite=params.overwrite)
+    vector = VectorizeParams(
+        params.output, params.vector, scheduler=params.scheduler, workers=params.workers,
+        overwrite=params.overwrite,
+    )  # fmt: skip
     result["vector"] = vectorize(vector, ScaledReporter(reporter, 0.85, 1.0))
     return result
 

@@ -23,6 +23,16 @@ def _check_runtime(runtime: str) -> None:
         raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
 
 
+def _check_scheduler(scheduler: str | None, workers: int) -> None:
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    if scheduler not in (None, "local") and "://" not in scheduler:
+        raise InputError(
+            f"--scheduler is 'local' or a Dask scheduler's address (tcp://host:port), "
+            f"not {scheduler!r}"
+        )
+
+
 def _check_device(device: str) -> None:
     if device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
@@ -108,13 +118,7 @@ class SegmentParams(JobParams):
             self.bands = tuple(int(b) for b in self.bands)
         _check_device(self.device)
         _check_runtime(self.runtime)
-        if self.workers < 1:
-            raise InputError(f"workers must be at least 1, got {self.workers}")
-        if self.scheduler not in (None, "local") and "://" not in self.scheduler:
-            raise InputError(
-                f"--scheduler is 'local' or a Dask scheduler's address (tcp://host:port), "
-                f"not {self.scheduler!r}"
-            )
+        _check_scheduler(self.scheduler, self.workers)
         if self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         if self.tile is not None and self.tile < 16:
@@ -138,6 +142,8 @@ class VectorizeParams(JobParams):
     simplify: float | None = None  # metres: topology-preserving simplification tolerance
     smooth: bool = False  # 3×3 majority filter before polygonising
     layer: str | None = None  # GeoPackage layer name; None: the file's stem
+    scheduler: str | None = None  # Dask, as for segment; None: one process
+    workers: int = 2
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -151,6 +157,7 @@ class VectorizeParams(JobParams):
             raise InputError(f"min-area must not be negative, got {self.min_area}")
         if self.simplify is not None and self.simplify < 0:
             raise InputError(f"simplify must not be negative, got {self.simplify}")
+        _check_scheduler(self.scheduler, self.workers)
 
 
 LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lovasz")

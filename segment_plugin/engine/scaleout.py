@@ -1,12 +1,14 @@
-"""Segment on a Dask cluster: one job's strips as tasks, their parts joined into one raster.
+"""Jobs on a Dask cluster: a plan's tasks (ranges of rows) write parts, the client joins them.
 
-The plan is :class:`~segment_plugin.engine.inference.SegmentJob`, the task
+Segmenting:
+the plan is :class:`~segment_plugin.engine.inference.SegmentJob`, the task
 :func:`~segment_plugin.engine.inference.run_strip` — the very code a single-process run runs as
 its one task. Each strip writes a part (a GeoTIFF as high as the strip) into a hidden folder
 beside the output, which must be on a filesystem every worker sees; the parts are copied into
 the output in order (windowed, so memory stays one block). Cancel (or a failed task) cancels
 the futures and removes the folder: a task still running writes into a folder that is gone and
-fails, leaving nothing.
+fails, leaving nothing. Vectorising (``vectorize``) uses the same client, parts folder, worker
+check and progress.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.progress import Reporter
 from segment_plugin.engine.tiling import strip_bounds
 
-STRIPS_PER_WORKER = 2  # a worker that finishes early takes another strip
+TASKS_PER_WORKER = 2  # a worker that finishes early takes another task
 
 
 @contextmanager
@@ -86,21 +88,26 @@ def run_on_dask(
     """Segment ``job`` on Dask into ``paths``; returns the class pixel counts."""
     with ExitStack() as stack:
         client = stack.enter_context(dask_client(scheduler, workers))
-        joined = len(client.scheduler_info()["workers"])
-        strips = strip_bounds(job.grid, max(1, joined) * STRIPS_PER_WORKER)
-        folder = Path(tempfile.mkdtemp(dir=paths[0].parent, prefix=f".{paths[0].stem}.",
-                                       suffix=".parts"))  # fmt: skip
-        stack.callback(shutil.rmtree, folder, True)
-        _check_workers(client, job.input, folder)
+        folder = parts_folder(stack, paths[0])
+        joined = check_workers(client, job.input, folder)
+        strips = strip_bounds(job.grid, joined * TASKS_PER_WORKER)
         reporter.log(f"Dask: {len(strips)} strips on {joined} workers ({scheduler})")
         parts = [[folder / f"{k:04d}_{p.name}" for p in paths] for k in range(len(strips))]
         futures = [
             client.submit(run_strip, job, rows, part, pure=False)
             for rows, part in zip(strips, parts)
         ]
-        counts = _gather(client, futures, job, strips, reporter)
+        tiles = [len(job.grid.tile_rows_for(*rows)) * len(job.grid.cols) for rows in strips]
+        counts = np.sum(gather(client, futures, tiles, "tiles", reporter), axis=0)
         _assemble(job, strips, parts, paths)
         return counts
+
+
+def parts_folder(stack: ExitStack, output: Path) -> Path:
+    """A hidden folder beside ``output`` for the tasks' parts, removed when ``stack`` closes."""
+    folder = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.stem}.", suffix=".parts"))
+    stack.callback(shutil.rmtree, folder, True)
+    return folder
 
 
 def _reachable(address: str) -> None:
@@ -114,30 +121,35 @@ def _reachable(address: str) -> None:
         raise InputError(f"cannot reach the Dask scheduler {address}: {exc}") from exc
 
 
-def _gather(client: Any, futures: list, job: SegmentJob, strips: list, reporter: Reporter):
-    """Wait for the tasks, reporting progress by tiles done; cancel them on a cancel."""
-    tiles = [len(job.grid.tile_rows_for(*rows)) * len(job.grid.cols) for rows in strips]
-    total, reported = sum(tiles), -1
+def gather(client: Any, futures: list, sizes: list[int], unit: str, reporter: Reporter) -> list:
+    """The tasks' results, reporting progress by the sizes of those done.
+
+    On a cancel or a failed task the other tasks are cancelled.
+    """
+    total, reported = sum(sizes), -1
     try:
         while True:
             reporter.cancel.check()
             for future in futures:
                 if future.status == "error":
                     future.result()  # raises the task's error here
-            finished = sum(n for f, n in zip(futures, tiles) if f.done())
+            finished = sum(n for f, n in zip(futures, sizes) if f.done())
             if finished != reported:
-                reporter.progress(finished / total, f"{finished}/{total} tiles (strips on Dask)")
+                reporter.progress(finished / total, f"{finished}/{total} {unit} (on Dask)")
                 reported = finished
             if finished == total:
-                return np.sum([f.result() for f in futures], axis=0)
+                return [f.result() for f in futures]
             time.sleep(0.2)
     except BaseException:
         client.cancel(futures)
         raise
 
 
-def _check_workers(client: Any, source: str, folder: Path) -> None:
-    """Every worker must read the input and write the parts folder (a shared filesystem)."""
+def check_workers(client: Any, source: str, folder: Path) -> int:
+    """Every worker must read the input and write the parts folder (a shared filesystem).
+
+    Returns how many workers there are.
+    """
     answers = client.run(_probe, source, str(folder))  # one per worker
     problems = {worker: problem for worker, problem in answers.items() if problem}
     if problems:
@@ -146,6 +158,7 @@ def _check_workers(client: Any, source: str, folder: Path) -> None:
             f"Dask worker {worker} ({len(problems)} of {len(answers)}) {problem}: "
             "inputs and outputs must be on a filesystem every worker sees"
         )
+    return max(1, len(answers))
 
 
 def _probe(source: str, folder: str) -> str | None:

@@ -1,22 +1,21 @@
 """Class raster → clean class polygons (shapefile or GeoPackage), streaming by strips of rows.
 
-Polygons follow pixel edges (``rasterio.features.shapes``, 4-connectivity), one feature per
-connected region, so neighbouring classes share their boundaries exactly and the area of a class
-is its pixel count × pixel area. Rows are read in strips; a polygon that touches a strip's border
-may continue in the next strip, so it is carried over, and once the region can no longer grow its
-pieces are stitched into one polygon (``stitching``). The result equals vectorising the whole
-raster at once, with memory bounded by the strip and the regions crossing its border.
+One feature per connected region along pixel edges (``polygonize``), so neighbouring classes
+share their boundaries exactly and the area of a class is its pixel count × pixel area. The job
+is a plan (:class:`VectorizePlan`), tasks (:func:`polygonize_rows`: a range of rows into a file,
+the regions touching its edges handed back) and an assembly. One process runs one task over
+every row; on Dask each task writes a part, the regions at the parts' edges are joined by the
+same merger that joins strips, and the parts are appended to the output.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,13 @@ import numpy as np
 from segment_plugin.engine import outputs, raster_io
 from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.params import VectorizeParams
+from segment_plugin.engine.polygonize import Batch, RegionMerger, polygonize, strip_rows_for
 from segment_plugin.engine.postprocess import majority_filter, sieve_strip
-from segment_plugin.engine.progress import Reporter
-from segment_plugin.engine.stitching import stitch
+from segment_plugin.engine.progress import Reporter, ScaledReporter
 
 STRIP_ROWS = 1024  # cleaning
-STRIP_PIXELS = 1 << 20  # polygonising: a strip's regions are built in memory at once
-CHUNK = 10_000  # polygons converted (and cancel checked) at a time
 WRITE_BATCH = 5000
 SHAPEFILE_LIMIT = 2_000_000_000  # bytes: a shapefile's .shp/.dbf cannot pass 2 GB
-FIELDS = ("class_id", "class", "area_m2", "perim_m")  # ≤ 10 characters: shapefile-safe
 
 
 def class_names(dataset: Any) -> dict[int, str]:
@@ -71,167 +67,6 @@ def open_class_raster(path: Path) -> Any:
             f"{path} is not a class raster ({what}); a class raster has one band of integer codes"
         )
     return dataset
-
-
-def _selected_mask(data: np.ndarray, nodata: int | None, selected: np.ndarray | None) -> np.ndarray:
-    mask = np.ones(data.shape, bool) if nodata is None else data != nodata
-    if selected is not None:
-        mask &= np.isin(data, selected)
-    return mask
-
-
-def _edge_intervals(polygon: Any, y: float) -> list[tuple[float, float]]:
-    """Where a polygon's exterior runs along the horizontal line ``y``: [(x0, x1), ...]."""
-    xy = np.asarray(polygon.exterior.coords)
-    on_line = (xy[:-1, 1] == y) & (xy[1:, 1] == y)
-    x0, x1 = xy[:-1, 0][on_line], xy[1:, 0][on_line]
-    return list(zip(np.minimum(x0, x1).tolist(), np.maximum(x0, x1).tolist()))
-
-
-class _Regions:
-    """Pieces of regions cut by strip borders, grouped by a union-find until the region closes."""
-
-    def __init__(self, borders: np.ndarray) -> None:
-        self.borders = borders  # rows (y) where strips meet: where pieces are stitched
-        self.parent: list[int] = []
-        self.pieces: dict[int, list[Any]] = {}  # root → pieces
-        self.code: list[int] = []
-
-    def add(self, code: int, polygon: Any) -> int:
-        index = len(self.parent)
-        self.parent.append(index)
-        self.code.append(code)
-        self.pieces[index] = [polygon]
-        return index
-
-    def find(self, index: int) -> int:
-        while self.parent[index] != index:
-            self.parent[index] = self.parent[self.parent[index]]
-            index = self.parent[index]
-        return index
-
-    def join(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-            self.pieces[ra].extend(self.pieces.pop(rb))
-
-    def close(self, root: int) -> tuple[int, Any]:
-        pieces = self.pieces.pop(root)
-        if len(pieces) == 1:
-            return self.code[root], pieces[0]
-        return self.code[root], stitch(pieces, self.borders)
-
-
-def _connect(
-    regions: _Regions, above: list[tuple[int, list]], below: list[tuple[int, list]]
-) -> None:
-    """Join pieces of one class whose border edges overlap over a length (4-connectivity)."""
-    spans = sorted((x0, x1, piece) for piece, intervals in above for x0, x1 in intervals)
-    starts = [span[0] for span in spans]
-    for piece, intervals in below:
-        for x0, x1 in intervals:
-            k = bisect.bisect_left(starts, x1) - 1  # spans starting before x1 …
-            while k >= 0 and spans[k][1] > x0:  # … that end after x0: an overlap, not a corner
-                regions.join(spans[k][2], piece)
-                k -= 1
-
-
-def _strip_polygons(
-    data: np.ndarray, mask: np.ndarray, row: int, reporter: Reporter
-) -> tuple[np.ndarray, np.ndarray]:
-    """Every 4-connected region of one strip: (class codes, polygons in pixel coordinates).
-
-    Built in bulk from the rings' coordinates: 2.5× faster than one ``shape()`` per polygon.
-    """
-    import shapely
-    from rasterio.features import shapes
-    from rasterio.transform import Affine
-
-    codes, rings_per_polygon, ring_lengths, flat, coords = [], [], [], [], []
-    for count, (geometry, value) in enumerate(
-        shapes(data, mask=mask, connectivity=4, transform=Affine.translation(0, row)), 1
-    ):
-        rings = geometry["coordinates"]
-        codes.append(int(value))
-        rings_per_polygon.append(len(rings))
-        for ring in rings:
-            ring_lengths.append(len(ring))
-            flat.extend(ring)
-        if count % CHUNK == 0:  # coordinates as Python tuples take 7× their size in numpy
-            coords.append(np.asarray(flat, float))
-            flat = []
-            reporter.cancel.check()
-    if not codes:
-        return np.empty(0, np.int64), np.empty(0, object)
-    coords.append(np.asarray(flat, float).reshape(-1, 2))
-    rings = shapely.linearrings(
-        np.concatenate(coords), indices=np.repeat(np.arange(len(ring_lengths)), ring_lengths)
-    )
-    polygons = shapely.polygons(rings, indices=np.repeat(np.arange(len(codes)), rings_per_polygon))
-    return np.asarray(codes, np.int64), polygons
-
-
-def _batch(regions: list[tuple[int, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, polygons) arrays of closed regions; empties the list."""
-    codes = np.asarray([code for code, _ in regions], np.int64)
-    polygons = np.empty(len(regions), dtype=object)
-    polygons[:] = [polygon for _, polygon in regions]
-    regions.clear()
-    return codes, polygons
-
-
-def polygonize(
-    dataset: Any,
-    selected: np.ndarray | None,
-    reporter: Reporter,
-    strip_rows: int | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Finished regions in batches of (class codes, polygons in pixel coordinates), by strips."""
-    import shapely
-    from rasterio.windows import Window
-
-    height, width, nodata = dataset.height, dataset.width, dataset.nodata
-    nodata = None if nodata is None else int(nodata)
-    strip_rows = strip_rows or max(1, STRIP_PIXELS // width)
-    regions = _Regions(np.arange(strip_rows, height, strip_rows, dtype=float))
-    open_below: dict[int, list[tuple[int, list]]] = {}  # code → pieces on the last border
-    for row in range(0, height, strip_rows):
-        reporter.cancel.check()
-        n = min(strip_rows, height - row)
-        bottom = row + n
-        last = bottom >= height
-        data = dataset.read(1, window=Window(0, row, width, n))
-        codes, polygons = _strip_polygons(
-            data, _selected_mask(data, nodata, selected), row, reporter
-        )
-        bounds = shapely.bounds(polygons)
-        touches_top = (row > 0) & (bounds[:, 1] == row) & np.isin(codes, list(open_below))
-        touches_bottom = (bounds[:, 3] == bottom) & (not last)
-        inside = ~(touches_top | touches_bottom)
-        yield codes[inside], polygons[inside]  # whole regions inside this strip
-        at_top: dict[int, list[tuple[int, list]]] = defaultdict(list)
-        at_bottom: dict[int, list[tuple[int, list]]] = defaultdict(list)
-        was_open = [p for pieces in open_below.values() for p, _ in pieces]
-        for k in np.flatnonzero(~inside):
-            code, polygon = int(codes[k]), polygons[k]
-            piece = regions.add(code, polygon)
-            if touches_top[k]:
-                at_top[code].append((piece, _edge_intervals(polygon, row)))
-            if touches_bottom[k]:
-                at_bottom[code].append((piece, _edge_intervals(polygon, bottom)))
-        for code, below in at_top.items():
-            _connect(regions, open_below[code], below)
-        # roots only after joining: a region may have grown through this strip
-        still_open = {regions.find(p) for pieces in at_bottom.values() for p, _ in pieces}
-        touched = was_open + [p for pieces in at_top.values() for p, _ in pieces]
-        closed = [
-            regions.close(root) for root in sorted({regions.find(p) for p in touched} - still_open)
-        ]
-        if closed:
-            yield _batch(closed)  # the generator keeps no reference while the batch is written
-        open_below = dict(at_bottom)
-        reporter.progress(bottom / height, f"polygonised {bottom}/{height} rows")
 
 
 class _Measure:
@@ -315,139 +150,268 @@ def _cleaned_copy(dataset: Any, params: VectorizeParams, temp: Path, reporter: R
     return temp
 
 
-def _writer_options(path: Path, params: VectorizeParams) -> dict[str, Any]:
+def _writer_options(path: Path, layer: str) -> dict[str, Any]:
     if path.suffix.lower() == ".shp":
         return {"driver": "ESRI Shapefile", "encoding": "UTF-8"}
-    return {"driver": "GPKG", "layer": params.layer or params.output.stem}
+    return {"driver": "GPKG", "layer": layer}
 
 
 #: GeoPackage 1.2: what QGIS 3.22's GDAL (3.6) reads without "only partially supported" warnings
 CREATION_OPTIONS = {"GPKG": {"dataset_options": {"VERSION": "1.2"}}}
 
 
+@dataclass(frozen=True)
+class VectorizePlan:
+    """What every task needs (picklable): the raster to polygonise and how to name its regions."""
+
+    source: str  # the class raster, or its cleaned copy
+    selected: tuple[int, ...] | None  # class codes to keep; None: all
+    names: dict[int, str]
+    layer: str  # GeoPackage layer name (parts too)
+    simplify: float | None = None  # tolerance in map units (one process only: the whole coverage)
+
+
+@dataclass
+class Written:
+    """What a task wrote: features and area (m²) per class code."""
+
+    counts: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    areas: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def features(self) -> int:
+        """Features written, all classes."""
+        return sum(self.counts.values())
+
+    def add(self, other: Written) -> None:
+        """Count another writer's features too."""
+        for code, n in other.counts.items():
+            self.counts[code] += n
+            self.areas[code] += other.areas[code]
+
+
+class _Writer:
+    """Polygons in pixel coordinates → features of one file, in batches of WRITE_BATCH."""
+
+    def __init__(self, path: Path, plan: VectorizePlan, dataset: Any, reporter: Reporter) -> None:
+        self.path, self.plan, self.reporter = path, plan, reporter
+        self.crs, self.transform = dataset.crs, dataset.transform
+        self.measure = _Measure(dataset.crs)
+        self.options = _writer_options(path, plan.layer)
+        self.written = Written()
+        self.pending: list[Batch] = []  # batches not yet written (all of them when simplifying)
+        self.held = 0
+        self.shapefile_bytes = 0
+
+    def add(self, codes: np.ndarray, polygons: np.ndarray) -> None:
+        if len(codes):
+            self.pending.append((codes, polygons))
+            self.held += len(codes)
+        if self.held >= WRITE_BATCH and self.plan.simplify is None:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held batches; their pixel-coordinate copies go before the writing."""
+        import shapely
+
+        if not self.pending:
+            return
+        codes = np.concatenate([c for c, _ in self.pending])
+        polygons = np.concatenate([p for _, p in self.pending])
+        self.pending, self.held = [], 0
+        world = _to_world(polygons, self.transform)
+        del polygons  # one region can hold millions of holes: one copy at a time
+        if self.plan.simplify is None:
+            self._write(codes, world)
+            return
+        self.reporter.log(f"simplifying {len(codes)} polygons")
+        world = shapely.coverage_simplify(world, self.plan.simplify, simplify_boundary=True)
+        for begin in range(0, len(codes), WRITE_BATCH):
+            chunk = slice(begin, begin + WRITE_BATCH)
+            self._write(codes[chunk], world[chunk])
+
+    def _write(self, codes: np.ndarray, geoms: np.ndarray) -> None:
+        import geopandas as gpd
+
+        area, perimeter = self.measure(geoms)
+        present, where = np.unique(codes, return_inverse=True)
+        names = self.plan.names
+        labels = np.asarray([names.get(int(c), f"class {c}") for c in present], object)
+        frame = gpd.GeoDataFrame(
+            {
+                "class_id": codes.astype(np.int32),
+                "class": labels[where],
+                "area_m2": np.round(area, 3),
+                "perim_m": np.round(perimeter, 3),
+            },
+            geometry=geoms,
+            crs=self.crs,
+        )
+        first = self.written.features == 0
+        created = CREATION_OPTIONS.get(self.options["driver"], {}) if first else {}
+        frame.to_file(self.path, engine="pyogrio", append=not first, **self.options, **created)
+        batch = Written()
+        for code, n, total in zip(present, np.bincount(where), np.bincount(where, weights=area)):
+            batch.counts[int(code)] = int(n)
+            batch.areas[int(code)] = float(total)
+        self.written.add(batch)
+        self._check_shapefile_size(len(codes), geoms)
+
+    def append(self, part: Path, written: Written) -> None:
+        """Append a part's features (a file with this writer's fields), as they are."""
+        import pyogrio
+
+        first = self.written.features == 0
+        created = CREATION_OPTIONS.get(self.options["driver"], {}) if first else {}
+        with pyogrio.open_arrow(part) as (meta, reader):
+            pyogrio.write_arrow(
+                reader, self.path, geometry_name=meta["geometry_name"], geometry_type="Polygon",
+                crs=meta["crs"], append=not first, **self.options, **created,
+            )  # fmt: skip
+        self.written.add(written)
+        if self.options["driver"] == "ESRI Shapefile":
+            self.shapefile_bytes += part.stat().st_size  # about a shapefile's: WKB + attributes
+            self._check_shapefile_size(0, np.empty(0, object))
+
+    def _check_shapefile_size(self, features: int, geoms: np.ndarray) -> None:
+        import shapely
+
+        if self.options["driver"] != "ESRI Shapefile" or self.shapefile_bytes > SHAPEFILE_LIMIT:
+            return
+        coordinates = int(shapely.get_num_coordinates(geoms).sum()) if features else 0
+        self.shapefile_bytes += coordinates * 16 + 56 * features
+        if self.shapefile_bytes > SHAPEFILE_LIMIT:
+            self.reporter.log(
+                "the shapefile passes 2 GB, more than the format can hold: "
+                "write a GeoPackage (.gpkg) instead",
+                "warning",
+            )
+
+
+def polygonize_rows(
+    plan: VectorizePlan, rows: tuple[int, int] | None, output: str, reporter: Reporter | None = None
+) -> tuple[Written, Batch]:
+    """The task: the regions of ``rows`` (None: all) into ``output``.
+
+    Those touching the range's top or bottom edge may continue beyond it: they are handed back
+    (pixel coordinates) instead, for the assembly to join.
+    """
+    reporter = reporter or Reporter()
+    with open_class_raster(Path(plan.source)) as src:
+        rows = rows or (0, src.height)
+        writer = _Writer(Path(output), plan, src, reporter)
+        merger = RegionMerger(src.height, top=rows[0])
+        selected = None if plan.selected is None else np.asarray(plan.selected)
+        for batch in polygonize(src, selected, reporter, merger, rows):
+            writer.add(*batch)
+            del batch  # only the writer holds it now
+        writer.flush()
+        return writer.written, merger.open_regions()
+
+
+def _on_dask(
+    plan: VectorizePlan, final: Path, params: VectorizeParams, reporter: Reporter
+) -> Written:
+    """The tasks on Dask, each into a part; the regions at their edges joined; parts appended."""
+    from segment_plugin.engine import scaleout
+
+    with ExitStack() as stack:
+        src = stack.enter_context(open_class_raster(Path(plan.source)))
+        client = stack.enter_context(scaleout.dask_client(params.scheduler, params.workers))
+        folder = scaleout.parts_folder(stack, final)
+        workers = scaleout.check_workers(client, plan.source, folder)
+        ranges = _row_ranges(src.height, src.width, workers * scaleout.TASKS_PER_WORKER)
+        where = f"{workers} workers ({params.scheduler})"
+        reporter.log(f"Dask: {len(ranges)} ranges of rows on {where}")
+        parts = [folder / f"{k:04d}.gpkg" for k in range(len(ranges))]
+        futures = [
+            client.submit(polygonize_rows, plan, rows, str(part), pure=False)
+            for rows, part in zip(ranges, parts)
+        ]
+        sizes = [end - first for first, end in ranges]
+        results = scaleout.gather(client, futures, sizes, "rows", ScaledReporter(reporter, 0, 0.8))
+        writer = _Writer(final, plan, src, reporter)
+        merger = RegionMerger(src.height)
+        for k, ((first, end), (_, edges)) in enumerate(zip(ranges, results)):
+            reporter.cancel.check()
+            for batch in merger.add(first, end, *edges):
+                writer.add(*batch)
+            reporter.progress(0.8 + 0.1 * (k + 1) / len(ranges), "joining the ranges' edges")
+        writer.flush()
+        for k, (part, (written, _)) in enumerate(zip(parts, results)):
+            reporter.cancel.check()
+            if written.features:
+                writer.append(part, written)
+            reporter.progress(0.9 + 0.1 * (k + 1) / len(parts), "appending the parts")
+        return writer.written
+
+
+def _row_ranges(height: int, width: int, count: int) -> list[tuple[int, int]]:
+    """``count`` (or fewer) ranges of whole strips covering the rows."""
+    strips = math.ceil(height / strip_rows_for(width))
+    per_range = math.ceil(strips / min(count, strips)) * strip_rows_for(width)
+    return [(row, min(row + per_range, height)) for row in range(0, height, per_range)]
+
+
+def _plan(params: VectorizeParams, src: Any, stack: ExitStack, reporter: Reporter) -> VectorizePlan:
+    """Check the request against the raster; clean a copy first if asked."""
+    names = class_names(src)
+    if params.classes:
+        unknown = [c for c in params.classes if names and c not in names]
+        if unknown:
+            known = ", ".join(f"{code} {name}" for code, name in sorted(names.items()))
+            raise InputError(f"unknown class id(s) {unknown}; this raster has {known}")
+    if params.simplify and params.scheduler:
+        raise InputError(
+            "--simplify keeps the topology of the whole coverage at once, so it runs in one "
+            "process: leave out --scheduler (or simplify the result afterwards)"
+        )
+    if src.crs is None:
+        reporter.log("the raster has no CRS: areas and lengths are in pixel units", "warning")
+    source = params.input
+    if params.smooth or params.min_area:
+        source = outputs.temporary_sibling(params.output.with_suffix(".tif"))
+        stack.callback(source.unlink, missing_ok=True)
+        _cleaned_copy(src, params, source, reporter)
+    return VectorizePlan(
+        source=str(source),
+        selected=params.classes or None,
+        names=names,
+        layer=params.layer or params.output.stem,
+        simplify=params.simplify / _metres_per_map_unit(src) if params.simplify else None,
+    )
+
+
 def vectorize(params: VectorizeParams, reporter: Reporter | None = None) -> dict[str, Any]:
     """Write one polygon per connected class region of ``params.input`` to ``params.output``."""
-    import geopandas as gpd
-    import shapely
-
     reporter = reporter or Reporter()
     started = time.monotonic()
     with ExitStack() as stack:
         src = stack.enter_context(open_class_raster(params.input))
         outputs.check_output_path(params.output, params.input, params.overwrite)
-        names = class_names(src)
-        selected = None
-        if params.classes:
-            unknown = [c for c in params.classes if names and c not in names]
-            if unknown:
-                known = ", ".join(f"{code} {name}" for code, name in sorted(names.items()))
-                raise InputError(f"unknown class id(s) {unknown}; this raster has {known}")
-            selected = np.asarray(params.classes)
-        if src.crs is None:
-            reporter.log("the raster has no CRS: areas and lengths are in pixel units", "warning")
         final = stack.enter_context(outputs.committed([params.output]))[0]
-        source = src
-        if params.smooth or params.min_area:
-            temp = outputs.temporary_sibling(params.output.with_suffix(".tif"))
-            stack.callback(temp.unlink, missing_ok=True)
-            cleaned = _cleaned_copy(src, params, temp, reporter)
-            source = stack.enter_context(raster_io.open_input(cleaned, min_size=1))
-        measure = _Measure(src.crs)
-        options = _writer_options(final, params)
-        is_shapefile = options["driver"] == "ESRI Shapefile"
-        crs = src.crs
-        counts: dict[int, int] = defaultdict(int)
-        areas: dict[int, float] = defaultdict(float)
-        written = 0
-        shapefile_bytes = 0
-        warned = False
-        pending: list[tuple[np.ndarray, np.ndarray]] = []  # batches not yet written
-        collected: list[tuple[np.ndarray, np.ndarray]] = []  # when simplifying: the whole coverage
-
-        def flush(codes: np.ndarray, geoms: np.ndarray) -> None:
-            nonlocal written, shapefile_bytes, warned
-            area, perimeter = measure(geoms)
-            present, where = np.unique(codes, return_inverse=True)
-            labels = np.asarray([names.get(int(c), f"class {c}") for c in present], object)
-            frame = gpd.GeoDataFrame(
-                {
-                    "class_id": codes.astype(np.int32),
-                    "class": labels[where],
-                    "area_m2": np.round(area, 3),
-                    "perim_m": np.round(perimeter, 3),
-                },
-                geometry=geoms,
-                crs=crs,
-            )
-            created = CREATION_OPTIONS.get(options["driver"], {}) if written == 0 else {}
-            frame.to_file(final, engine="pyogrio", append=written > 0, **options, **created)
-            for code, n, total in zip(
-                present, np.bincount(where), np.bincount(where, weights=area)
-            ):
-                counts[int(code)] += int(n)
-                areas[int(code)] += float(total)
-            written += len(codes)
-            if is_shapefile:
-                shapefile_bytes += int(shapely.get_num_coordinates(geoms).sum()) * 16 + 56 * len(
-                    codes
-                )
-                if shapefile_bytes > SHAPEFILE_LIMIT and not warned:
-                    warned = True
-                    reporter.log(
-                        "the shapefile passes 2 GB, more than the format can hold: "
-                        "write a GeoPackage (.gpkg) instead",
-                        "warning",
-                    )
-
-        def joined(batches: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-            return np.concatenate([c for c, _ in batches]), np.concatenate([p for _, p in batches])
-
-        def write_pending() -> None:
-            """Write the held batches; their pixel-coordinate copies go before the writing."""
-            nonlocal pending, held
-            codes, polygons = joined(pending)
-            pending, held = [], 0
-            world = _to_world(polygons, src.transform)
-            del polygons  # one region can hold millions of holes: one copy at a time
-            flush(codes, world)
-
-        held = 0
-        for batch in polygonize(source, selected, reporter):
-            if len(batch[0]) and params.simplify:
-                collected.append(batch)
-            elif len(batch[0]):
-                pending.append(batch)
-                held += len(batch[0])
-            del batch  # only ``pending`` holds it now
-            if held >= WRITE_BATCH:
-                write_pending()
-        if params.simplify and collected:
-            codes, polygons = joined(collected)
-            world = _to_world(polygons, src.transform)
-            tolerance = params.simplify / _metres_per_map_unit(src)
-            reporter.log(f"simplifying {len(codes)} polygons (tolerance {params.simplify:g} m)")
-            simplified = shapely.coverage_simplify(world, tolerance, simplify_boundary=True)
-            for begin in range(0, len(codes), WRITE_BATCH):
-                chunk = slice(begin, begin + WRITE_BATCH)
-                flush(codes[chunk], simplified[chunk])
-        elif pending:
-            write_pending()
-        if written == 0:
+        plan = _plan(params, src, stack, reporter)
+        if params.scheduler:
+            written = _on_dask(plan, final, params, reporter)
+        else:
+            written, _ = polygonize_rows(plan, None, str(final), reporter)
+        if written.features == 0:
             what = f"of class(es) {list(params.classes)}" if params.classes else "with a class"
             raise InputError(f"{params.input} has no pixels {what}: nothing to vectorise")
     elapsed = time.monotonic() - started
     reporter.progress(1.0, "done")
+    names = plan.names
     return {
         "output": str(params.output),
-        "layer": options.get("layer"),
-        "features": written,
+        "layer": _writer_options(params.output, plan.layer).get("layer"),
+        "features": written.features,
         "classes": {
             names.get(code, f"class {code}"): {
                 "class_id": code,
-                "features": counts[code],
-                "area_m2": round(areas[code], 3),
+                "features": written.counts[code],
+                "area_m2": round(written.areas[code], 3),
             }
-            for code in sorted(counts)
+            for code in sorted(written.counts)
         },
         "seconds": round(elapsed, 3),
         "params": json.loads(params.to_json()),

@@ -7,9 +7,12 @@ worker`` started as separate processes on 127.0.0.1 (what a cluster is).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +113,10 @@ def test_local_cluster_gives_the_single_process_rasters(single, tmp_path):
                                                           "p.tif"]  # fmt: skip
 
 
-@pytest.fixture
-def cluster(tmp_path):
-    """``dask scheduler`` and one ``dask worker`` as separate processes on 127.0.0.1."""
+@contextmanager
+def dask_cluster(tmp_path: Path, workers: int = 1):
+    """``dask scheduler`` and ``dask worker`` (each worker under its nanny) as separate
+    processes on 127.0.0.1; yields the scheduler's address."""
     info = tmp_path / "scheduler.json"
     procs = [
         subprocess.Popen([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -125,8 +129,8 @@ def cluster(tmp_path):
             time.sleep(0.2)
         address = json.loads(info.read_text())["address"]
         procs.append(
-            subprocess.Popen([str(DASK), "worker", address, "--nworkers", "1", "--nthreads",
-                              "1", "--no-dashboard"],
+            subprocess.Popen([str(DASK), "worker", address, "--nworkers", str(workers),
+                              "--nthreads", "1", "--no-dashboard"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )  # fmt: skip
         yield address
@@ -136,6 +140,12 @@ def cluster(tmp_path):
             proc.wait(30)
 
 
+@pytest.fixture
+def cluster(tmp_path):
+    with dask_cluster(tmp_path) as address:
+        yield address
+
+
 def test_a_separate_scheduler_and_worker_give_the_same_raster(single, cluster, tmp_path):
     raster, one, _ = single
     run = run_cli("segment", str(raster), "--output", str(tmp_path / "c.tif"),
@@ -143,6 +153,34 @@ def test_a_separate_scheduler_and_worker_give_the_same_raster(single, cluster, t
     assert run.returncode == 0, run.stderr
     assert "on 1 workers" in run.stderr or "on 1 workers" in run.stdout
     _same_rasters(one / "c.tif", tmp_path / "c.tif")
+
+
+def test_a_killed_worker_changes_nothing(single, tmp_path):
+    """SIGKILL one of two workers while the strips run: its nanny starts a new one, Dask reruns
+    what was lost, and the raster is still the single-process one."""
+    from distributed import Client
+
+    raster, one, _ = single
+    with dask_cluster(tmp_path, workers=2) as address:
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            victim = next(iter(client.run(os.getpid).values()))
+        command = [sys.executable, "-m", "segment_plugin.engine", "segment", str(raster),
+                   "--output", str(tmp_path / "out" / "c.tif"), "--scheduler", address,
+                   "--progress", "json"]  # fmt: skip
+        (tmp_path / "out").mkdir()
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in proc.stdout:
+            if "strips on 2 workers" in line:
+                break
+        time.sleep(2)  # the model loaded, the first strips running
+        assert proc.poll() is None
+        os.kill(victim, signal.SIGKILL)
+        _, errors = proc.communicate(timeout=300)
+        assert proc.returncode == 0, errors
+    _same_rasters(one / "c.tif", tmp_path / "out" / "c.tif")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c.qml", "c.tif",
+                                                                    "c.tif.aux.xml"]  # fmt: skip
 
 
 def test_unreachable_scheduler_is_one_clear_error(tmp_path):
@@ -229,3 +267,69 @@ def test_local_workers_share_the_cores(monkeypatch):
     monkeypatch.setenv(THREADS_VARIABLE, "1")
     model = OnnxModel(resolve_model("landcover").path / "model.onnx")
     assert model.session.get_session_options().intra_op_num_threads == 1
+
+
+def _fragmented(path: Path) -> Path:
+    """A 4096 × 1200 class map: blocks, speckle, and a woodland band with holes from top to
+    bottom (one region through every range of rows)."""
+    rng = np.random.default_rng(11)
+    data = np.kron(rng.integers(0, 5, (150, 512)), np.ones((8, 8), int)).astype(np.uint8)
+    speckle = rng.random(data.shape) < 0.02
+    data[speckle] = rng.integers(0, 5, speckle.sum())
+    data[:, 1000:1100] = 2
+    data[5::40, 1010:1090:20] = 1
+    data[600:700, :50] = 255
+    return write_raster(path, data[None], nodata=255)
+
+
+def _features(path: Path) -> list[tuple]:
+    """Every feature as (class, area, perimeter, normalised WKB), sorted: equal if identical."""
+    import geopandas as gpd
+    import shapely
+
+    frame = gpd.read_file(path)
+    wkb = shapely.to_wkb(shapely.normalize(frame.geometry.values))
+    return sorted(zip(frame.class_id, frame.area_m2, frame.perim_m, wkb))
+
+
+@pytest.fixture(scope="module")
+def fragmented(tmp_path_factory):
+    """The fragmented map and its polygons vectorised in one process."""
+    folder = tmp_path_factory.mktemp("fragmented")
+    raster = _fragmented(folder / "classes.tif")
+    run = run_cli("vectorize", str(raster), "--output", str(folder / "one.gpkg"),
+                  "--progress", "json")  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return raster, _features(folder / "one.gpkg"), events(run.stdout)[-2]["data"]
+
+
+def test_vectorize_on_a_local_cluster_gives_the_single_process_polygons(fragmented, tmp_path):
+    raster, expected, summary = fragmented
+    run = run_cli("vectorize", str(raster), "--output", str(tmp_path / "v.gpkg"),
+                  "--scheduler", "local", "--workers", "2", "--progress", "json",
+                  timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = events(run.stdout)
+    assert any("3 ranges of rows on 2 workers" in e.get("message", "") for e in got)
+    assert got[-2]["data"]["classes"] == summary["classes"]
+    assert _features(tmp_path / "v.gpkg") == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.gpkg"]  # no parts left
+
+
+def test_vectorize_on_a_separate_cluster_to_a_shapefile(fragmented, cluster, tmp_path):
+    raster, expected, _ = fragmented
+    run = run_cli("vectorize", str(raster), "--output", str(tmp_path / "v.shp"),
+                  "--scheduler", cluster, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert _features(tmp_path / "v.shp") == expected
+
+
+def test_vectorize_simplify_is_refused_on_dask(fragmented, tmp_path):
+    from segment_plugin.engine.errors import InputError
+    from segment_plugin.engine.params import VectorizeParams
+    from segment_plugin.engine.vectorize import vectorize
+
+    params = VectorizeParams(fragmented[0], tmp_path / "v.gpkg", simplify=1.0, scheduler="local")
+    with pytest.raises(InputError, match="--simplify keeps the topology of the whole coverage"):
+        vectorize(params)
+    assert list(tmp_path.iterdir()) == []

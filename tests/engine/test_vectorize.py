@@ -16,8 +16,9 @@ from rasterio.transform import from_origin
 
 from segment_plugin.engine import cli
 from segment_plugin.engine.params import VectorizeParams
+from segment_plugin.engine.polygonize import polygonize
 from segment_plugin.engine.progress import Reporter
-from segment_plugin.engine.vectorize import open_class_raster, polygonize, vectorize
+from segment_plugin.engine.vectorize import open_class_raster, vectorize
 
 CLASSES_TAG = json.dumps(
     [{"code": c.code, "name": c.name, "color": c.color} for c in LANDCOVER_CLASSES]
@@ -150,6 +151,54 @@ def test_a_region_through_every_strip_keeps_its_holes(tmp_path):
     assert len(woodland[0].interiors) == 196 - 14  # the slit cuts through one column of them
     assert woodland[0].area == (data == 2).sum()
     assert stitched == polygons_by_strips(raster, 64)
+
+
+def polygons_by_ranges(raster, tmp_path, cuts, strip_rows):
+    """What the Dask path does, without Dask: each range of rows a task writing its own file,
+    the regions at the ranges' edges joined by one RegionMerger."""
+    from segment_plugin.engine import polygonize as module
+    from segment_plugin.engine.vectorize import VectorizePlan, polygonize_rows
+
+    plan = VectorizePlan(str(raster), None, {}, "parts")
+    bounds = list(zip(cuts[:-1], cuts[1:]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "strip_rows_for", lambda width: strip_rows)
+        results = [polygonize_rows(plan, rows, str(tmp_path / f"{k}.gpkg"))
+                   for k, rows in enumerate(bounds)]  # fmt: skip
+    batches = []
+
+    def to_pixels(xy):  # exact: PIXEL is 2⁻¹; + 0.0 turns -0.0 into 0.0
+        return (xy - [150000.0, 420000.0]) / [PIXEL, -PIXEL] + 0.0
+
+    for k, (written, _) in enumerate(results):
+        if written.features:
+            part = gpd.read_file(tmp_path / f"{k}.gpkg")
+            assert len(part) == written.features
+            pixels = shapely.transform(part.geometry.values, to_pixels)
+            batches.append((part.class_id.to_numpy(), np.asarray(pixels)))
+    merger = module.RegionMerger(cuts[-1])
+    for rows, (_, edges) in zip(bounds, results):
+        batches.extend(merger.add(*rows, *edges))
+    assert len(merger.open_regions()[0]) == 0
+    return normal_form(batches)
+
+
+@pytest.mark.parametrize(
+    "cuts,strip_rows",
+    [((0, 40, 80, 120), 13), ((0, 1, 2, 60, 119, 120), 5), ((0, 33, 120), 120)],
+)
+def test_ranges_polygonised_apart_and_joined_equal_the_whole_raster(tmp_path, cuts, strip_rows):
+    data = class_scene()
+    raster = class_raster(tmp_path / "c.tif", data)
+    assert polygons_by_ranges(raster, tmp_path, cuts, strip_rows) == polygons_by_strips(raster, 120)
+
+
+def test_ranges_of_noise_joined_equal_the_whole_raster(tmp_path):
+    """Regions that wind through several ranges and back, touching themselves at corners."""
+    data = np.random.default_rng(7).integers(0, 2, (90, 70)).astype(np.uint8)
+    raster = class_raster(tmp_path / "n.tif", data, nodata=None)
+    cuts = (0, 10, 11, 30, 52, 90)
+    assert polygons_by_ranges(raster, tmp_path, cuts, 4) == polygons_by_strips(raster, 90)
 
 
 def test_geographic_raster_gives_metres(tmp_path):
