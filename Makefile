@@ -127,7 +127,7 @@ lint: setup
 bench: setup
 	@mkdir -p build/bench
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_segment.py | tee build/bench/bench_segment.json
-	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py | tee build/bench/bench_vectorize.json
+	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py --dask 2 | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_runtimes.py | tee build/bench/bench_runtimes.json
 

@@ -23,6 +23,7 @@ class PluginSettings:
     last_model: str = "landcover"
     tile_size: int = 0  # 0: the model's
     output_folder: str = ""  # "": beside the input raster
+    dask_scheduler: str = ""  # Processing's default SCHEDULER ("": one engine process)
 
     @classmethod
     def load(cls) -> PluginSettings:

@@ -48,6 +48,10 @@ P = TypeVar("P")
 
 def _cmd_info(args: argparse.Namespace, reporter: Reporter) -> None:
     report = engine_info(probe_devices=not args.no_devices)
+    if args.scheduler:
+        from segment_plugin.engine.scaleout import scheduler_report
+
+        report["dask"] = scheduler_report(args.scheduler)
     reporter.result(**report)
     if args.progress == "text":
         print(format_info(report))
@@ -284,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument(
         "--no-devices", action="store_true", help="do not import TensorFlow to list devices"
     )
+    info.add_argument("--scheduler", help="also connect to this Dask scheduler and report it")
     _add_common(info)
     info.set_defaults(keras=True, handler=_cmd_info)
 

@@ -141,6 +141,9 @@ def format_info(report: dict[str, Any]) -> str:
     lines.append(f"devices    {devices}")
     if report["device_error"]:
         lines.append(f"device error: {report['device_error']}")
+    dask = report.get("dask")
+    if dask:
+        lines.append(f"dask       {dask['scheduler']}: {dask['error'] or dask['summary']}")
     if not report["ready"]:
         lines.append("NOT ready: install the missing packages")
     elif report["kind"] == "inference-only":

@@ -36,8 +36,11 @@ TASKS_PER_WORKER = 2  # a worker that finishes early takes another task
 
 
 @contextmanager
-def dask_client(scheduler: str, workers: int) -> Iterator[Any]:
-    """A client of ``scheduler``: ``local`` starts a LocalCluster of ``workers`` processes."""
+def dask_client(scheduler: str, workers: int, wait_s: int = 60) -> Iterator[Any]:
+    """A client of ``scheduler``: ``local`` starts a LocalCluster of ``workers`` processes.
+
+    A remote scheduler must have a worker within ``wait_s`` seconds (0: do not wait).
+    """
     try:
         from distributed import Client, LocalCluster
     except ImportError as exc:
@@ -59,14 +62,41 @@ def dask_client(scheduler: str, workers: int) -> Iterator[Any]:
         _reachable(scheduler)
         try:
             client = stack.enter_context(Client(scheduler, timeout=30))
-            client.wait_for_workers(1, timeout=60)
+            if wait_s:
+                client.wait_for_workers(1, timeout=wait_s)
         except TimeoutError as exc:  # (an OSError: first)
             raise InputError(
-                f"no Dask worker joined {scheduler} within 60 s (or it did not answer)"
+                f"no Dask worker joined {scheduler} within {wait_s} s (or it did not answer)"
             ) from exc
         except OSError as exc:
             raise InputError(f"cannot reach the Dask scheduler {scheduler}: {exc}") from exc
         yield client
+
+
+def scheduler_report(scheduler: str) -> dict[str, Any]:
+    """What ``scheduler`` is, for the status table: its workers, or why it cannot be used."""
+    report: dict[str, Any] = {"scheduler": scheduler, "workers": 0, "threads": 0, "error": None}
+    if scheduler == "local":
+        cores = os.cpu_count() or 1
+        report["summary"] = f"a local cluster is started for each run (this machine: {cores} cores)"
+        return report
+    try:
+        with dask_client(scheduler, 1, wait_s=0) as client:
+            workers = client.scheduler_info()["workers"].values()
+            report["workers"] = len(workers)
+            report["threads"] = sum(w.get("nthreads", 0) for w in workers)
+            report["version"] = client.get_versions()["client"]["packages"]["distributed"]
+    except (InputError, DependencyError) as exc:
+        report["error"] = str(exc)
+        return report
+    if not report["workers"]:
+        report["error"] = f"{scheduler} answers but has no workers: start some (dask worker …)"
+        return report
+    report["summary"] = (
+        f"connected: {report['workers']} workers, {report['threads']} threads "
+        f"(distributed {report['version']})"
+    )
+    return report
 
 
 def _thread_limits(workers: int) -> dict[str, str]:

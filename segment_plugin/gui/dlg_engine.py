@@ -92,6 +92,14 @@ class EngineDialog(QDialog):
         self.location_label = QLabel()
         self.location_label.setWordWrap(True)
         form.addRow("In use:", self.location_label)
+        self.scheduler_edit = QLineEdit()
+        self.scheduler_edit.setPlaceholderText("optional: tcp://host:8786 (or local)")
+        self.scheduler_edit.setToolTip(
+            "A Dask cluster for Segment layer and Vectorize in Processing (their SCHEDULER "
+            "default): the engine runs their ranges of rows on its workers, which must see the "
+            "input and output folders. 'local': a cluster of worker processes on this computer."
+        )
+        form.addRow("Dask scheduler:", self.scheduler_edit)
         self.check_button = QPushButton("Save and check")
         self.check_button.clicked.connect(self._save_and_check)
         form.addRow("", self.check_button)
@@ -148,6 +156,7 @@ class EngineDialog(QDialog):
     def _load_settings(self) -> None:
         settings = PluginSettings.load()
         self.python_edit.setText(settings.engine_python)
+        self.scheduler_edit.setText(settings.dask_scheduler)
         self.location_label.setText(settings.engine().describe())
 
     # ---- status -------------------------------------------------------------------------
@@ -164,7 +173,11 @@ class EngineDialog(QDialog):
             return
         self.status_view.setHtml("<i>checking… (starting the engine and TensorFlow)</i>")
         self.check_button.setEnabled(False)
-        task = EngineCommandTask("Segment Plugin: checking the engine", ["info"], engine.python)
+        command = ["info"]
+        scheduler = PluginSettings.load().dask_scheduler
+        if scheduler:
+            command += ["--scheduler", scheduler]
+        task = EngineCommandTask("Segment Plugin: checking the engine", command, engine.python)
         task.completed.connect(self._show_result)
         self._check_task = task
         QgsApplication.taskManager().addTask(task)
@@ -180,6 +193,7 @@ class EngineDialog(QDialog):
     def _save_and_check(self) -> None:
         settings = PluginSettings.load()
         settings.engine_python = self.python_edit.text().strip()
+        settings.dask_scheduler = self.scheduler_edit.text().strip()
         settings.save()
         self.check_engine()
 
@@ -257,6 +271,11 @@ def status_html(result: EngineResult) -> str:
             f"<span style='color:#C62828'><b>{result.status}</b></span>: {escape(result.message)}"
         )
     rows = [("Engine", state)]
+    dask = report.get("dask") if report else None
+    if dask and dask["error"]:  # second: the table scrolls, and this is what was just changed
+        rows.append(("Dask", f"<span style='color:#C62828'>{escape(dask['error'])}</span>"))
+    elif dask:
+        rows.append(("Dask", escape(f"{dask['scheduler']} — {dask['summary']}")))
     if report:
         packages = report.get("packages") or {}
         rows.append(("Python", escape(f"{report['python']} — {report['executable']}")))

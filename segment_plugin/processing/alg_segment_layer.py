@@ -21,6 +21,7 @@ from qgis.core import (
 from segment_plugin.area_summary import area_summary
 from segment_plugin.gui.styling import result_layer_names
 from segment_plugin.processing.base import PluginAlgorithm
+from segment_plugin.processing.dask_parameters import add_dask_parameters, dask_args
 from segment_plugin.processing.engine_feedback import run_engine_with_feedback
 from segment_plugin.processing.raster_input import engine_readable_path
 from segment_plugin.processing.result_styles import style_on_load
@@ -98,18 +99,7 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
                 defaultValue=0,
             )
         )
-        self.addParameter(
-            QgsProcessingParameterString(
-                "SCHEDULER",
-                "Dask scheduler (empty: this computer; 'local': a cluster of WORKERS processes "
-                "here; tcp://host:port: a cluster whose workers see the input and output folder)",
-                optional=True,
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterNumber("WORKERS", "Workers (with 'local')", defaultValue=2,
-                                         minValue=1)
-        )  # fmt: skip
+        add_dask_parameters(self)
         self.addParameter(QgsProcessingParameterBoolean("TTA", "Test-time augmentation", False))
         self.addParameter(
             QgsProcessingParameterBoolean(
@@ -160,10 +150,7 @@ class SegmentLayerAlgorithm(PluginAlgorithm):
                 args += [flag, str(value)]
         args += ["--device", DEVICES[self.parameterAsEnum(parameters, "DEVICE", context)]]
         args += ["--runtime", RUNTIMES[self.parameterAsEnum(parameters, "RUNTIME", context)]]
-        scheduler = self.parameterAsString(parameters, "SCHEDULER", context).strip()
-        if scheduler:
-            workers = self.parameterAsInt(parameters, "WORKERS", context)
-            args += ["--scheduler", scheduler, "--workers", str(workers)]
+        args += dask_args(self, parameters, context)
         if self.parameterAsBoolean(parameters, "TTA", context):
             args.append("--tta")
         if self.parameterAsBoolean(parameters, "KEEP_CLASS_WEIGHTS", context):

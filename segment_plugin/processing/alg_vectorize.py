@@ -15,6 +15,7 @@ from qgis.core import (
 from segment_plugin.gui.styling import result_layer_names
 from segment_plugin.processing.alg_segment_layer import run_or_raise, vectorize_args
 from segment_plugin.processing.base import PluginAlgorithm
+from segment_plugin.processing.dask_parameters import add_dask_parameters, dask_args
 from segment_plugin.processing.raster_input import is_plain_file
 from segment_plugin.processing.result_styles import style_on_load
 
@@ -36,7 +37,8 @@ class VectorizeAlgorithm(PluginAlgorithm):
             "exactly; nodata gives no polygons. CLASSES keeps only some ids (e.g. 1,2). MIN_AREA "
             "(m²) merges smaller regions into their largest neighbour first; SMOOTH applies a "
             "3×3 majority filter first; SIMPLIFY (m) simplifies while keeping shared boundaries. "
-            "Output: shapefile (.shp) or GeoPackage (.gpkg)."
+            "Output: shapefile (.shp) or GeoPackage (.gpkg). Advanced: SCHEDULER runs ranges of "
+            "rows on a Dask cluster (not with SIMPLIFY, which needs the whole coverage at once)."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
@@ -56,6 +58,7 @@ class VectorizeAlgorithm(PluginAlgorithm):
                 )
             )
         self.addParameter(QgsProcessingParameterBoolean("SMOOTH", "Majority smoothing", False))
+        add_dask_parameters(self)
         self.addParameter(
             QgsProcessingParameterVectorDestination(
                 "OUTPUT", "Class polygons", QgsProcessing.TypeVectorPolygon
@@ -77,6 +80,7 @@ class VectorizeAlgorithm(PluginAlgorithm):
         )
         if self.parameterAsBoolean(parameters, "SMOOTH", context):
             args.append("--smooth")
+        args += dask_args(self, parameters, context)
         result = run_or_raise(args, feedback)
         feedback.pushInfo(f"{result.get('features', 0)} polygons")
         _, polygons_name = result_layer_names(layer.name(), None)

@@ -12,7 +12,8 @@ mirrored (so copies meet seamlessly):
 - ``prediction``: the bundled model's class map of a 2048² mosaic of the Gorinchem orthophoto,
   tiled to 10240².
 
-Both tools write a GeoPackage. ``--cases`` picks some; prints one JSON object.
+Both tools write a GeoPackage. ``--cases`` picks some; ``--dask N`` also runs ours on a local
+Dask cluster of N one-thread workers (``--scheduler local``). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def timed(command: list[str]) -> dict:
     }
 
 
-def run_case(name: str) -> dict:
+def run_case(name: str, dask_workers: int = 0) -> dict:
     import pyogrio
 
     build, with_gdal = CASES[name]
@@ -147,6 +148,17 @@ def run_case(name: str) -> dict:
         + ["--output", str(ours_out), "--progress", "json"]
     )
     result["features"] = {"ours": pyogrio.read_info(ours_out)["features"]}
+    if dask_workers:
+        ours_out.unlink()
+        key = f"ours_dask_{dask_workers}"
+        result[key] = timed(
+            [sys.executable, "-m", "segment_plugin.engine", "vectorize", str(raster)]
+            + ["--output", str(ours_out), "--scheduler", "local", "--workers", str(dask_workers)]
+        )
+        result["features"][key] = pyogrio.read_info(ours_out)["features"]
+        result[f"wall_ratio_{key}_over_ours"] = round(
+            result[key]["wall_s"] / result["ours"]["wall_s"], 3
+        )
     if with_gdal:
         result["gdal_polygonize"] = timed(
             ["/usr/bin/python3", "/usr/bin/gdal_polygonize.py", "-q", str(raster)]
@@ -156,6 +168,11 @@ def run_case(name: str) -> dict:
         ours, gdal = result["ours"], result["gdal_polygonize"]
         result["wall_ratio_ours_over_gdal"] = round(ours["wall_s"] / gdal["wall_s"], 3)
         result["rss_ratio_ours_over_gdal"] = round(ours["peak_rss_mb"] / gdal["peak_rss_mb"], 3)
+        if dask_workers:
+            dask = result[f"ours_dask_{dask_workers}"]
+            result[f"wall_ratio_ours_dask_{dask_workers}_over_gdal"] = round(
+                dask["wall_s"] / gdal["wall_s"], 3
+            )
     for path in (ours_out, gdal_out):
         path.unlink(missing_ok=True)  # GBs each on the fragmented cases
     return result
@@ -164,6 +181,7 @@ def run_case(name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--dask", type=int, default=0, help="also on N local Dask workers")
     args = parser.parse_args()
     if not DUBAI8.exists() or not CHESAPEAKE.exists():
         print(json.dumps({"error": f"{DATA} is missing: the bench needs ../shared/data"}))
@@ -176,7 +194,7 @@ def main() -> None:
         "gdal_polygonize.py writes class_id only",
     }
     for name in args.cases:
-        report[name] = run_case(name)
+        report[name] = run_case(name, args.dask)
         print(json.dumps({name: report[name]}), file=sys.stderr)  # so far, if a later case fails
     if "fragmented" in report and "fragmented_2x" in report:
         report["fragmented_2x"]["rss_ratio_over_fragmented"] = round(
