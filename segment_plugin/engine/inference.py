@@ -650,12 +650,76 @@ def run_strip(
     reporter = reporter or Reporter()
     card = ModelPackage.open(job.model).card
     model, device = loaded or _worker_model(job.model, job.runtime, job.device)
+    _check_tile(model, card, job.grid.tile)
     normalizer = Normalizer(card, job.stats, job.dtype)
     pipeline = _Pipeline(
         job.input, job.bands, job.grid, job.wgrid, normalizer, job.batch, job.class_weights, rows
     )
     predictor = Predictor(model, device, job.tta, reporter)
     return pipeline.run(predictor, paths, job.part_profile(rows), reporter)
+
+
+def plan_segment(
+    params: SegmentParams, src: Any, package: ModelPackage, reporter: Reporter
+) -> SegmentJob:
+    """One raster's plan: bands, working and tile grids, whole-raster statistics.
+
+    Checked before any model work (the statistics pass and a model load both take time); the
+    model itself is loaded by whoever runs the tasks.
+    """
+    card = package.card
+    bands = raster_io.resolve_bands(src, card, params.bands)
+    if src.crs is None:
+        reporter.log("the input has no CRS: the output is on its pixel grid", "warning")
+    wgrid = working_grid(src, card, params.resolution, reporter)
+    tile = params.tile or card.tile_size
+    overlap = params.overlap if params.overlap is not None else default_overlap(tile)
+    if overlap >= tile:
+        raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), params.batch)
+    if tile % card.input_multiple:
+        raise InputError(
+            f"model {card.name!r} needs tile sizes that are multiples of "
+            f"{card.input_multiple}, not {tile}"
+        )
+    norm = card.normalization
+    stats = raster_stats(src, bands, norm.low, norm.high)
+    warning = Normalizer(card, stats, src.dtypes[bands[0] - 1]).warning
+    if warning:
+        reporter.log(warning, "warning")
+    grid = TileGrid(wgrid.height, wgrid.width, tile, overlap)
+    reporter.log(f"bands {list(bands)}, {grid.count} tiles of {tile} px, overlap {overlap}")
+    profile = dict(src.profile)
+    if wgrid.resampled:
+        from rasterio.transform import Affine
+
+        profile.update(
+            height=wgrid.height,
+            width=wgrid.width,
+            transform=src.transform @ Affine.scale(1 / wgrid.fx, 1 / wgrid.fy),
+        )
+    return SegmentJob(
+        input=src.name,
+        model=str(package.path),
+        runtime=params.runtime,
+        device=params.device,
+        bands=tuple(bands),
+        grid=grid,
+        wgrid=wgrid,
+        stats=stats,
+        dtype=src.dtypes[bands[0] - 1],
+        batch=params.batch,
+        tta=params.tta,
+        class_weights=None if params.keep_class_weights else card.class_weights,
+        profile=profile,
+    )
+
+
+def _check_tile(model: Any, card: ModelCard, tile: int) -> None:
+    """A model built for one tile size takes no other."""
+    fixed = model.inputs[0].shape[1]
+    if fixed is not None and fixed != tile:
+        raise InputError(f"model {card.name!r} only takes {fixed}×{fixed} tiles, not {tile}")
 
 
 def segment(params: SegmentParams, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -687,68 +751,21 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
         src = stack.enter_context(raster_io.open_input(params.input))
         for path in targets:
             outputs.check_output_path(path, params.input, params.overwrite)
-        bands = raster_io.resolve_bands(src, card, params.bands)
-        if src.crs is None:
-            reporter.log("the input has no CRS: the output is on its pixel grid", "warning")
-        wgrid = working_grid(src, card, params.resolution, reporter)
-        # the tile is checked before the statistics pass and the model load: both take time
-        tile = params.tile or card.tile_size
-        overlap = params.overlap if params.overlap is not None else default_overlap(tile)
-        if overlap >= tile:
-            raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
-        check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), params.batch)
-        if tile % card.input_multiple:
-            raise InputError(
-                f"model {card.name!r} needs tile sizes that are multiples of "
-                f"{card.input_multiple}, not {tile}"
-            )
-        norm = card.normalization
-        stats = raster_stats(src, bands, norm.low, norm.high)
-        normalizer = Normalizer(card, stats, src.dtypes[bands[0] - 1])
-        if normalizer.warning:
-            reporter.log(normalizer.warning, "warning")
-        model, device = load_for_inference(package, params.runtime, params.device, reporter)
-        fixed = model.inputs[0].shape[1]
-        if fixed is not None and fixed != tile:
-            raise InputError(f"model {card.name!r} only takes {fixed}×{fixed} tiles, not {tile}")
-        grid = TileGrid(wgrid.height, wgrid.width, tile, overlap)
-        reporter.log(
-            f"model {card.name} on {device.strip('/')}, bands {list(bands)}, "
-            f"{grid.count} tiles of {tile} px, overlap {overlap}"
-        )
+        job = plan_segment(params, src, package, reporter)
+        bands, grid, wgrid = job.bands, job.grid, job.wgrid
         finals = stack.enter_context(outputs.committed(targets))
-        profile = dict(src.profile)
         working = finals
         if wgrid.resampled:
-            from rasterio.transform import Affine
-
             working = [outputs.temporary_sibling(p) for p in targets]
             stack.callback(lambda: [w.unlink(missing_ok=True) for w in working])
-            profile.update(
-                height=wgrid.height,
-                width=wgrid.width,
-                transform=src.transform @ Affine.scale(1 / wgrid.fx, 1 / wgrid.fy),
-            )
-        job = SegmentJob(
-            input=src.name,
-            model=str(package.path),
-            runtime=params.runtime,
-            device=params.device,
-            bands=tuple(bands),
-            grid=grid,
-            wgrid=wgrid,
-            stats=stats,
-            dtype=src.dtypes[bands[0] - 1],
-            batch=params.batch,
-            tta=params.tta,
-            class_weights=None if params.keep_class_weights else card.class_weights,
-            profile=profile,
-        )
         if params.scheduler is None:  # the same plan as one task, in this process
+            model, device = load_for_inference(package, params.runtime, params.device, reporter)
+            reporter.log(f"model {card.name} on {device.strip('/')}")
             counts = run_strip(job, (0, grid.height), working, reporter, (model, device))
         else:
             from segment_plugin.engine.scaleout import run_on_dask
 
+            device = f"Dask workers ({params.device})"
             counts = run_on_dask(job, working, params.scheduler, params.workers, reporter)
         if wgrid.resampled:
             reporter.log("writing the result back on the input grid")

@@ -237,6 +237,10 @@ def test_output_smaller_than_input_covers_the_tile_centre(tmp_path):
         classes = result.read(1)
     # an interior window whose every pixel a tile's centre covered: the model's own classes there
     assert (classes[114:598, 214:698] == direct.argmax(0)).mean() > 0.98
+    small = run_cli("segment", str(raster), "--model", str(package), "--output",
+                    str(tmp_path / "small.tif"), "--tile", "256")  # fmt: skip
+    assert small.returncode == 2 and "only takes 512×512 tiles, not 256" in small.stderr
+    assert not list(tmp_path.glob("small*")) and not list(tmp_path.glob(".small*"))
 
 
 @pytest.mark.parametrize(

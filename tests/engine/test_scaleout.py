@@ -63,20 +63,15 @@ def test_strips_segmented_apart_equal_one_run(tiny_model, tmp_path):
 
 def _job(raster, model):
     """The plan segment makes for ``raster`` at tile 64 / overlap 24 (as above)."""
-    from segment_plugin.engine.inference import SegmentJob, WorkingGrid
+    from segment_plugin.engine.inference import plan_segment
     from segment_plugin.engine.models.package import ModelPackage
-    from segment_plugin.engine.normalize import raster_stats
+    from segment_plugin.engine.params import SegmentParams
+    from segment_plugin.engine.progress import Reporter
 
-    card = ModelPackage.open(model).card
+    params = SegmentParams(raster, raster.with_name("unused.tif"), model=str(model), tile=64,
+                           overlap=24)  # fmt: skip
     with rasterio.open(raster) as src:
-        stats = raster_stats(src, (1, 2, 3), card.normalization.low, card.normalization.high)
-        return SegmentJob(
-            input=str(raster), model=str(model), runtime="auto", device="cpu",
-            bands=(1, 2, 3), grid=TileGrid(src.height, src.width, 64, 24),
-            wgrid=WorkingGrid(src.height, src.width, 1.0, 1.0), stats=stats,
-            dtype=src.dtypes[0], batch=4, tta=False, class_weights=None,
-            profile=dict(src.profile),
-        )  # fmt: skip
+        return plan_segment(params, src, ModelPackage.open(model), Reporter())
 
 
 @pytest.fixture(scope="module")
