@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light bench-scaleout clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -31,6 +31,7 @@ help:
 	@echo "make lint     ruff"
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
+	@echo "make bench-scaleout  segment on 1 and 2 local Dask workers against one process"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
@@ -130,6 +131,12 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_vectorize.py --dask 2 | tee build/bench/bench_vectorize.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_runtimes.py | tee build/bench/bench_runtimes.json
+	$(MAKE) bench-scaleout
+
+# segment on 1 and 2 local Dask workers against one process, 20000x20000 (about 20 min here)
+bench-scaleout: setup
+	@mkdir -p build/bench
+	set -o pipefail; $(ENGINE_PY) tests/bench/bench_scaleout.py | tee build/bench/bench_scaleout.json
 
 # Deepness side by side (docs/onnx.md): Deepness' own dependencies in a venv of their own that
 # sees QGIS's Python packages (Deepness' pins: onnxruntime <= 1.17, opencv <= 4.9, numpy < 2, so
