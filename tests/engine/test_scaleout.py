@@ -328,3 +328,17 @@ def test_vectorize_simplify_is_refused_on_dask(fragmented, tmp_path):
     with pytest.raises(InputError, match="--simplify keeps the topology of the whole coverage"):
         vectorize(params)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_raster_in_a_batch_stops_it_naming_the_raster(tiny_model, tmp_path):
+    """The rasters before it are finished and committed; it leaves nothing; exit code 2."""
+    rasters = _rasters(tmp_path / "in", 3)
+    rasters[1].write_text("not a GeoTIFF")
+    run = run_cli("segment", *map(str, rasters), "--output-dir", str(tmp_path / "out"),
+                  "--model", str(tiny_model), "--tile", "64")  # fmt: skip
+    assert run.returncode == 2
+    assert "r1.tif" in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".tif") == [
+        "r0_tiny.tif"
+    ]
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
