@@ -257,6 +257,7 @@ train-bundled: setup
 	    --patience $(TRAIN_PATIENCE) --seed 42 --output $(TRAIN_DIR) $(call resume,$(TRAIN_DIR))
 	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
 	    --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) --patience $(TRAIN_EPOCHS) \
+	    --train-batchnorm \
 	    --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
 	mkdir -p $(BUNDLED)
 	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
@@ -288,6 +289,7 @@ train-multisource: setup
 	    --description "$(MS_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8 --epochs $(TRAIN_MS_EPOCHS) \
 	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
+	    --train-batchnorm --no-pseudo-labels \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 
 # Two models side by side on real rasters (default: the bundled model and the multi-source

@@ -431,6 +431,19 @@ def build_parser() -> argparse.ArgumentParser:
         "fine-tuning)",
     )
     tr.add_argument("--freeze-encoder", action="store_true")
+    tr.add_argument(
+        "--train-batchnorm",
+        action="store_true",
+        help="fine-tunes: also update the base's batch-normalisation statistics (by default "
+        "they stay the base's; worth it only with plenty of data)",
+    )
+    tr.add_argument(
+        "--no-pseudo-labels",
+        dest="pseudo_labels",
+        action="store_false",
+        help="fine-tunes on partial labels: the marginal loss alone on 'other' pixels (by "
+        "default they take the base model's class where it is one they may be)",
+    )
     tr.add_argument("--no-augment", dest="augment", action="store_false")
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")

@@ -38,7 +38,7 @@ train)
         --base-model resources/models/landcover --name landcover \
         --epochs "${EPOCHS:-60}" --steps-per-epoch "${STEPS:-100}" --batch "${BATCH:-32}" \
         --workers "${WORKERS:-12}" --learning-rate "${LR:-2e-4}" \
-        --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" \
+        --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" --train-batchnorm \
         --output "$output" ${RESUME:+--resume} >>"$OUT/train.log" 2>&1 || status=$?
     grep -v '%\]' "$OUT/train.log" | tail -n 60  # the epochs' metrics, not each batch
     if [ -f "$output/model.keras" ]; then

@@ -8,6 +8,7 @@ validates, and the base model is measured on the same validation area before fin
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from conftest import events, run_cli, shared_raster
 
@@ -56,6 +57,7 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
         "1",
         "--device",
         "cpu",
+        "--train-batchnorm",  # 24 steps: the statistics of a 24 m scene carry the quick gain
         "--progress",
         "json",
         timeout=600,
@@ -75,6 +77,7 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
         )
     assert after["miou"] > before["miou"] + 0.03
     assert len(epochs) == 3 and all("val_per_class_iou" in e for e in epochs)
+    assert package_training(output)["train_batchnorm"] is True
     # epoch 0 is the base model, streamed before training starts (the dialog's chart origin)
     assert base["epoch"] == 0 and base["base"] and base["val_miou"] == before["miou"]
     # the new model is a complete package that loads safely, with the before/after in its card
@@ -84,3 +87,30 @@ def test_fine_tuning_on_part_of_a_region_raises_miou_on_the_rest(chesapeake, tmp
     # a short fine-tune's outputs keep most of the base's class-weight bias: its correction too
     assert package.card.class_weights == resolve_model("landcover").card.class_weights
     assert resolve_model("landcover").path != output  # the bundled model is untouched
+
+
+def package_training(folder):
+    return ModelPackage.open(folder).card.training
+
+
+@pytest.mark.parametrize("train_batchnorm", [False, True])
+def test_a_fine_tune_keeps_its_bases_batchnorm_statistics_unless_asked(train_batchnorm, tmp_path):
+    """Frozen by default (Keras then runs them in inference mode); a new model trains them."""
+    import keras
+    from conftest import tiny_card
+
+    from segment_plugin.engine.models.architectures import build_model
+    from segment_plugin.engine.models.package import save_package
+    from segment_plugin.engine.params import TrainParams
+    from segment_plugin.engine.progress import Reporter
+    from segment_plugin.engine.training.chips import Scene
+    from segment_plugin.engine.training.train import _model_and_card
+
+    save_package(build_model("separable_unet", 3, 5), tiny_card(), tmp_path / "base")
+    params = TrainParams(output=tmp_path / "out", images=(tmp_path,), base_model="base",
+                         train_batchnorm=train_batchnorm)  # fmt: skip
+    images = [Scene("s", np.zeros((3, 8, 8), np.uint8), np.zeros((8, 8), np.uint8))]
+    model, _ = _model_and_card(params, ModelPackage.open(tmp_path / "base"), images, Reporter())
+    norms = [la for la in model.layers if isinstance(la, keras.layers.BatchNormalization)]
+    assert norms and all(la.trainable == train_batchnorm for la in norms)
+    assert any(la.trainable for la in model.layers if la not in norms)

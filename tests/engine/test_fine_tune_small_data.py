@@ -50,13 +50,13 @@ def _score(model, images, gsd):
     return evaluate(EvaluateParams(model=str(model), images=images, gsd=gsd))
 
 
-def _fine_tune(images, output, patch=256):
-    """The bundled model fine-tuned at the defaults (two epochs: this is a test suite's CPU)."""
+def _fine_tune(images, output, patch=256, epochs=2):
+    """The bundled model fine-tuned at the defaults but ``epochs`` (a test suite's CPU)."""
     params = TrainParams(
         output=output,
         images=(images,),
         base_model="landcover",
-        epochs=2,
+        epochs=epochs,
         patch=patch,
         device="cpu",
         seed=3,
@@ -92,13 +92,14 @@ def _chesapeake_strips(folder):
     return folder
 
 
-def test_two_images_of_a_new_region_raise_miou_on_a_third_or_hand_back(tmp_path, capsys):
+def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     strips = _chesapeake_strips(tmp_path / "strips")
     train_dir = _link_pairs(tmp_path / "train", strips, ["strip_0", "strip_1"])
     kept = _link_pairs(tmp_path / "kept", strips, ["strip_2"])
     before = _score("landcover", kept, None)
-    # 87 × 260 px strips: 128 px patches (the dialog's smallest), as a user would pick for them
-    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128)
+    # 87 × 260 px strips: 128 px patches (the dialog's smallest), as a user would pick for them;
+    # the default 20 epochs (early stopping ends it sooner): a small scene trains fast
+    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128, epochs=20)
     after = _score(tmp_path / "chesapeake", kept, None)
     with capsys.disabled():
         print(
@@ -114,14 +115,11 @@ def test_two_images_of_a_new_region_raise_miou_on_a_third_or_hand_back(tmp_path,
     # recomputed from two images, but bounded
     present = [w for w in result["class_weights"] if w > 0]
     assert min(present) >= 0.25 and max(present) <= 4.0
-    # better on the kept-aside strip, or the base handed back with the reason (never worse);
-    # measured at the defaults with the bundled model: handed back (validation 0.221, best
-    # epoch 0.163), with an epoch-8 multi-source candidate: 0.205 → 0.263
-    if result["handed_back"]:
-        assert "did not improve on the base model" in result["handed_back"]
-        assert after["miou"] == before["miou"]
-    else:
-        assert after["miou"] > before["miou"]
+    # better on the kept-aside strip: measured 0.185 → 0.280 (validation 0.221 → 0.263); with
+    # the batch-normalisation statistics updated too (the default before) validation fell to
+    # 0.16 and the base was handed back
+    assert not result["handed_back"]
+    assert after["miou"] > before["miou"] + 0.03
 
 
 def test_roads_only_fine_tune_learns_roads_and_keeps_the_other_classes(tmp_path, capsys):

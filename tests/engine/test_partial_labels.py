@@ -65,6 +65,22 @@ def test_marginal_of_a_set_labelling_two_classes():
     assert float(cross_entropy(y_true, PROBS)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_classes_no_label_names_keep_the_other_pixels_in_the_loss():
+    """A set labelling class 0 only: the fine-tune's class weights give the other classes 1,
+    not 0, so its "other" pixels still count (with zeros a roads-only fine-tune, seeing only
+    its road pixels, learnt road everywhere)."""
+    from segment_plugin.engine.progress import Reporter
+    from segment_plugin.engine.training.train import _loss_class_weights
+
+    weights = _loss_class_weights("auto", np.array([5000, 0, 0]), True, Reporter())
+    assert weights.tolist() == [1.0, 1.0, 1.0]
+    y_true = np.array([[[0, other_target([0]), IGN]]])
+    expected = -(math.log(0.5) + math.log(0.9)) / 2
+    assert float(cross_entropy(y_true, PROBS, weights)) == pytest.approx(expected, rel=1e-5)
+    full = _loss_class_weights("median_frequency", np.array([600, 300, 100, 0]), False, Reporter())
+    assert full.tolist() == pytest.approx([0.5, 1.0, 3.0, 1.0])  # absent: 1 (never a target)
+
+
 def test_dice_and_lovasz_use_known_pixels_only():
     partial = np.array([[[0, other_target([0]), 2]]])
     known_only = np.array([[[0, IGN, 2]]])
@@ -275,3 +291,37 @@ def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_h
     assert by_source["miou"] == by_source["per_source"]["roads"]["miou"]
     with pytest.raises(InputError, match="give either"):
         EvaluateParams(model=model, sources=sources, images=roads_folder)
+
+
+def test_pseudo_labels_fill_other_pixels_with_the_base_models_unnamed_classes(tiny_model):
+    """A scene naming one class: its "other" pixels take the base's class unless the base says
+    the named one there (the label denies it: the marginal stays); the named and ignore pixels
+    are kept; a fully labelled scene is left alone."""
+    from conftest import scene as synthetic
+
+    from segment_plugin.engine.inference import predict_array
+    from segment_plugin.engine.models.package import ModelPackage
+    from segment_plugin.engine.normalize import Normalizer, band_stats
+    from segment_plugin.engine.params import TrainParams
+    from segment_plugin.engine.progress import Reporter
+    from segment_plugin.engine.training.train import _pseudo_label
+
+    package = ModelPackage.open(tiny_model)
+    model = package.load_model()
+    image = synthetic(96, 80, seed=4)
+    normalizer = Normalizer(package.card, band_stats(image.reshape(3, -1), 2, 98), "uint8")
+    predicted = predict_array(model, normalizer, image, 64, 24, 8)
+    named = int(np.bincount(predicted.ravel()).argmax())  # the base's commonest class
+    labels = np.full((96, 80), OTHER, np.uint8)
+    labels[40:48, :] = named
+    labels[:5, :5] = IGN
+    partial = Scene("partial", image, labels, labelled=(named,))
+    full = Scene("full", image, np.zeros((96, 80), np.uint8))
+    params = TrainParams(output="unused", images=("unused",), base_model="tiny", patch=64)
+    out = _pseudo_label([partial, full], model, normalizer, params, None, None, Reporter())
+    assert out[1] is full
+    got, other, said = out[0].labels, labels == OTHER, predicted == named
+    assert (got[labels == named] == named).all() and (got[labels == IGN] == IGN).all()
+    assert np.array_equal(got[other & ~said], predicted[other & ~said])
+    assert (got[other & said] == OTHER).all()
+    assert (other & ~said).sum() > 100 and (other & said).sum() > 100

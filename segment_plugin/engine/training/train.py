@@ -50,6 +50,7 @@ from segment_plugin.engine.training.chips import (
     split_by_area,
 )
 from segment_plugin.engine.training.losses import class_weights, make_loss
+from segment_plugin.engine.training.metrics import IGNORE_INDEX, OTHER_INDEX
 from segment_plugin.engine.training.sources import (
     Source,
     load_sources,
@@ -196,6 +197,7 @@ def _model_and_card(
         # trained (or hand back unchanged): say whose they are
         limitations = base_card.limitations and f"seen on {base_card.name}: {base_card.limitations}"
         card = replace(base_card, classes=classes, limitations=limitations)
+        _set_batchnorm(model, params.train_batchnorm, reporter)
     else:
         if params.classes is None:
             raise InputError("a new model needs --classes classes.json (or --base-model)")
@@ -242,6 +244,75 @@ def _model_and_card(
     return model, replace(card, description=params.description) if params.description else card
 
 
+def _set_batchnorm(model: Any, trainable: bool, reporter: Reporter) -> None:
+    """Batch normalisation trained, or in inference mode with the base's statistics.
+
+    Updated from a few images of one region those statistics shift the whole network away from
+    what the base learnt, so a fine-tune keeps them unless asked (Keras runs a non-trainable
+    BatchNormalization layer in inference mode).
+    """
+    keras = _keras()
+    layers = [
+        layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    for layer in layers:
+        layer.trainable = trainable
+    if layers and not trainable:
+        reporter.log(f"batch normalisation frozen: {len(layers)} layers keep the base's statistics")
+
+
+def _all_layers(model: Any) -> list[Any]:
+    """Every layer, those of nested models too."""
+    layers = []
+    for layer in model.layers:
+        layers.append(layer)
+        if hasattr(layer, "layers"):
+            layers.extend(_all_layers(layer))
+    return layers
+
+
+def _pseudo_label(
+    scenes: list[Scene],
+    model: Any,
+    normalizer: Normalizer,
+    params: TrainParams,
+    class_weights: tuple[float, ...] | None,
+    resolution: float | None,
+    reporter: Reporter,
+) -> list[Scene]:
+    """Partially labelled scenes, their *other* pixels given the base model's classes.
+
+    Where the base says a class the scene does not name, that class becomes the pixel's label
+    (pseudo-labels, as in PLOP, Douillard et al. 2021); where it says a named class the label
+    denies, the marginal stays. The marginal alone lets the unnamed classes drift away from
+    what the base knew: a roads-only fine-tune learnt roads and lost the rest.
+    """
+    from segment_plugin.engine.inference import predict_array
+
+    labelled, taken = 0, 0
+    out = []
+    for scene in scenes:
+        if scene.labelled is None:
+            out.append(scene)
+            continue
+        scene = scene.at_resolution(resolution)  # the base sees what training will cut
+        predicted = predict_array(
+            model, normalizer, scene.image, params.patch, default_overlap(params.patch),
+            params.batch, class_weights=class_weights,
+        )  # fmt: skip
+        take = (scene.labels == OTHER_INDEX) & ~np.isin(predicted, scene.labelled)
+        labels = np.where(take, predicted, scene.labels).astype(scene.labels.dtype)
+        labelled += int((scene.labels != IGNORE_INDEX).sum())
+        taken += int(take.sum())
+        out.append(replace(scene, labels=labels))
+    if labelled:
+        reporter.log(
+            f"pseudo-labels: the base model's classes on {taken / labelled:.0%} of the labelled "
+            "pixels of partially labelled images (their 'other' pixels)"
+        )
+    return out
+
+
 def _default_steps(sampler: PatchSampler, patch: int, batch: int) -> int:
     """About one pass over the labelled area (at the training resolution), at least MIN_STEPS."""
     labelled = sum(
@@ -266,10 +337,16 @@ def _loss_class_weights(
     tile worse on its validation area every epoch (0.200 → 0.119), where bounded ones raise it.
     """
     weights = class_weights("median_frequency" if scheme == "auto" else scheme, counts)
-    if scheme == "auto" and fine_tune and weights is not None:
-        present = weights > 0
+    if weights is None:
+        return None
+    present = weights > 0
+    if scheme == "auto" and fine_tune:
         weights[present] = np.clip(weights[present], *FINE_TUNE_WEIGHT_BOUNDS)
         reporter.log(f"class weights bounded to {FINE_TUNE_WEIGHT_BOUNDS} (fine-tuning)")
+    # A class no label names may still be what an "other" pixel is, and such a pixel is
+    # weighted by its possible classes' weights: zeros would drop it from the loss, and a
+    # roads-only fine-tune learnt road everywhere.
+    weights[~present] = 1.0
     return weights
 
 
@@ -370,15 +447,19 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     duplicates = near_duplicates(train_scenes + val_scenes)
     for a, b in duplicates[:10]:
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
-    counts = class_pixel_counts(train_scenes, len(codes), source_weights)
     model, card = _model_and_card(params, base, train_scenes, reporter)
     card = replace(card, resolution_m=resolution)
     same_classes = base_card is not None and base_card.class_codes == list(codes)
     kept_head_of = base_card if same_classes else None
-    weights = _loss_class_weights(params.class_weights, counts, base is not None, reporter)
-    card = replace(card, class_weights=_card_class_weights(weights, kept_head_of))
     stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
     normalizer = Normalizer(card, stats, card.input_dtype)
+    if same_classes and params.pseudo_labels and not params.resume:
+        train_scenes = _pseudo_label(
+            train_scenes, model, normalizer, params, card.class_weights, resolution, reporter
+        )
+    counts = class_pixel_counts(train_scenes, len(codes), source_weights)
+    weights = _loss_class_weights(params.class_weights, counts, base is not None, reporter)
+    card = replace(card, class_weights=_card_class_weights(weights, kept_head_of))
     value_range = DTYPE_RANGE.get(card.input_dtype, (0.0, 1.0))[1]
     sampler = PatchSampler(
         train_scenes,
@@ -638,6 +719,8 @@ def _final_card(
         "augment": params.augment,
         "filters": params.filters,
         "freeze_encoder": params.freeze_encoder,
+        "train_batchnorm": params.train_batchnorm if params.base_model else True,
+        "pseudo_labels": bool(params.base_model and params.pseudo_labels),
         "base_model": params.base_model,
         "initial_weights": params.base_model or initial_weights(params.arch),
         "seed": params.seed,
