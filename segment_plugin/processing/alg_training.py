@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingOutputNumber,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSource,
@@ -213,6 +214,15 @@ class FineTuneAlgorithm(_LabelledRaster):
             QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", True)
         )
         self.addParameter(QgsProcessingParameterBoolean("AUGMENT", "Augmentation", True))
+        for name, label, default in (
+            ("TRAIN_BATCHNORM", "Update the base's batch-normalisation statistics (plenty of "
+             "labels only)", False),
+            ("PSEUDO_LABELS", "Partial labels: 'other' pixels take the base model's classes",
+             True),
+        ):  # fmt: skip
+            parameter = QgsProcessingParameterBoolean(name, label, default)
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum("DEVICE", "Device", DEVICES, defaultValue=0))
         self.addParameter(
             QgsProcessingParameterString(
@@ -273,6 +283,10 @@ class FineTuneAlgorithm(_LabelledRaster):
                 args.append("--freeze-encoder")
             if not self.parameterAsBoolean(parameters, "AUGMENT", context):
                 args.append("--no-augment")
+            if self.parameterAsBoolean(parameters, "TRAIN_BATCHNORM", context):
+                args.append("--train-batchnorm")
+            if not self.parameterAsBoolean(parameters, "PSEUDO_LABELS", context):
+                args.append("--no-pseudo-labels")
             result = run_or_raise(args, feedback)
         finally:
             _delete(temporary)

@@ -80,12 +80,16 @@ def test_fine_tune_adds_a_user_model_with_before_and_after(
             "PATCH": 0,
             "LEARNING_RATE": 0.001,
             "FREEZE_ENCODER": False,
+            "TRAIN_BATCHNORM": True,  # advanced: passed on to the engine
+            "PSEUDO_LABELS": False,
         },
     )
     assert ok
     assert results["MIOU_BEFORE"] is not None and results["MIOU_AFTER"] is not None
     listed = run_engine(["models"], engine_python).data["models"]
-    assert "tiny-naip" in [m["card"]["name"] for m in listed if "card" in m]
+    cards = {m["card"]["name"]: m["card"] for m in listed if "card" in m}
+    assert cards["tiny-naip"]["training"]["train_batchnorm"] is True
+    assert cards["tiny-naip"]["training"]["pseudo_labels"] is False
     algorithm = registry.algorithmById("segment_plugin:fine_tune")
     for taken in ("tiny-naip", "landcover"):  # a user model, the bundled model
         with pytest.raises(QgsProcessingException, match=f"a model named '{taken}' exists"):
