@@ -688,7 +688,10 @@ def plan_segment(
     if warning:
         reporter.log(warning, "warning")
     grid = TileGrid(wgrid.height, wgrid.width, tile, overlap)
-    reporter.log(f"bands {list(bands)}, {grid.count} tiles of {tile} px, overlap {overlap}")
+    reporter.log(
+        f"model {card.name}: bands {list(bands)}, {grid.count} tiles of {tile} px, "
+        f"overlap {overlap}"
+    )
     profile = dict(src.profile)
     if wgrid.resampled:
         from rasterio.transform import Affine
