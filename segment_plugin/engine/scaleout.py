@@ -18,7 +18,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -151,18 +151,31 @@ def _reachable(address: str) -> None:
         raise InputError(f"cannot reach the Dask scheduler {address}: {exc}") from exc
 
 
-def gather(client: Any, futures: list, sizes: list[int], unit: str, reporter: Reporter) -> list:
+def gather(
+    client: Any,
+    futures: list,
+    sizes: list[int],
+    unit: str,
+    reporter: Reporter,
+    on_result: Callable[[int, Any], None] | None = None,
+) -> list:
     """The tasks' results, reporting progress by the sizes of those done.
 
-    On a cancel or a failed task the other tasks are cancelled.
+    ``on_result(index, result)`` is called as each task finishes (the client's share of the
+    assembly, done while the other tasks run). On a cancel or a failed task the other tasks are
+    cancelled.
     """
     total, reported = sum(sizes), -1
+    handled: set[int] = set()
     try:
         while True:
             reporter.cancel.check()
-            for future in futures:
+            for index, future in enumerate(futures):
                 if future.status == "error":
                     future.result()  # raises the task's error here
+                if on_result and future.status == "finished" and index not in handled:
+                    handled.add(index)
+                    on_result(index, future.result())
             finished = sum(n for f, n in zip(futures, sizes) if f.done())
             if finished != reported:
                 reporter.progress(finished / total, f"{finished}/{total} {unit} (on Dask)")

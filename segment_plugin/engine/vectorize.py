@@ -297,6 +297,7 @@ def polygonize_rows(
     (pixel coordinates) instead, for the assembly to join.
     """
     reporter = reporter or Reporter()
+    Path(output).unlink(missing_ok=True)  # a task rerun after its worker died starts afresh
     with open_class_raster(Path(plan.source)) as src:
         rows = rows or (0, src.height)
         writer = _Writer(Path(output), plan, src, reporter)
@@ -329,20 +330,22 @@ def _on_dask(
             for rows, part in zip(ranges, parts)
         ]
         sizes = [end - first for first, end in ranges]
-        results = scaleout.gather(client, futures, sizes, "rows", ScaledReporter(reporter, 0, 0.8))
         writer = _Writer(final, plan, src, reporter)
+
+        def append(index: int, result: tuple[Written, Batch]) -> None:
+            if result[0].features:  # while the other tasks run
+                writer.append(parts[index], result[0])
+
+        results = scaleout.gather(
+            client, futures, sizes, "rows", ScaledReporter(reporter, 0, 0.9), append
+        )
         merger = RegionMerger(src.height)
         for k, ((first, end), (_, edges)) in enumerate(zip(ranges, results)):
             reporter.cancel.check()
             for batch in merger.add(first, end, *edges):
                 writer.add(*batch)
-            reporter.progress(0.8 + 0.1 * (k + 1) / len(ranges), "joining the ranges' edges")
+            reporter.progress(0.9 + 0.1 * (k + 1) / len(ranges), "joining the ranges' edges")
         writer.flush()
-        for k, (part, (written, _)) in enumerate(zip(parts, results)):
-            reporter.cancel.check()
-            if written.features:
-                writer.append(part, written)
-            reporter.progress(0.9 + 0.1 * (k + 1) / len(parts), "appending the parts")
         return writer.written
 
 
