@@ -342,3 +342,36 @@ def test_a_damaged_raster_in_a_batch_stops_it_naming_the_raster(tiny_model, tmp_
         "r0_tiny.tif"
     ]
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_many_rasters_in_flight_on_dask_and_a_damaged_one_stops_them(tiny_model, tmp_path):
+    """On a cluster the rasters run at once (the second is planned and on the workers before
+    the first is done); a damaged one is one error naming it, and what is left in the output
+    folder is only complete rasters, equal to a single-process run's."""
+    rasters = _rasters(tmp_path / "in", 3)
+    common = ["--model", str(tiny_model), "--tile", "64", "--progress", "json"]
+    run = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "dask"),
+                  "--scheduler", "local", *common, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    messages = [e.get("message") or "" for e in events(run.stdout)]
+    first_done = messages.index(next(m for m in messages if m.startswith("r0.tif: ") and
+                                     m.endswith("tiles (on Dask)") and _all_done(m)))  # fmt: skip
+    assert any(m.startswith("r1.tif: Dask: ") for m in messages[:first_done])
+    one = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "one"), *common)
+    assert one.returncode == 0, one.stderr
+    rasters[1].write_text("not a GeoTIFF")
+    bad = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "bad"),
+                  "--scheduler", "local", *common, timeout=300)  # fmt: skip
+    errors = [e["message"] for e in events(bad.stdout) if e["event"] == "error"]
+    assert bad.returncode == 2 and len(errors) == 1 and errors[0].startswith("r1.tif: "), errors
+    left = sorted((tmp_path / "bad").iterdir())
+    assert not [p for p in left if p.name.startswith(".")]
+    for path in left:
+        if path.suffix == ".tif":
+            assert path.name != "r1_tiny.tif"
+            _same_rasters(tmp_path / "one" / path.name, path)
+
+
+def _all_done(message: str) -> bool:
+    done, _, total = message.split(": ", 1)[1].split(" ")[0].partition("/")
+    return done == total
