@@ -141,7 +141,7 @@ def main() -> None:
             "assumed_gpu_worker_mpx_per_s": GPU_MPX_PER_S,
             "note": "CPU: the measured rate of one single-core worker here times the workers "
             "(tasks only: the plan's statistics pass and the assembly come on top, and a "
-            "national orthophoto is many rasters, planned one after another); GPU: assumed, "
+            "national orthophoto is many rasters, up to four in flight at once); GPU: assumed, "
             "not measured on this machine",
             **projection,
         },
