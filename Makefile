@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light bench-scaleout clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -32,6 +32,7 @@ help:
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
 	@echo "make bench-scaleout  segment on 1 and 2 local Dask workers against one process"
+	@echo "make check-fine-tune  the small-data fine-tune at its default 20 epochs (~2 min)"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
@@ -132,6 +133,12 @@ bench: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_train.py | tee build/bench/bench_train.json
 	set -o pipefail; $(ENGINE_PY) tests/bench/bench_runtimes.py | tee build/bench/bench_runtimes.json
 	$(MAKE) bench-scaleout
+
+# Fine-tuning at the default 20 epochs on two Chesapeake strips, scored on a third (make test
+# runs it at 2 epochs; about 2 min)
+check-fine-tune: setup
+	SEGMENT_PLUGIN_LONG_TESTS=1 $(ENGINE_PY) -m pytest -q -s \
+	    tests/engine/test_fine_tune_small_data.py -k new_region
 
 # segment on 1 and 2 local Dask workers against one process, 20000x20000 (about 20 min here)
 bench-scaleout: setup

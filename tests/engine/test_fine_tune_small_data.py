@@ -9,6 +9,7 @@ was only its validation, and it never saw the Massachusetts roads (road IoU 0.07
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import SHARED, shared_raster
@@ -98,8 +99,10 @@ def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     kept = _link_pairs(tmp_path / "kept", strips, ["strip_2"])
     before = _score("landcover", kept, None)
     # 87 × 260 px strips: 128 px patches (the dialog's smallest), as a user would pick for them;
-    # the default 20 epochs (early stopping ends it sooner): a small scene trains fast
-    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128, epochs=20)
+    # the default 20 epochs (early stopping ends at about 14) with SEGMENT_PLUGIN_LONG_TESTS=1
+    # (make check-fine-tune, 2 min), else 2 (make test's time)
+    epochs = 20 if os.environ.get("SEGMENT_PLUGIN_LONG_TESTS") else 2
+    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128, epochs=epochs)
     after = _score(tmp_path / "chesapeake", kept, None)
     with capsys.disabled():
         print(
@@ -115,11 +118,16 @@ def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     # recomputed from two images, but bounded
     present = [w for w in result["class_weights"] if w > 0]
     assert min(present) >= 0.25 and max(present) <= 4.0
-    # better on the kept-aside strip: measured 0.185 → 0.280 (validation 0.221 → 0.263); with
-    # the batch-normalisation statistics updated too (the default before) validation fell to
-    # 0.16 and the base was handed back
-    assert not result["handed_back"]
-    assert after["miou"] > before["miou"] + 0.03
+    # at 20 epochs better on the kept-aside strip: measured 0.185 → 0.280 (validation 0.221 →
+    # 0.263); with the batch-normalisation statistics updated too (the default before)
+    # validation fell to 0.16 and the base was handed back. Two epochs are too few to gain
+    # 0.01 on validation (best 0.216): the base comes back, unchanged, with the reason.
+    if epochs == 20:
+        assert not result["handed_back"]
+        assert after["miou"] > before["miou"] + 0.03
+    else:
+        assert "did not improve on the base model" in result["handed_back"]
+        assert after["miou"] == before["miou"]
 
 
 def test_roads_only_fine_tune_learns_roads_and_keeps_the_other_classes(tmp_path, capsys):

@@ -219,8 +219,12 @@ def test_many_inputs_one_run_folder_glob_and_cluster(tiny_model, tmp_path):
     dask = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "dask"),
                    "--scheduler", "local", *common, timeout=300)  # fmt: skip
     assert dask.returncode == 0, dask.stderr
-    logs = [e.get("message", "") for e in events(dask.stdout)]
+    logs = [e.get("message") or "" for e in events(dask.stdout)]
     assert sum("strips on 2 workers" in m for m in logs) == 3  # one cluster, three plans
+    # in flight at once: the second raster is on the workers before the first is done
+    first_done = logs.index(next(m for m in logs if m.startswith("r0.tif: ") and
+                                 m.endswith("tiles (on Dask)") and _all_done(m)))  # fmt: skip
+    assert any(m.startswith("r1.tif: Dask: ") for m in logs[:first_done])
     for name in names:
         _same_rasters(tmp_path / "one" / name, tmp_path / "dask" / name)
 
@@ -344,32 +348,22 @@ def test_a_damaged_raster_in_a_batch_stops_it_naming_the_raster(tiny_model, tmp_
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
 
 
-def test_many_rasters_in_flight_on_dask_and_a_damaged_one_stops_them(tiny_model, tmp_path):
-    """On a cluster the rasters run at once (the second is planned and on the workers before
-    the first is done); a damaged one is one error naming it, and what is left in the output
-    folder is only complete rasters, equal to a single-process run's."""
+def test_a_damaged_raster_among_many_on_dask_stops_them(tiny_model, tmp_path):
+    """One error naming it; what is left in the output folder is only complete rasters."""
     rasters = _rasters(tmp_path / "in", 3)
-    common = ["--model", str(tiny_model), "--tile", "64", "--progress", "json"]
-    run = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "dask"),
-                  "--scheduler", "local", *common, timeout=300)  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    messages = [e.get("message") or "" for e in events(run.stdout)]
-    first_done = messages.index(next(m for m in messages if m.startswith("r0.tif: ") and
-                                     m.endswith("tiles (on Dask)") and _all_done(m)))  # fmt: skip
-    assert any(m.startswith("r1.tif: Dask: ") for m in messages[:first_done])
-    one = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "one"), *common)
-    assert one.returncode == 0, one.stderr
     rasters[1].write_text("not a GeoTIFF")
     bad = run_cli("segment", str(tmp_path / "in"), "--output-dir", str(tmp_path / "bad"),
-                  "--scheduler", "local", *common, timeout=300)  # fmt: skip
+                  "--model", str(tiny_model), "--tile", "64", "--progress", "json",
+                  "--scheduler", "local", timeout=300)  # fmt: skip
     errors = [e["message"] for e in events(bad.stdout) if e["event"] == "error"]
     assert bad.returncode == 2 and len(errors) == 1 and errors[0].startswith("r1.tif: "), errors
     left = sorted((tmp_path / "bad").iterdir())
     assert not [p for p in left if p.name.startswith(".")]
     for path in left:
+        assert path.name.startswith(("r0_tiny.", "r2_tiny.")), path.name
         if path.suffix == ".tif":
-            assert path.name != "r1_tiny.tif"
-            _same_rasters(tmp_path / "one" / path.name, path)
+            with rasterio.open(path) as src:
+                assert src.read(1).shape == (src.height, src.width)
 
 
 def _all_done(message: str) -> bool:
