@@ -210,15 +210,15 @@ def polygonize(
 ) -> Iterator[Batch]:
     """Finished regions of rows ``rows`` (default all) in batches, read strip by strip.
 
-    With a ``merger`` (``RegionMerger(height, top=rows[0])``) the regions touching the range's
-    edges are left in it (``merger.open_regions()``) instead of being finished.
+    The regions touching the range's edges stay in ``merger`` (pass one,
+    ``RegionMerger(height, top=rows[0])``, to take them with ``merger.open_regions()``).
     """
     from rasterio.windows import Window
 
     height, width, nodata = dataset.height, dataset.width, dataset.nodata
     nodata = None if nodata is None else int(nodata)
     first, end = rows or (0, height)
-    merger = merger or RegionMerger(height)
+    merger = merger or RegionMerger(height, top=first)
     strip_rows = strip_rows or strip_rows_for(width)
     for row in range(first, end, strip_rows):
         reporter.cancel.check()

@@ -271,6 +271,22 @@ def _all_layers(model: Any) -> list[Any]:
     return layers
 
 
+def _predict_scene(
+    model: Any,
+    normalizer: Normalizer,
+    scene: Scene,
+    params: TrainParams,
+    class_weights: tuple[float, ...] | None,
+) -> np.ndarray:
+    """A scene's classes as inference gives them, tiled at the training patch size."""
+    from segment_plugin.engine.inference import predict_array
+
+    return predict_array(
+        model, normalizer, scene.image, params.patch, default_overlap(params.patch), params.batch,
+        class_weights=class_weights,
+    )  # fmt: skip
+
+
 def _pseudo_label(
     scenes: list[Scene],
     model: Any,
@@ -287,8 +303,6 @@ def _pseudo_label(
     denies, the marginal stays. The marginal alone lets the unnamed classes drift away from
     what the base knew: a roads-only fine-tune learnt roads and lost the rest.
     """
-    from segment_plugin.engine.inference import predict_array
-
     labelled, taken = 0, 0
     out = []
     for scene in scenes:
@@ -296,10 +310,7 @@ def _pseudo_label(
             out.append(scene)
             continue
         scene = scene.at_resolution(resolution)  # the base sees what training will cut
-        predicted = predict_array(
-            model, normalizer, scene.image, params.patch, default_overlap(params.patch),
-            params.batch, class_weights=class_weights,
-        )  # fmt: skip
+        predicted = _predict_scene(model, normalizer, scene, params, class_weights)
         take = (scene.labels == OTHER_INDEX) & ~np.isin(predicted, scene.labelled)
         labels = np.where(take, predicted, scene.labels).astype(scene.labels.dtype)
         labelled += int((scene.labels != IGNORE_INDEX).sum())
@@ -502,8 +513,6 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             f"resuming after epoch {state['epoch']} (best val mIoU {state['best_miou']:.4f})"
         )
 
-    from segment_plugin.engine.inference import predict_array
-
     def validate(model: Any) -> tuple[dict[str, Any], float]:
         """Validation metrics and the training loss on validation patches.
 
@@ -514,15 +523,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         matrices: dict[str, np.ndarray] = {}
         partial: dict[str, tuple[int, ...] | None] = {}
         for scene in val_scenes:
-            predicted = predict_array(
-                model,
-                normalizer,
-                scene.image,
-                params.patch,
-                default_overlap(params.patch),
-                params.batch,
-                class_weights=card.class_weights,
-            )
+            predicted = _predict_scene(model, normalizer, scene, params, card.class_weights)
             matrix = metrics.confusion_with_other(scene.labels, predicted, len(codes))
             matrices[scene.source] = matrices.get(scene.source, 0) + matrix
             partial[scene.source] = scene.labelled
