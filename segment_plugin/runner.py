@@ -34,6 +34,8 @@ _FOREIGN_ENV = (
     "PROJ_DATA",
 )
 _TERMINATE_GRACE_S = 5.0
+#: stderr lines quoted when the engine dies
+_DIED_LINES = 5
 
 Event = dict[str, Any]
 
@@ -242,10 +244,23 @@ def run_engine(
         result.status, result.message = "cancelled", "cancelled by the user"
     elif result.exit_code != 0 or result.status != "ok":
         result.status = "error"
-        if not result.message:
+        if result.exit_code is not None and result.exit_code < 0:  # killed, crashed: say so
+            result.message = _died_message(-result.exit_code, stderr_tail)
+        elif not result.message:
             last = stderr_tail[-1] if stderr_tail else "no output"
             result.message = f"the engine stopped with exit code {result.exit_code}: {last}"
     return result
+
+
+def _died_message(number: int, stderr_tail: Sequence[str]) -> str:
+    """An engine killed by a signal (out of memory, a crash in a native library, kill -9)."""
+    try:
+        name = f", {signal.Signals(number).name}"
+    except ValueError:
+        name = ""
+    last = [line for line in stderr_tail if line.strip()][-_DIED_LINES:]
+    said = "its last lines:\n" + "\n".join(last) if last else "it printed nothing"
+    return f"the engine stopped unexpectedly (signal {number}{name}); {said}"
 
 
 def _parse_event(line: str | None) -> Event | None:

@@ -250,6 +250,26 @@ def test_qgis_process_reports_an_engine_error_once(
     assert not (tmp_path / "x.tif").exists()
 
 
+@pytest.mark.parametrize(
+    "algorithm_id", ["segment_plugin:segment_layer", "segment_plugin:vectorize"]
+)
+def test_a_file_that_is_not_a_raster_is_not_called_missing(registry, tmp_path, algorithm_id):
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not an image")
+    algorithm = registry.algorithmById(algorithm_id)
+    parameters = {"INPUT": str(text), "OUTPUT": str(tmp_path / "out.tif")}
+    ok, message = algorithm.checkParameterValues(parameters, QgsProcessingContext())
+    assert not ok
+    assert (
+        message
+        == f"INPUT: {text} exists but is not a raster QGIS can read (not an image, or damaged)"
+    )
+    ok, message = algorithm.checkParameterValues(
+        {**parameters, "INPUT": str(tmp_path / "nope.tif")}, QgsProcessingContext()
+    )
+    assert not ok and "not found" in message  # QGIS's own words, right for a missing file
+
+
 def test_evaluate_algorithm(registry, tmp_path):
     reference = (
         ROOT.parent / "shared" / "data" / "rasters" / "chesapeake_m_3907833_nw_17_1_lc_classes.tif"

@@ -118,3 +118,20 @@ def test_non_protocol_lines_go_to_output(bad, tmp_path):
     assert result.ok
     assert [e["event"] for e in events] == ["end"]
     assert output == ([bad] if bad else [])
+
+
+@pytest.mark.parametrize("signal_name", ["SEGV", "KILL"])
+def test_an_engine_that_dies_is_reported_with_its_signal_and_last_lines(signal_name, tmp_path):
+    """A crash in a native library or the OOM killer: named as such, never a bare exit code."""
+    script = tmp_path / "dying_python"
+    lines = "".join(f"echo 'step {n}' >&2\n" for n in range(8))
+    script.write_text(f"#!/bin/sh\n{lines}kill -{signal_name} $$\n")
+    script.chmod(0o755)
+    result = run_engine(["segment"], script)
+    number = {"SEGV": 11, "KILL": 9}[signal_name]
+    assert result.status == "error" and result.exit_code == -number
+    head, *quoted = result.message.splitlines()
+    assert head == (
+        f"the engine stopped unexpectedly (signal {number}, SIG{signal_name}); its last lines:"
+    )
+    assert quoted == [f"step {n}" for n in range(3, 8)]
