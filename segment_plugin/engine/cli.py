@@ -578,11 +578,15 @@ def _damaged_raster(exc: BaseException) -> InputError | None:
     )
 
 
+#: how the libraries under us say it: the C library, GDAL's GTiff writer, SQLite (GeoPackage)
+_DISK_FULL_WORDS = ("No space left on device", "Free disk space", "database or disk is full")
+
+
 def _disk_full(exc: BaseException) -> OutputError | None:
     """No space left (or quota exceeded) while writing: the user's problem to fix, said plainly."""
     text = f"{exc} {exc.__cause__ or ''}"
     full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not full and "No space left on device" not in text and "Free disk space" not in text:
+    if not full and not any(words in text for words in _DISK_FULL_WORDS):
         return None
     where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
     return OutputError(

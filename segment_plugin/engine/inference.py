@@ -718,6 +718,26 @@ def plan_segment(
     )
 
 
+def _space_needed(
+    params: SegmentParams, src: Any, job: SegmentJob, classes: int
+) -> list[outputs.SpaceNeed]:
+    """The rasters on disk at the end of the run, temporaries included.
+
+    Beside the finals: the working-grid rasters when resampling, the tasks' parts on Dask.
+    """
+    pixels = src.width * src.height
+    working = job.wgrid.width * job.wgrid.height
+    pixels += working * (job.wgrid.resampled + (params.scheduler is not None))
+    needs = [outputs.SpaceNeed(params.output, "class raster", pixels, outputs.CLASS_RATIOS)]
+    if params.probabilities:
+        needs.append(
+            outputs.SpaceNeed(
+                params.probabilities, "probabilities", pixels * classes, outputs.PROBABILITY_RATIOS
+            )
+        )
+    return needs
+
+
 def _check_tile(model: Any, card: ModelCard, tile: int) -> None:
     """A model built for one tile size takes no other."""
     fixed = model.inputs[0].shape[1]
@@ -756,6 +776,10 @@ def _segment(params: SegmentParams, reporter: Reporter) -> dict[str, Any]:
             outputs.check_output_path(path, params.input, params.overwrite)
         job = plan_segment(params, src, package, reporter)
         bands, grid, wgrid = job.bands, job.grid, job.wgrid
+        outputs.check_free_space(
+            _space_needed(params, src, job, len(card.classes)),
+            lambda message: reporter.log(message, "warning"),
+        )
         finals = stack.enter_context(outputs.committed(targets))
         working = finals
         if wgrid.resampled:

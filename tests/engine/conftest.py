@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,3 +225,34 @@ def cancel_mid_run(command: list[str]) -> tuple[int, float, list[dict]]:
     rest = [json.loads(line) for line in proc.stdout]
     code = proc.wait(30)
     return code, time.monotonic() - started, rest
+
+
+def assert_one_error(code, lines, expected, exit_code=2):
+    """Exit ``exit_code``, one ``error:`` line saying ``expected``, no traceback."""
+    assert code == exit_code
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, lines
+    assert expected in errors[0], errors[0]
+    assert not any("Traceback" in line for line in lines)
+
+
+def no_outputs(folder):
+    """No output named out… and no hidden temporary of one in ``folder``."""
+    return not [p for p in folder.iterdir() if p.name.startswith(("out", ".out"))]
+
+
+def write_png(path, array):
+    """``array`` (bands, rows, cols) as a plain PNG, as chip folders hold them."""
+    bands = array.shape[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path,
+            "w",
+            driver="PNG",
+            width=array.shape[2],
+            height=array.shape[1],
+            count=bands,
+            dtype="uint8",
+        ) as dst:
+            dst.write(array)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import cancel_mid_run, scene, write_raster
+from conftest import assert_one_error, cancel_mid_run, no_outputs, scene, write_raster
 
 from segment_plugin.engine import cli
 
@@ -23,18 +22,6 @@ def segment_cli(capsys, *args):
     return code, captured.err.strip().splitlines()
 
 
-def assert_one_error(code, lines, expected, exit_code=2):
-    assert code == exit_code
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, lines
-    assert expected in errors[0], errors[0]
-    assert not any("Traceback" in line for line in lines)
-
-
-def no_outputs(folder):
-    return not [p for p in folder.iterdir() if p.name.startswith(("out", ".out"))]
-
-
 def test_missing_file(capsys, tmp_path, tiny_model):
     code, lines = segment_cli(
         capsys, tmp_path / "nope.tif", "--output", tmp_path / "out.tif", "--model", tiny_model
@@ -48,73 +35,6 @@ def test_not_a_raster(capsys, tmp_path, tiny_model):
     code, lines = segment_cli(capsys, text, "--output", tmp_path / "out.tif", "--model", tiny_model)
     assert_one_error(code, lines, "is not a raster GDAL can read")
     assert no_outputs(tmp_path)
-
-
-def cut_short(path, data):
-    """A tiled, compressed GeoTIFF of ``data`` cut to half its bytes (a failed copy)."""
-    import rasterio
-
-    whole = path.with_name("whole_" + path.name)
-    bands, height, width = data.shape
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands}
-    profile.update(dtype="uint8", tiled=True, blockxsize=64, blockysize=64, compress="deflate")
-    with rasterio.open(whole, "w", **profile) as dst:
-        dst.write(data)
-    path.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
-    whole.unlink()
-    return path
-
-
-def vrt_of_a_deleted_file(tmp_path):
-    bands = "".join(
-        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
-        f'<SourceFilename relativeToVRT="1">gone.tif</SourceFilename><SourceBand>{b}</SourceBand>'
-        "</SimpleSource></VRTRasterBand>"
-        for b in (1, 2, 3)
-    )
-    vrt = tmp_path / "mosaic.vrt"  # its source, gone.tif, was deleted (or never copied)
-    vrt.write_text(f'<VRTDataset rasterXSize="64" rasterYSize="64">{bands}</VRTDataset>')
-    return vrt
-
-
-@pytest.mark.parametrize("case", ["segment cut", "segment vrt", "vectorize cut"])
-def test_damaged_raster_is_an_input_error_naming_the_file(capsys, tmp_path, tiny_model, case):
-    command, kind = case.split()
-    if kind == "vrt":
-        damaged, named = vrt_of_a_deleted_file(tmp_path), "gone.tif"
-    elif command == "segment":
-        damaged = cut_short(tmp_path / "cut.tif", scene(256, 256))
-        named = "cut.tif"
-    else:
-        codes = np.random.default_rng(0).integers(0, 5, (1, 256, 256)).astype(np.uint8)
-        damaged, named = cut_short(tmp_path / "cut.tif", codes), "cut.tif"
-    out = tmp_path / ("out.tif" if command == "segment" else "out.gpkg")
-    extra = ["--model", str(tiny_model)] if command == "segment" else []
-    code = cli.main([command, str(damaged), "--output", str(out), *extra])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert_one_error(code, lines, "the file looks damaged or truncated")
-    assert named in [line for line in lines if line.startswith("error:")][0]
-    assert no_outputs(tmp_path)
-
-
-def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path, rgb, tiny_model):
-    from segment_plugin.engine import outputs
-
-    out = tmp_path / "out.tif"
-    finished = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    dead_pid = int(finished.stdout)  # a process that has ended: its writer is gone
-    ours = outputs.temporary_sibling(out).name
-    stale = tmp_path / ours.replace(f"-{__import__('os').getpid()}.", f"-{dead_pid}.")
-    stale.write_bytes(b"half a raster")
-    (tmp_path / f"{stale.name}.aux.xml").write_text("<PAMDataset/>")
-    assert cli.main(["segment", str(rgb), "--output", str(out), "--model", str(tiny_model)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
-    assert out.exists()
 
 
 @pytest.mark.parametrize(
@@ -313,30 +233,3 @@ def test_user_models_variable_pointing_at_a_file(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGMENT_PLUGIN_MODELS", str(tmp_path / "models.txt"))
     assert cli.main(["models"]) == 2  # was silently ignored: fine-tuned models went missing
     assert "is a file: point it at a folder" in capsys.readouterr().err
-
-
-def test_disk_full_at_the_last_write_keeps_the_previous_output(
-    capsys, tmp_path, rgb, tiny_model, monkeypatch
-):
-    import errno
-
-    from segment_plugin.engine import inference
-
-    out = tmp_path / "out.tif"
-    earlier = write_raster(tmp_path / "earlier.tif", scene(64, 64, seed=7))  # another result
-    assert (
-        cli.main(["segment", str(earlier), "--output", str(out), "--model", str(tiny_model)]) == 0
-    )
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    capsys.readouterr()
-
-    def full(*_args):
-        raise OSError(errno.ENOSPC, "No space left on device", str(out.with_suffix(".qml")))
-
-    monkeypatch.setattr(inference, "write_class_sidecars", full)  # the last file of the job
-    code = cli.main(
-        ["segment", str(rgb), "--output", str(out), "--model", str(tiny_model), "--overwrite"]
-    )
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert_one_error(code, lines, "the disk is full", exit_code=2)
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # as it was

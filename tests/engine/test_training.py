@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import rasterio
-from conftest import SHARED, Recorder, assert_weights_only, shared_raster, write_raster
+from conftest import SHARED, Recorder, assert_weights_only, shared_raster, write_png, write_raster
 
 from segment_plugin.engine import cli
 from segment_plugin.engine.errors import CancelledError, InputError, OutputError
@@ -31,22 +31,6 @@ from segment_plugin.engine.training.train import train
 
 DUBAI = SHARED / "landcover" / "dubai"
 CLASSES_JSON = SHARED / "landcover" / "classes.json"
-
-
-def write_png(path, array):
-    bands = array.shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(
-            path,
-            "w",
-            driver="PNG",
-            width=array.shape[2],
-            height=array.shape[1],
-            count=bands,
-            dtype="uint8",
-        ) as dst:
-            dst.write(array)
 
 
 def read_png(path):
