@@ -33,7 +33,7 @@ from segment_plugin.engine.models.package import IGNORE_CODE, ModelCard, ModelPa
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, raster_stats
 from segment_plugin.engine.params import SegmentParams
-from segment_plugin.engine.progress import Reporter, ScaledReporter
+from segment_plugin.engine.progress import CancelToken, Reporter, ScaledReporter
 from segment_plugin.engine.styling import write_class_sidecars
 from segment_plugin.engine.tiling import (
     RollingAccumulator,
@@ -487,11 +487,12 @@ def predict_array(
     batch: int = 4,
     tta: bool = False,
     class_weights: Sequence[float] | None = None,
+    cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """Channel indices (h, w) for an in-memory image (bands, h, w).
 
     The same tiling, blending, test-time augmentation and class-weight correction as
-    :func:`segment`, for evaluation and validation.
+    :func:`segment`, for evaluation and validation. ``cancel`` is checked between batches.
     """
     height, width = image.shape[1:]
     grid = TileGrid(height, width, tile, overlap)
@@ -509,6 +510,8 @@ def predict_array(
             values = pad_to_tile(image[:, row : row + tile, col : col + tile], tile)
             tiles.append((row, col, normalizer(values)))
     for start in range(0, len(tiles), batch):
+        if cancel is not None:
+            cancel.check()
         chunk = tiles[start : start + batch]
         probs = predict_tiles(model, np.stack([t[2] for t in chunk]), tta)
         for (row, col, _), tile_probs in zip(chunk, probs):

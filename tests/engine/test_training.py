@@ -377,6 +377,23 @@ def test_cancel_keeps_the_best_model_and_resume_continues(dubai_chips, tmp_path)
         assert int(saved["optimizer/vars/0"][()]) == 2 * 3  # Keras stores the step count first
 
 
+def test_cancel_during_validation_stops_it(dubai_chips, tmp_path):
+    """SIGTERM while an epoch's validation runs (minutes on a large area) stops it between
+    batches, not after it (more than 10 s before); each validated image is a progress step."""
+
+    class CancelWhileValidating(Recorder):
+        def emit(self, event, **fields):
+            super().emit(event, **fields)
+            if event == "progress" and fields["message"] == "epoch 1: validating, image 1/2":
+                self.cancel.set()
+
+    recorder = CancelWhileValidating()
+    with pytest.raises(CancelledError, match="before the first epoch ended: no model saved"):
+        train(quick(dubai_chips, tmp_path, epochs=3), recorder)
+    assert not [e for e in recorder.events if e[0] == "metrics"]  # epoch 1 was never scored
+    assert not (tmp_path / "model").exists()
+
+
 def test_train_bad_input(dubai_chips, tmp_path):
     (tmp_path / "model").mkdir()
     with pytest.raises(OutputError, match="exists; pass --overwrite"):

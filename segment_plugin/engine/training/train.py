@@ -37,7 +37,7 @@ from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats, Normalizer, band_stats
 from segment_plugin.engine.outputs import ensure_writable_folder
 from segment_plugin.engine.params import TrainParams
-from segment_plugin.engine.progress import Reporter
+from segment_plugin.engine.progress import CancelToken, Reporter
 from segment_plugin.engine.tiling import default_overlap
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import (
@@ -277,13 +277,14 @@ def _predict_scene(
     scene: Scene,
     params: TrainParams,
     class_weights: tuple[float, ...] | None,
+    cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """A scene's classes as inference gives them, tiled at the training patch size."""
     from segment_plugin.engine.inference import predict_array
 
     return predict_array(
         model, normalizer, scene.image, params.patch, default_overlap(params.patch), params.batch,
-        class_weights=class_weights,
+        class_weights=class_weights, cancel=cancel,
     )  # fmt: skip
 
 
@@ -513,22 +514,28 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             f"resuming after epoch {state['epoch']} (best val mIoU {state['best_miou']:.4f})"
         )
 
-    def validate(model: Any) -> tuple[dict[str, Any], float]:
+    def validate(model: Any, fraction: float, stage: str) -> tuple[dict[str, Any], float]:
         """Validation metrics and the training loss on validation patches.
 
         The metrics are of the model as inference runs it, its card's class weights undone;
         per source when there are several (a partially labelled one scores its labelled
         classes only), and then their mean mIoU is the one that picks the best epoch.
+        Progress names each image, and a cancel stops it between batches: on large validation
+        areas it takes minutes.
         """
         matrices: dict[str, np.ndarray] = {}
         partial: dict[str, tuple[int, ...] | None] = {}
-        for scene in val_scenes:
-            predicted = _predict_scene(model, normalizer, scene, params, card.class_weights)
+        for number, scene in enumerate(val_scenes, 1):
+            reporter.progress(fraction, f"{stage}: validating, image {number}/{len(val_scenes)}")
+            predicted = _predict_scene(
+                model, normalizer, scene, params, card.class_weights, reporter.cancel
+            )
             matrix = metrics.confusion_with_other(scene.labels, predicted, len(codes))
             matrices[scene.source] = matrices.get(scene.source, 0) + matrix
             partial[scene.source] = scene.labelled
         losses = []
         for image, labels in sampler_val_patches:
+            reporter.cancel.check()
             probs = model.predict_on_batch(image[None])
             losses.append(float(keras.ops.convert_to_numpy(loss(labels[None], probs))))
         val_loss = float(np.mean(losses)) if losses else float("nan")
@@ -561,7 +568,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
 
     before = None
     if same_classes and not params.resume:  # a re-initialised head has no "before"
-        before, _ = validate(model)  # the base model on the same validation area
+        before, _ = validate(model, 0.0, "base model")  # on the same validation area
         reporter.log(f"base model before fine-tuning: val mIoU {before['miou']}")
         # epoch 0 = the base model, so that a live chart starts where fine-tuning starts
         reporter.metrics(
@@ -578,7 +585,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             )
 
     def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
-        report, val_loss = validate(model)
+        report, val_loss = validate(model, (epoch + 1) / params.epochs, f"epoch {epoch + 1}")
         miou = report["miou"] if report["miou"] is not None else 0.0
         entry = {
             "epoch": epoch + 1,
