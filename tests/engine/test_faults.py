@@ -179,18 +179,42 @@ def test_a_run_killed_hard_leaves_temporaries_the_next_run_removes(tmp_path, tin
     assert names == ["big.tif", "out.qml", "out.tif", "out.tif.aux.xml"]  # nothing beside the input
 
 
-def test_label_codes_that_are_not_classes_are_refused_before_training(capsys, tmp_path):
-    images = tmp_path / "chips"
-    images.mkdir()
-    write_png(images / "a.png", scene(64, 64))
-    mask = np.zeros((1, 64, 64), np.uint8)
-    mask[:, 10:20, 10:20] = 7  # the landcover model has classes 0–4
-    write_png(images / "a_mask.png", mask)
+@pytest.mark.parametrize("mapping", [None, {"1": 7, "2": 2}, {"1": 1, "2": 300}])
+def test_label_codes_that_are_not_classes_are_refused_before_training(capsys, tmp_path, mapping):
+    """A mask holding 7 for a 5-class model, or a mapping to 7 or 300: refused by name."""
+    labels = np.ones((1, 64, 64), np.uint8)
+    labels[:, 32:] = 2
+    if mapping is None:  # a chips folder whose mask holds a code the model lacks
+        source = tmp_path / "chips"
+        source.mkdir()
+        write_png(source / "a.png", scene(64, 64))
+        labels[:, 10:20, 10:20] = 7
+        write_png(source / "a_mask.png", labels)
+        given = ["--images", source]
+        expected = "a_mask.png: mask values [7] are not class codes [0, 1, 2, 3, 4]"
+    else:  # a raster and its class raster, values mapped to codes
+        given = ["--raster", write_raster(tmp_path / "image.tif", scene(64, 64))]
+        given += ["--labels", write_raster(tmp_path / "labels.tif", labels)]
+        given += ["--mapping", json.dumps(mapping)]
+        wrong = max(mapping.values())
+        expected = f"the mapping gives [{wrong}], which are not class codes [0, 1, 2, 3, 4]"
+    before = sorted(p.name for p in tmp_path.iterdir())
     code, lines = run(
-        capsys, "train", "--images", images, "--base-model", "landcover", "--output", tmp_path / "m"
+        capsys, "train", *given, "--base-model", "landcover", "--output", tmp_path / "m"
     )
-    assert_one_error(code, lines, "a_mask.png: mask values [7] are not class codes")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chips"]
+    assert_one_error(code, lines, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_chips_mapped_beyond_a_byte_are_refused(capsys, tmp_path):
+    image = write_raster(tmp_path / "image.tif", scene(64, 64))
+    labels = write_raster(tmp_path / "labels.tif", np.ones((1, 64, 64), np.uint8))
+    code, lines = run(
+        capsys, "export-chips", image, "--labels", labels, "--mapping", '{"1": 300}',
+        "--output", tmp_path / "chips",
+    )  # fmt: skip
+    assert_one_error(code, lines, "the mapping's 1 → 300: class codes are 0–254, 255 ignore")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.tif", "labels.tif"]
 
 
 def test_disk_full_at_the_last_write_keeps_the_previous_output(

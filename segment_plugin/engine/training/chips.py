@@ -272,6 +272,9 @@ def rasterize_labels(
 def _text_mapping(mapping: dict[Any, int], values: Sequence[Any], what: str) -> dict[str, int]:
     """``mapping`` keyed by text (how label values are compared); unmapped values refused."""
     text = {str(k): OTHER_INDEX if v == OTHER_LABEL else int(v) for k, v in mapping.items()}
+    beyond = [f"{k} → {v}" for k, v in text.items() if not 0 <= v <= IGNORE_INDEX]
+    if beyond:
+        raise InputError(f"the mapping's {', '.join(beyond)}: class codes are 0–254, 255 ignore")
     unmapped = list(dict.fromkeys(str(v) for v in values if str(v) not in text))
     if unmapped:
         raise InputError(f"{what} without a class: {', '.join(unmapped)}")
@@ -362,6 +365,11 @@ def labelled_scene(
 
     lookup = code_lookup(codes)
     named = [v for v in (mapping or {}).values() if v != OTHER_LABEL]
+    foreign = sorted({int(v) for v in named} - set(codes) - {IGNORE_INDEX})
+    if foreign:
+        raise InputError(
+            f"the mapping gives {foreign}, which are not class codes {list(codes)} or 255 (ignore)"
+        )
     labelled = None
     if mapping and len(named) < len(mapping):
         lookup[OTHER_INDEX] = OTHER_INDEX
