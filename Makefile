@@ -32,7 +32,7 @@ help:
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
 	@echo "make bench-scaleout  segment on 1 and 2 local Dask workers against one process"
-	@echo "make check-fine-tune  the small-data fine-tune at its default 20 epochs (~2 min)"
+	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~12 min)"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"

@@ -211,8 +211,10 @@ class FineTuneDialog(AlgorithmDialog):
         self.val_spin.setSingleStep(0.05)
         self.val_spin.setValue(0.2)
         self.freeze_check = QCheckBox("freeze the encoder")
-        self.freeze_check.setToolTip("Train the decoder only: needs fewer labels, runs faster")
-        self.freeze_check.setChecked(True)
+        self.freeze_check.setToolTip(
+            "Train the decoder only: faster, and forgets less of the classes your labels do not "
+            "name, but learns a new kind of imagery (satellite, another sensor) far less"
+        )
         self.augment_check = QCheckBox("augmentation")
         self.augment_check.setToolTip("Random flips, rotations, scale 0.5–2× and colour jitter")
         self.augment_check.setChecked(True)

@@ -210,8 +210,10 @@ class FineTuneAlgorithm(_LabelledRaster):
                 maxValue=0.5,
             )
         )
+        # trained by default, as the CLI: frozen, a fine-tune on DeepGlobe forest reached
+        # woodland IoU 0.16 in 6 epochs, trained 0.74; on Chesapeake strips it gained nothing
         self.addParameter(
-            QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", True)
+            QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", False)
         )
         self.addParameter(QgsProcessingParameterBoolean("AUGMENT", "Augmentation", True))
         for name, label, default in (

@@ -22,6 +22,10 @@ from segment_plugin.engine.training.train import train
 LANDCOVER = SHARED / "landcover"
 TILE_8 = LANDCOVER / "dubai" / "tile_8"
 ROADS = LANDCOVER / "massachusetts_roads"
+DRONE = LANDCOVER / "dronedeploy"
+FOREST = LANDCOVER / "deepglobe_forest"
+#: the default 20 epochs where a run takes minutes (make check-fine-tune), else make test's time
+LONG = bool(os.environ.get("SEGMENT_PLUGIN_LONG_TESTS"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,6 +41,8 @@ def bundled():
 def _link_pairs(folder, source, stems, labels_json=None):
     """A folder of links to some image/mask pairs of ``source`` (and its labels.json)."""
     folder.mkdir()
+    if labels_json is None and (source / "labels.json").exists():
+        (folder / "labels.json").symlink_to(source / "labels.json")
     for stem in stems:
         for path in source.glob(f"{stem}.*"):
             (folder / path.name).symlink_to(path)
@@ -101,7 +107,7 @@ def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     # 87 × 260 px strips: 128 px patches (the dialog's smallest), as a user would pick for them;
     # the default 20 epochs (early stopping ends at about 14) with SEGMENT_PLUGIN_LONG_TESTS=1
     # (make check-fine-tune, 2 min), else 2 (make test's time)
-    epochs = 20 if os.environ.get("SEGMENT_PLUGIN_LONG_TESTS") else 2
+    epochs = 20 if LONG else 2
     result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128, epochs=epochs)
     after = _score(tmp_path / "chesapeake", kept, None)
     with capsys.disabled():
@@ -154,3 +160,56 @@ def test_roads_only_fine_tune_learns_roads_and_keeps_the_other_classes(tmp_path,
     for name in ("background", "building", "woodland", "water"):
         drop = dubai_before["per_class_iou"][name] - dubai_after["per_class_iou"][name]
         assert drop < 0.05, name
+
+
+#: (source, chips to fine-tune on, chips kept aside): a block of one drone scene (residential,
+#: 10 cm) and the first rows of one DeepGlobe forest scene (50 cm), kept: the scene's far end
+NEW_REGIONS = {
+    "drone": (
+        DRONE,
+        [f"1d4fbe33f3_F1BE1D4184INSPIRE-{n:06d}" for n in range(8)],
+        [f"1d4fbe33f3_F1BE1D4184INSPIRE-{n:06d}" for n in range(28, 36)],
+    ),
+    "forest": (
+        FOREST,
+        [f"691384_{rc}" for rc in ("00", "02", "03", "04", "07", "08", "10", "11")],
+        [f"691384_{rc}" for rc in ("80", "82", "84", "85", "86", "87", "88")],
+    ),
+}
+
+
+@pytest.mark.skipif(not LONG, reason="minutes per region: make check-fine-tune")
+@pytest.mark.parametrize(
+    "region",
+    [
+        pytest.param(
+            "drone",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="measured 0.255 → 0.211 (woodland 0.40 → 0.27) while validation, two of "
+                "the eight chips, rose 0.156 → 0.452: neighbouring chips do not speak for the "
+                "scene's far end",
+            ),
+        ),
+        "forest",  # measured 0.017 → 0.786
+    ],
+)
+def test_partially_labelled_chips_of_a_new_region_raise_its_classes_on_the_rest(
+    region, tmp_path, capsys
+):
+    """The user labelled a few chips, and only some classes (labels.json): better elsewhere."""
+    source, train_stems, kept_stems = NEW_REGIONS[region]
+    train_dir = _link_pairs(tmp_path / "train", source, train_stems)
+    kept = _link_pairs(tmp_path / "kept", source, kept_stems)
+    before = _score("landcover", kept, None)
+    result = _fine_tune(train_dir, tmp_path / region, epochs=20)
+    after = _score(tmp_path / region, kept, None)
+    with capsys.disabled():
+        print(
+            f"\n{region}: fine-tuned on {len(train_stems)} chips, scored on {len(kept_stems)} "
+            f"kept aside ({', '.join(after['labelled_classes'])}): mIoU {before['miou']:.3f} → "
+            f"{after['miou']:.3f} (validation {result['base_val_report']['miou']:.3f} → "
+            f"{result['val_miou']:.3f}, handed back: {result['handed_back']})\n  per class "
+            f"before {before['per_class_iou']}\n  per class after  {after['per_class_iou']}"
+        )
+    assert after["miou"] > before["miou"] + 0.03

@@ -43,7 +43,7 @@ def dialog(plugin, labelled):
     dlg.model_combo.setCurrentText("tiny")
     dlg.polygon_combo.setLayer(labelled[1])
     dlg.field_combo.setField("kind")
-    dlg.freeze_check.setChecked(False)  # the tiny test model has no encoder
+    assert not dlg.freeze_check.isChecked()  # trained by default (the tiny model has no encoder)
     dlg.patch_combo.setCurrentIndex(0)
     dlg.lr_spin.setValue(0.001)
     return dlg
