@@ -72,7 +72,8 @@ MIN_STEPS = 25
 #: a pseudo-label is taken where the base is at least this sure. Roads-only fine-tune, 20
 #: epochs, Dubai tile 8 part 1 woodland / water IoU (base 0.727 / 0.714): all taken 0.514 /
 #: 0.628, 0.8 0.641 / 0.601, 0.9 0.623 / 0.506, 0.95 0.571 / 0.317 (fewer pseudo-labels, more
-#: drift in the marginal); with the encoder frozen, all 0.628 / 0.693, 0.8 0.704 / 0.666
+#: drift in the marginal); with the encoder frozen, all 0.628 / 0.693, 0.8 0.704 / 0.666 (loss
+#: weights then counted after pseudo-labelling; from the user's labels, 0.8: 0.650 / 0.513)
 PSEUDO_LABEL_CONFIDENCE = 0.8
 
 
