@@ -167,7 +167,8 @@ def test_a_run_killed_hard_leaves_temporaries_the_next_run_removes(tmp_path, tin
         [*command, "--progress", "json"], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
     for line in proc.stdout:
-        if json.loads(line)["event"] == "progress" and json.loads(line)["fraction"] > 0.1:
+        event = json.loads(line)
+        if event["event"] == "progress" and event["fraction"] > 0.1:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
