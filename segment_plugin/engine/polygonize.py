@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from segment_plugin.engine.progress import Reporter
-from segment_plugin.engine.stitching import stitch
+from segment_plugin.engine.stitching import (
+    Piece,
+    pieces_of,
+    polygons_of,
+    rings_of,
+    stitch,
+    to_world,
+)
 
 STRIP_PIXELS = 1 << 20  # a strip's regions are built in memory at once
 CHUNK = 10_000  # polygons converted (and cancel checked) at a time
@@ -38,9 +45,9 @@ def _selected_mask(data: np.ndarray, nodata: int | None, selected: np.ndarray | 
     return mask
 
 
-def _edge_intervals(polygon: Any, y: float) -> list[tuple[float, float]]:
-    """Where a polygon's exterior runs along the horizontal line ``y``: [(x0, x1), ...]."""
-    xy = np.asarray(polygon.exterior.coords)
+def _edge_intervals(piece: Piece, y: float) -> list[tuple[float, float]]:
+    """Where a piece's shell runs along the horizontal line ``y``: [(x0, x1), ...]."""
+    xy = piece.shell
     on_line = (xy[:-1, 1] == y) & (xy[1:, 1] == y)
     x0, x1 = xy[:-1, 0][on_line], xy[1:, 0][on_line]
     return list(zip(np.minimum(x0, x1).tolist(), np.maximum(x0, x1).tolist()))
@@ -52,14 +59,14 @@ class _Regions:
     def __init__(self) -> None:
         self.borders: list[float] = []  # rows (y) where strips meet: where pieces are stitched
         self.parent: list[int] = []
-        self.pieces: dict[int, list[Any]] = {}  # root → pieces
+        self.pieces: dict[int, list[Piece]] = {}  # root → pieces
         self.code: list[int] = []
 
-    def add(self, code: int, polygon: Any) -> int:
+    def add(self, code: int, piece: Piece) -> int:
         index = len(self.parent)
         self.parent.append(index)
         self.code.append(code)
-        self.pieces[index] = [polygon]
+        self.pieces[index] = [piece]
         return index
 
     def find(self, index: int) -> int:
@@ -74,11 +81,15 @@ class _Regions:
             self.parent[rb] = ra
             self.pieces[ra].extend(self.pieces.pop(rb))
 
-    def close(self, root: int) -> tuple[int, Any]:
-        pieces = self.pieces.pop(root)
-        if len(pieces) == 1:
-            return self.code[root], pieces[0]
-        return self.code[root], stitch(pieces, np.asarray(self.borders, float))
+    def close(self, roots: list[int], transform: Any = None) -> Batch:
+        """The regions of ``roots``, each one polygon, built in one call (see ``polygons_of``)."""
+        borders = np.asarray(self.borders, float)
+        rings = []
+        for root in roots:
+            pieces = self.pieces.pop(root)
+            rings.append(rings_of(pieces[0]) if len(pieces) == 1 else stitch(pieces, borders))
+        codes = np.asarray([self.code[root] for root in roots], np.int64)
+        return codes, polygons_of(rings, transform)
 
 
 def _connect(
@@ -95,15 +106,6 @@ def _connect(
                 k -= 1
 
 
-def _batch(regions: list[tuple[int, Any]]) -> Batch:
-    """(codes, polygons) arrays of closed regions; empties the list."""
-    codes = np.asarray([code for code, _ in regions], np.int64)
-    polygons = np.empty(len(regions), dtype=object)
-    polygons[:] = [polygon for _, polygon in regions]
-    regions.clear()
-    return codes, polygons
-
-
 class RegionMerger:
     """Joins regions cut at strip borders, fed strip after strip in row order.
 
@@ -112,11 +114,14 @@ class RegionMerger:
     it). ``top``: the first row fed when it is not the raster's top (a task below another):
     regions touching it may continue above, so they stay open; :meth:`open_regions` hands them,
     and those touching the last row fed, over to whoever joins this range with its neighbours.
+    ``transform``: the raster's affine transform, to hand finished regions over in its CRS (open
+    ones stay in pixel coordinates); None: pixel coordinates throughout.
     """
 
-    def __init__(self, height: int, top: int = 0) -> None:
+    def __init__(self, height: int, top: int = 0, transform: Any = None) -> None:
         self.height = height
         self.top = top
+        self.transform = transform
         self.regions = _Regions()
         self.open_below: dict[int, list[tuple[int, list]]] = {}  # code → pieces on the last border
         self.pinned: list[int] = []  # pieces touching ``top``
@@ -133,19 +138,23 @@ class RegionMerger:
         touches_top = (row > 0) & (bounds[:, 1] == row) & np.isin(codes, list(self.open_below))
         touches_bottom = (bounds[:, 3] == bottom) & (bottom < self.height)
         inside = ~(touches_top | touches_bottom | pinned)
-        finished = [(codes[inside], polygons[inside])]  # whole regions inside this strip
+        inner = polygons[inside]  # whole regions inside this strip
+        if self.transform is not None:
+            inner = shapely.transform(inner, lambda xy: to_world(xy, self.transform))
+        finished = [(codes[inside], inner)]
         at_top: dict[int, list[tuple[int, list]]] = defaultdict(list)
         at_bottom: dict[int, list[tuple[int, list]]] = defaultdict(list)
         was_open = [p for pieces in self.open_below.values() for p, _ in pieces]
-        for k in np.flatnonzero(~inside):
-            code, polygon = int(codes[k]), polygons[k]
-            piece = regions.add(code, polygon)
+        cut = np.flatnonzero(~inside)
+        for k, piece in zip(cut, pieces_of(polygons[cut])):
+            code = int(codes[k])
+            index = regions.add(code, piece)
             if pinned[k]:
-                self.pinned.append(piece)
+                self.pinned.append(index)
             if touches_top[k]:
-                at_top[code].append((piece, _edge_intervals(polygon, row)))
+                at_top[code].append((index, _edge_intervals(piece, row)))
             if touches_bottom[k]:
-                at_bottom[code].append((piece, _edge_intervals(polygon, bottom)))
+                at_bottom[code].append((index, _edge_intervals(piece, bottom)))
         for code, below in at_top.items():
             _connect(regions, self.open_below[code], below)
         # roots only after joining: a region may have grown through this strip
@@ -154,17 +163,17 @@ class RegionMerger:
         touched = was_open + [p for pieces in at_top.values() for p, _ in pieces]
         roots = sorted({regions.find(p) for p in touched} - still_open)
         if roots:
-            finished.append(_batch([regions.close(root) for root in roots]))
+            finished.append(regions.close(roots, self.transform))
         self.open_below = dict(at_bottom)
         return finished
 
     def open_regions(self) -> Batch:
-        """The regions that touch the range's top or bottom edge, each stitched into one polygon."""
+        """The regions touching the range's top or bottom edge, one polygon each, in pixels."""
         regions = self.regions
         touching = [p for pieces in self.open_below.values() for p, _ in pieces] + self.pinned
         roots = sorted({regions.find(p) for p in touching})
         self.open_below, self.pinned = {}, []
-        return _batch([regions.close(root) for root in roots])
+        return regions.close(roots)
 
 
 def _strip_polygons(data: np.ndarray, mask: np.ndarray, row: int, reporter: Reporter) -> Batch:

@@ -14,7 +14,7 @@ Coordinates are pixel coordinates (integers), so every comparison is exact.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -115,26 +115,94 @@ def _link(items: list[np.ndarray]) -> list[np.ndarray]:
     return rings
 
 
-def stitch(polygons: list[Any], borders: np.ndarray) -> Any:
-    """One polygon from the pieces of a 4-connected region (pixel coordinates).
+class Piece(NamedTuple):
+    """A piece of a region held open at a strip border, as int32 pixel coordinates.
+
+    A GEOS ring costs about 270 bytes more than its coordinates; a region spanning a fragmented
+    map holds a million small holes until its last strip, so its pieces are kept as arrays.
+    """
+
+    shell: np.ndarray  # (n, 2) closed ring
+    holes: np.ndarray  # (m, 2) the holes' closed rings, one after another
+    hole_sizes: np.ndarray  # vertices per hole
+
+
+def pieces_of(polygons: np.ndarray) -> list[Piece]:
+    """Polygons (pixel coordinates) as pieces, converted in one call."""
+    import shapely
+
+    if not len(polygons):
+        return []
+    _, coords, (ring_ends, polygon_ends) = shapely.to_ragged_array(polygons)
+    coords = coords.astype(np.int32)
+    pieces = []
+    for first, last in zip(polygon_ends[:-1], polygon_ends[1:]):
+        ends = ring_ends[first : last + 1]
+        pieces.append(
+            Piece(
+                coords[ends[0] : ends[1]].copy(),
+                coords[ends[1] : ends[-1]].copy(),
+                np.diff(ends[1:]).astype(np.int32),
+            )
+        )
+    return pieces
+
+
+def to_world(coords: np.ndarray, transform: Any) -> np.ndarray:
+    """Pixel coordinates (x = column, y = row) → the raster's CRS, by its affine ``transform``."""
+    matrix = np.array([[transform.a, transform.d], [transform.b, transform.e]])
+    world = coords @ matrix
+    world += (transform.c, transform.f)
+    return world
+
+
+Rings = tuple[list[np.ndarray], list[np.ndarray]]  # a polygon's coordinate blocks, ring sizes
+
+
+def polygons_of(rings: list[Rings], transform: Any) -> np.ndarray:
+    """Polygons from (coordinate blocks, ring sizes) per polygon, shell first: one GEOS build.
+
+    In world coordinates when a ``transform`` is given: built once, never copied to move them.
+    """
+    import shapely
+
+    if not rings:
+        return np.empty(0, object)
+    ring_sizes = np.concatenate([size for _, sizes in rings for size in sizes])
+    rings_per_polygon = [sum(len(size) for size in sizes) for _, sizes in rings]
+    coords = np.concatenate([block for blocks, _ in rings for block in blocks]).astype(float)
+    if transform is not None:
+        coords = to_world(coords, transform)
+    ring_ends = np.concatenate([[0], np.cumsum(ring_sizes)])
+    polygon_ends = np.concatenate([[0], np.cumsum(rings_per_polygon)])
+    kind = shapely.GeometryType.POLYGON
+    return shapely.from_ragged_array(kind, coords, (ring_ends, polygon_ends))
+
+
+def rings_of(piece: Piece) -> Rings:
+    """A whole region held as one piece: its rings for :func:`polygons_of`."""
+    return [piece.shell, piece.holes], [np.array([len(piece.shell)]), piece.hole_sizes]
+
+
+def stitch(pieces: list[Piece], borders: np.ndarray) -> Rings:
+    """The rings of one polygon from the pieces of a 4-connected region, for :func:`polygons_of`.
 
     ``borders`` holds the rows (y) where strips meet (a piece's other straight runs on those rows
     are split and joined again, unchanged); the list of pieces is emptied.
     """
-    import shapely
-
     chains: list[np.ndarray] = []
     edges = []
-    holes = []
-    while polygons:  # each piece is let go once its rings are taken: one copy at a time
-        rings = shapely.get_rings(polygons.pop())
-        shell = shapely.get_coordinates(rings[0])
+    blocks, sizes = [], []  # the pieces' holes as they are, then the new ones
+    while pieces:
+        piece = pieces.pop()
+        shell = piece.shell.astype(float)
         if signed_area(shell) < 0:
             shell = shell[::-1]
         cut_chains, cut_edges = _cut(shell, borders)
         chains.extend(cut_chains)
         edges.append(cut_edges)
-        holes.extend(rings[1:])
+        blocks.append(piece.holes)
+        sizes.append(piece.hole_sizes)
     edges = np.concatenate(edges)
     # an edge walked once each way lies between a piece above and a piece below: inside
     keys, inverse, counts = np.unique(edges[:, :2], axis=0, return_inverse=True, return_counts=True)
@@ -151,5 +219,6 @@ def stitch(polygons: list[Any], borders: np.ndarray) -> Any:
                 raise ValueError("the pieces do not form one connected region")
             shell = ring
         else:
-            holes.append(shapely.linearrings(ring))
-    return shapely.polygons(shell, holes=holes or None)
+            blocks.append(ring)
+            sizes.append(np.array([len(ring)]))
+    return [shell, *blocks], [np.array([len(shell)]), *sizes]
