@@ -90,11 +90,11 @@ docs: setup
 	@echo "built build/site/index.html"
 
 test-engine:
-	$(ENGINE_PY) -m pytest tests/engine tests/test_layout.py
+	$(ENGINE_PY) -m pytest --durations=12 tests/engine tests/test_layout.py
 
 test-qgis:
 	rm -rf .qgis-settings  # pytest-qgis's profile: start every run from a clean one
-	$(QGIS_PY) -m pytest tests/qgis
+	$(QGIS_PY) -m pytest --durations=8 tests/qgis
 
 # Segment a real orthophoto with the bundled model: class GeoTIFF + .qml, shapefile, PNG preview.
 RASTER   ?= ../shared/data/rasters/demo_nl_gorinchem_rgb_25cm.tif

@@ -644,3 +644,44 @@ def test_patch_threads_default_to_one_on_the_cpu_and_several_with_a_gpu(monkeypa
     assert devices.patch_workers(None, devices.GPU) == 2
     with pytest.raises(InputError, match="epochs, batch and workers must be at least 1"):
         TrainParams(output="m", images=("x",), workers=0)
+
+
+@pytest.mark.parametrize("count,by_area", [(2, True), (8, True), (12, True), (13, False)])
+def test_few_pair_images_are_each_split_by_area_for_validation(tmp_path, count, by_area):
+    """Whole images are held out only when that makes three or more (20 %: 13 images)."""
+    from segment_plugin.engine.training import train as module
+
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        write_png(tmp_path / f"chip_{k}.png", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+        write_png(tmp_path / f"chip_{k}_mask.png", rng.integers(0, 5, (1, 64, 64), dtype=np.uint8))
+    params = TrainParams(output=tmp_path / "m", images=(tmp_path,), classes=CLASSES_JSON)
+    train_scenes, val_scenes = module._training_data(params, [0, 1, 2, 3, 4], None, [])
+    areas = ["(validation area: columns" in scene.name for scene in val_scenes]
+    if by_area:
+        assert len(train_scenes) == len(val_scenes) == count and all(areas)
+    else:
+        assert len(val_scenes) == 3 and len(train_scenes) == 10 and not any(areas)
+
+
+def test_an_image_with_too_few_labels_to_split_trains_whole(tmp_path):
+    from segment_plugin.engine.training import train as module
+
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        mask = rng.integers(0, 5, (1, 64, 64), dtype=np.uint8)
+        if k == 0:
+            mask[:] = 255  # ignore …
+            mask[0, :10, :10] = 1  # … but 100 pixels
+        write_png(tmp_path / f"chip_{k}.png", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8))
+        write_png(tmp_path / f"chip_{k}_mask.png", mask)
+    params = TrainParams(output=tmp_path / "m", images=(tmp_path,), classes=CLASSES_JSON)
+    train_scenes, val_scenes = module._training_data(params, [0, 1, 2, 3, 4], None, [])
+    assert [s.name.startswith("chip_0") for s in train_scenes].count(True) == 1
+    assert not any(s.name.startswith("chip_0") for s in val_scenes) and len(val_scenes) == 2
+    # none can be split: the reason, as before
+    for k in (1, 2):
+        (tmp_path / f"chip_{k}.png").unlink()
+        (tmp_path / f"chip_{k}_mask.png").unlink()
+    with pytest.raises(InputError, match="too few labelled pixels for a validation split"):
+        module._training_data(params, [0, 1, 2, 3, 4], None, [])
