@@ -32,7 +32,7 @@ help:
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
 	@echo "make bench-scaleout  segment on 1 and 2 local Dask workers against one process"
-	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~12 min)"
+	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~15-20 min)"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
@@ -136,7 +136,7 @@ bench: setup
 
 # Fine-tuning at the default 20 epochs on a little data of a new region, each scored on a part
 # kept aside: two Chesapeake strips (a third kept; make test runs it at 2 epochs), DeepGlobe
-# forest and drone chips (partial labels; the drone case is a known failure). About 12 min
+# forest and drone chips (partial labels). About 15-20 min
 check-fine-tune: setup
 	SEGMENT_PLUGIN_LONG_TESTS=1 $(ENGINE_PY) -m pytest -q -s \
 	    tests/engine/test_fine_tune_small_data.py -k new_region
