@@ -135,8 +135,8 @@ bench: setup
 	$(MAKE) bench-scaleout
 
 # Fine-tuning at the default 20 epochs on a little data of a new region, each scored on a part
-# kept aside: two Chesapeake strips (a third kept; make test runs it at 2 epochs), DeepGlobe
-# forest and drone chips (partial labels). About 15-20 min
+# kept aside: two Chesapeake strips (a third kept), DeepGlobe forest and drone chips (partial
+# labels). About 15-20 min
 check-fine-tune: setup
 	SEGMENT_PLUGIN_LONG_TESTS=1 $(ENGINE_PY) -m pytest -q -s \
 	    tests/engine/test_fine_tune_small_data.py -k new_region

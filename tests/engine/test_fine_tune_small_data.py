@@ -99,16 +99,19 @@ def _chesapeake_strips(folder):
     return folder
 
 
+@pytest.mark.skipif(
+    not LONG,
+    reason="minutes: make check-fine-tune (the split and the bounded "
+    "weights have fast tests in test_training.py)",
+)
 def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     strips = _chesapeake_strips(tmp_path / "strips")
     train_dir = _link_pairs(tmp_path / "train", strips, ["strip_0", "strip_1"])
     kept = _link_pairs(tmp_path / "kept", strips, ["strip_2"])
     before = _score("landcover", kept, None)
     # 87 × 260 px strips: 128 px patches (the dialog's smallest), as a user would pick for them;
-    # the default 20 epochs (early stopping ends at about 14) with SEGMENT_PLUGIN_LONG_TESTS=1
-    # (make check-fine-tune, 2 min), else 2 (make test's time)
-    epochs = 20 if LONG else 2
-    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128, epochs=epochs)
+    # the default 20 epochs (early stopping ends at about 14)
+    result = _fine_tune(train_dir, tmp_path / "chesapeake", patch=128, epochs=20)
     after = _score(tmp_path / "chesapeake", kept, None)
     with capsys.disabled():
         print(
@@ -124,16 +127,11 @@ def test_two_images_of_a_new_region_raise_miou_on_a_third(tmp_path, capsys):
     # recomputed from two images, but bounded
     present = [w for w in result["class_weights"] if w > 0]
     assert min(present) >= 0.25 and max(present) <= 4.0
-    # at 20 epochs better on the kept-aside strip: measured 0.185 → 0.280 (validation 0.221 →
-    # 0.263); with the batch-normalisation statistics updated too (the default before)
-    # validation fell to 0.16 and the base was handed back. Two epochs are too few to gain
-    # 0.01 on validation (best 0.216): the base comes back, unchanged, with the reason.
-    if epochs == 20:
-        assert not result["handed_back"]
-        assert after["miou"] > before["miou"] + 0.03
-    else:
-        assert "did not improve on the base model" in result["handed_back"]
-        assert after["miou"] == before["miou"]
+    # better on the kept-aside strip: measured 0.185 → 0.280 (validation 0.221 → 0.263); with
+    # the batch-normalisation statistics updated too (the default before) validation fell to
+    # 0.16 and the base was handed back
+    assert not result["handed_back"]
+    assert after["miou"] > before["miou"] + 0.03
 
 
 def test_roads_only_fine_tune_learns_roads_and_keeps_the_other_classes(tmp_path, capsys):

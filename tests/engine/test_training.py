@@ -685,3 +685,15 @@ def test_an_image_with_too_few_labels_to_split_trains_whole(tmp_path):
         (tmp_path / f"chip_{k}_mask.png").unlink()
     with pytest.raises(InputError, match="too few labelled pixels for a validation split"):
         module._training_data(params, [0, 1, 2, 3, 4], None, [])
+
+
+def test_a_fine_tunes_auto_class_weights_are_bounded():
+    """Median-frequency weights of two tiles were background 0.06, road 17.4: bounded for a
+    fine-tune, as they are (unbounded) for a new model; a class no label names weighs 1."""
+    from segment_plugin.engine.training import train as module
+
+    counts = np.array([900_000.0, 30_000, 60_000, 0, 2_000])
+    tuned = module._loss_class_weights("auto", counts.copy(), True, Recorder())
+    new = module._loss_class_weights("auto", counts.copy(), False, Recorder())
+    assert tuned.tolist() == pytest.approx([0.25, 1.5, 0.75, 1.0, 4.0])  # median 45k
+    assert new[0] < 0.25 and new[4] > 4.0 and new[3] == 1.0
