@@ -5,7 +5,8 @@ region. A region touching a strip's border may continue in the next strip, so it
 held (:class:`RegionMerger`) and, once the region can no longer grow, stitched into one polygon
 (``stitching``). The same merger joins the regions left open at the edges of row ranges
 polygonised apart (Dask tasks): a task's open regions are the reduce step's "strip".
-Coordinates are pixel coordinates (x = column, y = row), exact in floating point.
+Regions are worked on in pixel coordinates (x = column, y = row), exact integers; finished ones
+are handed over in the raster's CRS when the merger is given its transform.
 """
 
 from __future__ import annotations

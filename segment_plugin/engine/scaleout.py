@@ -170,13 +170,16 @@ def gather(
     try:
         while True:
             reporter.cancel.check()
-            for index, future in enumerate(futures):
-                if future.status == "error":
+            # one look at each task: one that finished after it was looked at counts next time,
+            # once its result has been handed to on_result (a part was lost in that window)
+            statuses = [future.status for future in futures]
+            for index, (future, status) in enumerate(zip(futures, statuses)):
+                if status == "error":
                     future.result()  # raises the task's error here
-                if on_result and future.status == "finished" and index not in handled:
+                if on_result and status == "finished" and index not in handled:
                     handled.add(index)
                     on_result(index, future.result())
-            finished = sum(n for f, n in zip(futures, sizes) if f.done())
+            finished = sum(n for status, n in zip(statuses, sizes) if status == "finished")
             if finished != reported:
                 reporter.progress(finished / total, f"{finished}/{total} {unit} (on Dask)")
                 reported = finished

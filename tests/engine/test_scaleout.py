@@ -369,3 +369,35 @@ def test_a_damaged_raster_among_many_on_dask_stops_them(tiny_model, tmp_path):
 def _all_done(message: str) -> bool:
     done, _, total = message.split(": ", 1)[1].split(" ")[0].partition("/")
     return done == total
+
+
+def test_gather_hands_every_result_over_even_when_a_task_finishes_while_looked_at():
+    """A task that finished between the look at its status and the count of finished tasks was
+    counted but never handed to ``on_result``: its part was not appended (seen as 21,187 of
+    30,683 polygons through Processing on 4 ranges, once)."""
+    from segment_plugin.engine.progress import Reporter
+    from segment_plugin.engine.scaleout import gather
+
+    class Future:
+        def __init__(self, looks_pending: int) -> None:
+            self.looks = looks_pending
+
+        @property
+        def status(self) -> str:
+            self.looks -= 1
+            return "pending" if self.looks >= 0 else "finished"
+
+        def done(self) -> bool:  # finished as soon as anyone counts
+            return True
+
+        def result(self) -> str:
+            return "part"
+
+    class Client:
+        def cancel(self, futures: list) -> None:
+            raise AssertionError("nothing failed")
+
+    handed = []
+    futures = [Future(0), Future(2), Future(0)]  # the middle one finishes while being looked at
+    results = gather(Client(), futures, [1] * 3, "rows", Reporter(), lambda k, _: handed.append(k))
+    assert results == ["part"] * 3 and sorted(handed) == [0, 1, 2]
