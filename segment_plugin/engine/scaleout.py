@@ -151,6 +151,10 @@ def _reachable(address: str) -> None:
         raise InputError(f"cannot reach the Dask scheduler {address}: {exc}") from exc
 
 
+#: a task's statuses that ``Future.done()`` counts (an error raises before it is counted)
+DONE = ("finished", "cancelled")
+
+
 def gather(
     client: Any,
     futures: list,
@@ -179,7 +183,7 @@ def gather(
                 if on_result and status == "finished" and index not in handled:
                     handled.add(index)
                     on_result(index, future.result())
-            finished = sum(n for status, n in zip(statuses, sizes) if status == "finished")
+            finished = sum(n for status, n in zip(statuses, sizes) if status in DONE)
             if finished != reported:
                 reporter.progress(finished / total, f"{finished}/{total} {unit} (on Dask)")
                 reported = finished
