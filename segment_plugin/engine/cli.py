@@ -444,6 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tunes on partial labels: the marginal loss alone on 'other' pixels (by "
         "default they take the base model's class where it is one they may be)",
     )
+    tr.add_argument(
+        "--distill",
+        type=float,
+        default=1.0,
+        help="fine-tunes on partial labels: weight of keeping the base model's odds among the "
+        "classes an 'other' pixel may be (0: off)",
+    )
     tr.add_argument("--no-augment", dest="augment", action="store_false")
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")

@@ -224,6 +224,9 @@ class TrainParams(JobParams):
     # a fine-tune's partially labelled images: "other" pixels take the base's class where it is
     # one they may be (training/train.py _pseudo_label); False: the marginal loss alone
     pseudo_labels: bool = True
+    # a fine-tune's partially labelled images: weight of the distillation toward the base's odds
+    # among the classes an "other" pixel may be (losses.unnamed_distillation); 0: none
+    distill: float = 1.0
     augment: bool = True
     val_fraction: float = 0.2
     max_ignore: float = 0.5
@@ -258,6 +261,8 @@ class TrainParams(JobParams):
             raise InputError(f"resolution must be positive, got {self.resolution}")
         if self.learning_rate is None:
             self.learning_rate = 1e-4 if self.base_model else 1e-3
+        if not self.distill >= 0:
+            raise InputError(f"distill must be 0 or more, got {self.distill}")
         if not self.learning_rate > 0:
             raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
         if self.raster is not None and self.labels is None:

@@ -28,6 +28,8 @@ from segment_plugin.engine.training.losses import (
     lovasz,
     make_loss,
     other_target,
+    unnamed_distillation,
+    with_distillation,
 )
 from segment_plugin.engine.training.sources import load_sources, read_sources
 
@@ -96,6 +98,29 @@ def test_fully_labelled_loss_is_unchanged():
     assert float(cross_entropy(y_true, PROBS, weights)) == pytest.approx(ce, rel=1e-5)
     total = float(make_loss("ce+dice", weights)(y_true, PROBS))
     assert total == pytest.approx(ce + float(dice(y_true, PROBS)), rel=1e-5)
+
+
+def test_unnamed_distillation_by_hand():
+    """KL(teacher ‖ model) over the classes an *other* pixel may be, both renormalised there."""
+    teacher = np.array([[[[0.7, 0.1, 0.2], [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]]], np.float32)
+    # pixel 2 is "other" in a set labelling class 0: classes 1 and 2, model 2/3 : 1/3, teacher
+    # 1/4 : 3/4; pixels 1 (known) and 3 (ignore) add nothing
+    y_true = np.array([[[0, other_target([0]), IGN]]])
+    expected = 0.25 * math.log(0.25 / (2 / 3)) + 0.75 * math.log(0.75 / (1 / 3))
+    got = float(unnamed_distillation(y_true, PROBS, teacher))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # what the set names does not count: a teacher that differs only in class 0 agrees
+    assert float(unnamed_distillation(y_true, PROBS, np.array([[[[0.7, 0.2, 0.1]] * 3]]))) == (
+        pytest.approx(0.0, abs=1e-6)
+    )
+    # the combined loss takes the model's channels, then the teacher's
+    both = np.concatenate([PROBS, teacher], axis=-1)
+    loss = make_loss("ce+dice")
+    combined = float(with_distillation(loss, 3, 2.0)(y_true, both))
+    assert combined == pytest.approx(float(loss(y_true, PROBS)) + 2 * expected, rel=1e-5)
+    # fully labelled: exactly the loss alone
+    full = np.array([[[0, 1, 2]]])
+    assert float(with_distillation(loss, 3, 2.0)(full, both)) == float(loss(full, PROBS))
 
 
 def test_partial_report_by_hand():

@@ -277,6 +277,7 @@ def test_fine_tuning_that_does_not_improve_hands_back_the_base_model(dubai_chips
     for a, b in zip(base.get_weights(), kept.load_model().get_weights()):
         assert np.array_equal(a, b)
     assert any("did not improve on the base model" in m for m in reporter.logs())
+    assert not any("distillation" in m for m in reporter.logs())  # fully labelled: no teacher
 
 
 def test_new_classes_reinitialise_the_head(dubai_chips, tmp_path):
@@ -697,3 +698,46 @@ def test_a_fine_tunes_auto_class_weights_are_bounded():
     new = module._loss_class_weights("auto", counts.copy(), False, Recorder())
     assert tuned.tolist() == pytest.approx([0.25, 1.5, 0.75, 1.0, 4.0])  # median 45k
     assert new[0] < 0.25 and new[4] > 4.0 and new[3] == 1.0
+
+
+@pytest.fixture(scope="session")
+def building_only_chips(dubai_chips, tmp_path_factory):
+    """The Dubai chips as a set labelling buildings only: every other pixel is *other* (0)."""
+    root = tmp_path_factory.mktemp("buildings")
+    for split in ("train", "val"):
+        (root / split).mkdir()
+        (root / split / "labels.json").write_text(json.dumps({"labelled": [1], "other": 0}))
+        for path in (dubai_chips / split).glob("*.png"):
+            data = read_png(path)
+            if path.stem.endswith("_mask"):
+                data = np.where(data == 1, 1, 0).astype(np.uint8)
+            write_png(root / split / path.name, data)
+    return root
+
+
+def test_partial_fine_tune_trains_beside_its_base(building_only_chips, tmp_path, monkeypatch):
+    """Partial labels and a base with the same classes: trained beside the base (the teacher of
+    the distillation term); the package holds the model alone, and a resumed run trains beside
+    the teacher again. Fully labelled chips never build the teacher (no cost)."""
+    from segment_plugin.engine.training import train as training
+
+    monkeypatch.setattr(training, "MIN_GAIN", -1.0)  # keep epoch 1 whatever it scores
+    reporter = Recorder()
+    params = quick(
+        building_only_chips, tmp_path, images=(building_only_chips / "train",),
+        val_images=building_only_chips / "val", classes=None, base_model="landcover",
+    )  # fmt: skip
+    result = train(params, reporter)
+    assert result["best_epoch"] == 1
+    assert any("distillation (weight 1.0)" in m for m in reporter.logs())
+    package = ModelPackage.open(tmp_path / "model")
+    assert package.card.training["distill"] == 1.0
+    model = package.load_model()
+    base = resolve_model("landcover").load_model()
+    assert model.name == base.name and model.outputs[0].shape[-1] == 5
+    assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), base.get_weights()))
+    reporter = Recorder()
+    resumed = train(replace(params, epochs=2, resume=True), reporter)
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert any("distillation" in m for m in reporter.logs())
+    assert any("pseudo-labels" in m for m in reporter.logs())  # the same targets again

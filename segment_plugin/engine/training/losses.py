@@ -178,6 +178,44 @@ def lovasz(y_true: Any, y_pred: Any) -> Any:
     return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
 
 
+def unnamed_distillation(y_true: Any, y_pred: Any, teacher: Any) -> Any:
+    """Mean over *other* pixels of KL(teacher ‖ model) over the classes each may be.
+
+    Both posteriors are renormalised over the classes the pixel's set does not name, so the
+    term says nothing about named against unnamed (the marginal's job) and only keeps the base
+    model's (``teacher``) odds among the unnamed ones, which the marginal leaves free
+    (unbiased distillation, Cermelli et al. 2020, "MiB"). 0 without *other* pixels.
+    """
+    ops = _keras().ops
+    allowed = _allowed(y_true, y_pred)
+    is_other = ops.max(allowed, axis=-1)
+
+    def renormalised(probs: Any) -> Any:
+        probs = ops.clip(probs, EPSILON, 1.0) * allowed
+        return probs / ops.maximum(ops.sum(probs, axis=-1, keepdims=True), EPSILON)
+
+    target = ops.stop_gradient(renormalised(ops.cast(teacher, y_pred.dtype)))
+    model = renormalised(y_pred)
+    log_ratio = ops.log(ops.clip(target, EPSILON, 1.0)) - ops.log(ops.clip(model, EPSILON, 1.0))
+    terms = ops.sum(target * log_ratio * allowed, axis=-1)
+    return ops.sum(terms) / ops.maximum(ops.sum(is_other), 1.0)
+
+
+def with_distillation(loss: Any, classes: int, weight: float) -> Any:
+    """``loss`` on the model's posteriors plus ``weight`` × :func:`unnamed_distillation`.
+
+    For a model trained beside its teacher (training/distill.py): ``y_pred`` holds the model's
+    ``classes`` channels, then the teacher's.
+    """
+
+    def distilled(y_true: Any, y_pred: Any) -> Any:
+        model, teacher = y_pred[..., :classes], y_pred[..., classes:]
+        return loss(y_true, model) + weight * unnamed_distillation(y_true, model, teacher)
+
+    distilled.__name__ = f"{loss.__name__}_distilled"
+    return distilled
+
+
 def make_loss(name: str, class_weights: Sequence[float] | None = None) -> Any:
     """A Keras-compatible loss function by name, one of LOSS_NAMES.
 

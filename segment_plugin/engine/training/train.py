@@ -49,7 +49,8 @@ from segment_plugin.engine.training.chips import (
     pairs_folder,
     split_by_area,
 )
-from segment_plugin.engine.training.losses import class_weights, make_loss
+from segment_plugin.engine.training.distill import beside_teacher
+from segment_plugin.engine.training.losses import class_weights, make_loss, with_distillation
 from segment_plugin.engine.training.metrics import IGNORE_INDEX, OTHER_INDEX
 from segment_plugin.engine.training.sources import (
     Source,
@@ -502,7 +503,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     # the user's labels alone: weighed by the base's pseudo-labels, a class a forest set never
     # names (pseudo-labelled on 7 % of it) weighed 4, woodland 0.25, and woodland was unlearnt
     counts = class_pixel_counts(train_scenes, len(codes), source_weights)
-    if same_classes and params.pseudo_labels and not params.resume:
+    if same_classes and params.pseudo_labels:  # the same targets again on --resume
         train_scenes = _pseudo_label(
             train_scenes, model, normalizer, params, card.class_weights, resolution, reporter
         )
@@ -525,7 +526,17 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         params.learning_rate, params.epochs * steps, alpha=0.05
     )
     loss = make_loss(params.loss, weights)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    # what fit trains: the model, or the model beside its base for the distillation term
+    fitted, fit_loss = model, loss
+    partial = any(scene.labelled is not None for scene in train_scenes)
+    if same_classes and partial and params.distill > 0:
+        fitted = beside_teacher(model, base.load_model())
+        fit_loss = with_distillation(loss, len(codes), params.distill)
+        reporter.log(
+            f"distillation (weight {params.distill}): on 'other' pixels the model keeps the "
+            "base model's odds among the classes they may be"
+        )
+    fitted.compile(optimizer=keras.optimizers.Adam(schedule), loss=fit_loss)
     names = [c.name for c in card.classes]
     reporter.log(
         f"training {card.architecture or 'model'} on {len(train_scenes)} images "
@@ -544,8 +555,8 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         # Built first, the optimizer takes its step count and moments from the same file as the
         # weights (an unbuilt one is skipped with a warning and would restart Adam and the
         # cosine decay from step 0).
-        model.optimizer.build(model.trainable_variables)
-        model.load_weights(state_dir / "last.weights.h5")
+        fitted.optimizer.build(fitted.trainable_variables)
+        fitted.load_weights(state_dir / "last.weights.h5")
         reporter.log(
             f"resuming after epoch {state['epoch']} (best val mIoU {state['best_miou']:.4f})"
         )
@@ -620,7 +631,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
                 output,
             )
 
-    def on_epoch_end(model: Any, epoch: int, logs: dict) -> None:
+    def on_epoch_end(fitted: Any, epoch: int, logs: dict) -> None:
         report, val_loss = validate(model, (epoch + 1) / params.epochs, f"epoch {epoch + 1}")
         miou = report["miou"] if report["miou"] is not None else 0.0
         entry = {
@@ -646,11 +657,11 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
             )
         else:
             state["stale"] += 1
-        _save_state(state_dir, model, state)
+        _save_state(state_dir, fitted, state)
         reporter.metrics(**entry, best=improved)
         if state["stale"] >= params.patience:
             reporter.log(f"early stop: val mIoU did not improve for {params.patience} epochs")
-            model.stop_training = True
+            fitted.stop_training = True
 
     ctx = {
         "reporter": reporter,
@@ -665,7 +676,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     if state["epoch"] < params.epochs and state["stale"] < params.patience:
         try:
             with reporter.cancel.checkpoints():
-                model.fit(
+                fitted.fit(
                     batches,
                     epochs=params.epochs,
                     initial_epoch=state["epoch"],
@@ -765,6 +776,7 @@ def _final_card(
         "freeze_encoder": params.freeze_encoder,
         "train_batchnorm": params.train_batchnorm if params.base_model else True,
         "pseudo_labels": bool(params.base_model and params.pseudo_labels),
+        "distill": params.distill if params.base_model else 0.0,
         "base_model": params.base_model,
         "initial_weights": params.base_model or initial_weights(params.arch),
         "seed": params.seed,
