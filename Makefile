@@ -32,7 +32,7 @@ help:
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
 	@echo "make bench-scaleout  segment on 1 and 2 local Dask workers against one process"
-	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~15-20 min)"
+	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~30 min)"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
@@ -139,7 +139,7 @@ bench: setup
 # labels). About 15-20 min
 check-fine-tune: setup
 	SEGMENT_PLUGIN_LONG_TESTS=1 $(ENGINE_PY) -m pytest -q -s \
-	    tests/engine/test_fine_tune_small_data.py -k new_region
+	    tests/engine/test_fine_tune_small_data.py -k "new_region or roads_only"
 
 # segment on 1 and 2 local Dask workers against one process, 20000x20000 (about 20 min here)
 bench-scaleout: setup
@@ -297,7 +297,7 @@ train-multisource: setup
 	    --description "$(MS_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8 --epochs $(TRAIN_MS_EPOCHS) \
 	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
-	    --train-batchnorm --no-pseudo-labels \
+	    --train-batchnorm --distill 0 \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 
 # Two models side by side on real rasters (default: the bundled model and the multi-source

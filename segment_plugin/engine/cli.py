@@ -438,13 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
         "they stay the base's; worth it only with plenty of data)",
     )
     tr.add_argument(
-        "--no-pseudo-labels",
-        dest="pseudo_labels",
-        action="store_false",
-        help="fine-tunes on partial labels: the marginal loss alone on 'other' pixels (by "
-        "default they take the base model's class where it is one they may be)",
-    )
-    tr.add_argument(
         "--distill",
         type=float,
         default=1.0,

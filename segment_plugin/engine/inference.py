@@ -488,13 +488,11 @@ def predict_array(
     tta: bool = False,
     class_weights: Sequence[float] | None = None,
     cancel: CancelToken | None = None,
-    confidence: np.ndarray | None = None,
 ) -> np.ndarray:
     """Channel indices (h, w) for an in-memory image (bands, h, w).
 
     The same tiling, blending, test-time augmentation and class-weight correction as
-    :func:`segment`, for evaluation and validation. ``cancel`` is checked between batches;
-    ``confidence`` (h, w), when given, receives each pixel's probability of its class.
+    :func:`segment`, for evaluation and validation. ``cancel`` is checked between batches.
     """
     height, width = image.shape[1:]
     grid = TileGrid(height, width, tile, overlap)
@@ -503,11 +501,8 @@ def predict_array(
     out = np.empty((height, width), np.uint8)
 
     def put(first: int, rows: np.ndarray) -> None:
-        wanted = confidence is not None
-        rows = undo_class_weights(rows, class_weights, out=rows, renormalise=wanted)
+        rows = undo_class_weights(rows, class_weights, out=rows, renormalise=False)
         out[first : first + rows.shape[0]] = rows.argmax(-1)
-        if wanted:
-            confidence[first : first + rows.shape[0]] = rows.max(-1)
 
     tiles = []
     for row in grid.rows:

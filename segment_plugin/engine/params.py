@@ -221,11 +221,9 @@ class TrainParams(JobParams):
     # a fine-tune keeps its base's batch-normalisation statistics (inference mode) unless this:
     # updated from a few images they made a fine-tune worse (0.221 → 0.16 validation mIoU)
     train_batchnorm: bool = False
-    # a fine-tune's partially labelled images: "other" pixels take the base's class where it is
-    # one they may be (training/train.py _pseudo_label); False: the marginal loss alone
-    pseudo_labels: bool = True
     # a fine-tune's partially labelled images: weight of the distillation toward the base's odds
-    # among the classes an "other" pixel may be (losses.unnamed_distillation); 0: none
+    # among the classes an "other" pixel may be (losses.unnamed_distillation); 0: the marginal
+    # loss alone, which let a roads-only fine-tune unlearn the other classes
     distill: float = 1.0
     augment: bool = True
     val_fraction: float = 0.2

@@ -216,13 +216,22 @@ class FineTuneAlgorithm(_LabelledRaster):
             QgsProcessingParameterBoolean("FREEZE_ENCODER", "Freeze the encoder", False)
         )
         self.addParameter(QgsProcessingParameterBoolean("AUGMENT", "Augmentation", True))
-        for name, label, default in (
-            ("TRAIN_BATCHNORM", "Update the base's batch-normalisation statistics (plenty of "
-             "labels only)", False),
-            ("PSEUDO_LABELS", "Partial labels: 'other' pixels take the base model's classes",
-             True),
-        ):  # fmt: skip
-            parameter = QgsProcessingParameterBoolean(name, label, default)
+        advanced = (
+            QgsProcessingParameterBoolean(
+                "TRAIN_BATCHNORM",
+                "Update the base's batch-normalisation statistics (plenty of labels only)",
+                False,
+            ),
+            QgsProcessingParameterNumber(
+                "DISTILL",
+                "Partial labels: weight of keeping the base model's odds among the classes an "
+                "'other' pixel may be (0: off)",
+                QgsProcessingParameterNumber.Double,
+                1.0,
+                minValue=0.0,
+            ),
+        )
+        for parameter in advanced:
             parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
             self.addParameter(parameter)
         self.addParameter(QgsProcessingParameterEnum("DEVICE", "Device", DEVICES, defaultValue=0))
@@ -287,8 +296,7 @@ class FineTuneAlgorithm(_LabelledRaster):
                 args.append("--no-augment")
             if self.parameterAsBoolean(parameters, "TRAIN_BATCHNORM", context):
                 args.append("--train-batchnorm")
-            if not self.parameterAsBoolean(parameters, "PSEUDO_LABELS", context):
-                args.append("--no-pseudo-labels")
+            args += ["--distill", str(self.parameterAsDouble(parameters, "DISTILL", context))]
             result = run_or_raise(args, feedback)
         finally:
             _delete(temporary)

@@ -73,7 +73,8 @@ def test_fine_tune_adds_a_user_model_with_before_and_after(
             "INPUT": raster,
             "LABELS": layer,
             "FIELD": "kind",
-            "MAPPING": json.dumps({"forest": 2, "field": 0}),
+            # partial labels: fields are some class other than woodland
+            "MAPPING": json.dumps({"forest": 2, "field": "other"}),
             "BASE_MODEL": "tiny",
             "NAME": "tiny-naip",
             "EPOCHS": 1,
@@ -81,7 +82,7 @@ def test_fine_tune_adds_a_user_model_with_before_and_after(
             "LEARNING_RATE": 0.001,
             "FREEZE_ENCODER": False,
             "TRAIN_BATCHNORM": True,  # advanced: passed on to the engine
-            "PSEUDO_LABELS": False,
+            "DISTILL": 0.5,  # advanced: passed on to the engine
         },
     )
     assert ok
@@ -89,7 +90,7 @@ def test_fine_tune_adds_a_user_model_with_before_and_after(
     listed = run_engine(["models"], engine_python).data["models"]
     cards = {m["card"]["name"]: m["card"] for m in listed if "card" in m}
     assert cards["tiny-naip"]["training"]["train_batchnorm"] is True
-    assert cards["tiny-naip"]["training"]["pseudo_labels"] is False
+    assert cards["tiny-naip"]["training"]["distill"] == 0.5
     algorithm = registry.algorithmById("segment_plugin:fine_tune")
     for taken in ("tiny-naip", "landcover"):  # a user model, the bundled model
         with pytest.raises(QgsProcessingException, match=f"a model named '{taken}' exists"):

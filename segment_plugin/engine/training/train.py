@@ -51,7 +51,6 @@ from segment_plugin.engine.training.chips import (
 )
 from segment_plugin.engine.training.distill import beside_teacher
 from segment_plugin.engine.training.losses import class_weights, make_loss, with_distillation
-from segment_plugin.engine.training.metrics import IGNORE_INDEX, OTHER_INDEX
 from segment_plugin.engine.training.sources import (
     Source,
     load_sources,
@@ -73,12 +72,6 @@ MIN_VALIDATION_IMAGES = 3
 MIN_GAIN = 0.01
 #: the fewest steps of an epoch by default (steps follow the labelled area, at least these)
 MIN_STEPS = 25
-#: a pseudo-label is taken where the base is at least this sure. Roads-only fine-tune, 20
-#: epochs, Dubai tile 8 part 1 woodland / water IoU (base 0.727 / 0.714): all taken 0.514 /
-#: 0.628, 0.8 0.641 / 0.601, 0.9 0.623 / 0.506, 0.95 0.571 / 0.317 (fewer pseudo-labels, more
-#: drift in the marginal); with the encoder frozen, all 0.628 / 0.693, 0.8 0.704 / 0.666 (loss
-#: weights then counted after pseudo-labelling; from the user's labels, 0.8: 0.650 / 0.513)
-PSEUDO_LABEL_CONFIDENCE = 0.8
 
 
 def _scene_stats(scenes: list[Scene], low: float, high: float) -> BandStats:
@@ -306,58 +299,14 @@ def _predict_scene(
     params: TrainParams,
     class_weights: tuple[float, ...] | None,
     cancel: CancelToken | None = None,
-    confidence: np.ndarray | None = None,
 ) -> np.ndarray:
     """A scene's classes as inference gives them, tiled at the training patch size."""
     from segment_plugin.engine.inference import predict_array
 
     return predict_array(
         model, normalizer, scene.image, params.patch, default_overlap(params.patch), params.batch,
-        class_weights=class_weights, cancel=cancel, confidence=confidence,
+        class_weights=class_weights, cancel=cancel,
     )  # fmt: skip
-
-
-def _pseudo_label(
-    scenes: list[Scene],
-    model: Any,
-    normalizer: Normalizer,
-    params: TrainParams,
-    class_weights: tuple[float, ...] | None,
-    resolution: float | None,
-    reporter: Reporter,
-) -> list[Scene]:
-    """Partially labelled scenes, their *other* pixels given the base model's classes.
-
-    Where the base says, with at least PSEUDO_LABEL_CONFIDENCE, a class the scene does not
-    name, that class becomes the pixel's label (pseudo-labels, as in PLOP, Douillard et al.
-    2021); elsewhere the marginal stays. The marginal alone lets the unnamed classes drift away
-    from what the base knew (a roads-only fine-tune learnt roads and lost the rest); every
-    pseudo-label taught the base's mistakes of a region it does not know (Massachusetts trees).
-    """
-    labelled, taken = 0, 0
-    out = []
-    for scene in scenes:
-        if scene.labelled is None:
-            out.append(scene)
-            continue
-        scene = scene.at_resolution(resolution)  # the base sees what training will cut
-        confidence = np.empty(scene.labels.shape, np.float32)
-        predicted = _predict_scene(
-            model, normalizer, scene, params, class_weights, confidence=confidence
-        )
-        take = (scene.labels == OTHER_INDEX) & ~np.isin(predicted, scene.labelled)
-        take &= confidence >= PSEUDO_LABEL_CONFIDENCE
-        labels = np.where(take, predicted, scene.labels).astype(scene.labels.dtype)
-        labelled += int((scene.labels != IGNORE_INDEX).sum())
-        taken += int(take.sum())
-        out.append(replace(scene, labels=labels))
-    if labelled:
-        reporter.log(
-            f"pseudo-labels: the base model's classes on {taken / labelled:.0%} of the labelled "
-            "pixels of partially labelled images (their 'other' pixels where it is at least "
-            f"{PSEUDO_LABEL_CONFIDENCE:.0%} sure)"
-        )
-    return out
 
 
 def _default_steps(sampler: PatchSampler, patch: int, batch: int) -> int:
@@ -500,13 +449,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     kept_head_of = base_card if same_classes else None
     stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
     normalizer = Normalizer(card, stats, card.input_dtype)
-    # the user's labels alone: weighed by the base's pseudo-labels, a class a forest set never
-    # names (pseudo-labelled on 7 % of it) weighed 4, woodland 0.25, and woodland was unlearnt
     counts = class_pixel_counts(train_scenes, len(codes), source_weights)
-    if same_classes and params.pseudo_labels:  # the same targets again on --resume
-        train_scenes = _pseudo_label(
-            train_scenes, model, normalizer, params, card.class_weights, resolution, reporter
-        )
     weights = _loss_class_weights(params.class_weights, counts, base is not None, reporter)
     card = replace(card, class_weights=_card_class_weights(weights, kept_head_of))
     value_range = DTYPE_RANGE.get(card.input_dtype, (0.0, 1.0))[1]
@@ -529,7 +472,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     # what fit trains: the model, or the model beside its base for the distillation term
     fitted, fit_loss = model, loss
     partial = any(scene.labelled is not None for scene in train_scenes)
-    if same_classes and partial and params.distill > 0:
+    if not (same_classes and partial):
+        params = replace(params, distill=0.0)  # the card says what training did
+    if params.distill > 0:
         fitted = beside_teacher(model, base.load_model())
         fit_loss = with_distillation(loss, len(codes), params.distill)
         reporter.log(
@@ -775,8 +720,7 @@ def _final_card(
         "filters": params.filters,
         "freeze_encoder": params.freeze_encoder,
         "train_batchnorm": params.train_batchnorm if params.base_model else True,
-        "pseudo_labels": bool(params.base_model and params.pseudo_labels),
-        "distill": params.distill if params.base_model else 0.0,
+        "distill": params.distill,
         "base_model": params.base_model,
         "initial_weights": params.base_model or initial_weights(params.arch),
         "seed": params.seed,
