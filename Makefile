@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -137,7 +137,7 @@ bench: setup
 # Fine-tuning at the default 20 epochs on a little data of a new region, each scored on a part
 # kept aside: two Chesapeake strips (a third kept), DeepGlobe forest and drone chips (partial
 # labels). About 15-20 min
-check-fine-tune: setup
+check-fine-tune: setup base-without-dubai
 	SEGMENT_PLUGIN_LONG_TESTS=1 $(ENGINE_PY) -m pytest -q -s \
 	    tests/engine/test_fine_tune_small_data.py -k "new_region or roads_only"
 
@@ -299,6 +299,17 @@ train-multisource: setup
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
 	    --train-batchnorm --distill 0 \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
+
+# A base model that never saw Dubai (every other source, from ImageNet, at 1 m), for
+# check-fine-tune's "Dubai as a new region" (about 15 min here; resumable)
+BASE_WITHOUT_DUBAI := build/base-without-dubai
+base-without-dubai: setup
+	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
+	$(ENGINE_VENV)/bin/segment-plugin train --sources training/without_dubai_sources.json \
+	    --data-root $(DATA) --resolution 1.0 --bands 3 --classes $(DATA)/classes.json \
+	    --arch efficientnet_lite0_unet --name base-without-dubai $(TRAIN_PATCHES) --batch 8 \
+	    --epochs 12 --steps-per-epoch 50 --learning-rate 5e-4 --patience 12 --seed 45 \
+	    --output $(BASE_WITHOUT_DUBAI) $(call resume,$(BASE_WITHOUT_DUBAI))
 
 # Two models side by side on real rasters (default: the bundled model and the multi-source
 # candidate): build/compare/<raster>_old_vs_new.png (OLD_MODEL above, NEW_MODEL below) and the

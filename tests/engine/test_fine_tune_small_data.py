@@ -12,7 +12,7 @@ import json
 import os
 
 import pytest
-from conftest import SHARED, shared_raster
+from conftest import ROOT, SHARED, shared_raster
 
 from segment_plugin.engine.evaluate import evaluate
 from segment_plugin.engine.models.registry import resolve_model
@@ -20,12 +20,15 @@ from segment_plugin.engine.params import EvaluateParams, TrainParams
 from segment_plugin.engine.training.train import train
 
 LANDCOVER = SHARED / "landcover"
-TILE_8 = LANDCOVER / "dubai" / "tile_8"
+DUBAI = LANDCOVER / "dubai"
+TILE_8 = DUBAI / "tile_8"
 ROADS = LANDCOVER / "massachusetts_roads"
 DRONE = LANDCOVER / "dronedeploy"
 FOREST = LANDCOVER / "deepglobe_forest"
 #: the default 20 epochs where a run takes minutes (make check-fine-tune), else make test's time
 LONG = bool(os.environ.get("SEGMENT_PLUGIN_LONG_TESTS"))
+#: a base model that never saw Dubai (make base-without-dubai)
+BASE_WITHOUT_DUBAI = ROOT / "build" / "base-without-dubai"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,12 +60,12 @@ def _score(model, images, gsd):
     return evaluate(EvaluateParams(model=str(model), images=images, gsd=gsd))
 
 
-def _fine_tune(images, output, patch=256, epochs=2):
-    """The bundled model fine-tuned at the defaults but ``epochs`` (a test suite's CPU)."""
+def _fine_tune(images, output, patch=256, epochs=2, base="landcover"):
+    """The bundled model (or ``base``) fine-tuned at the defaults but ``epochs``."""
     params = TrainParams(
         output=output,
         images=(images,),
-        base_model="landcover",
+        base_model=base,
         epochs=epochs,
         patch=patch,
         device="cpu",
@@ -208,5 +211,31 @@ def test_partially_labelled_chips_of_a_new_region_raise_its_classes_on_the_rest(
             f"{after['miou']:.3f} (validation {result['base_val_report']['miou']:.3f} → "
             f"{result['val_miou']:.3f}, handed back: {result['handed_back']})\n  per class "
             f"before {before['per_class_iou']}\n  per class after  {after['per_class_iou']}"
+        )
+    assert after["miou"] > before["miou"] + 0.03
+
+
+@pytest.mark.skipif(not LONG, reason="minutes: make check-fine-tune")
+def test_dubai_as_a_new_region_for_a_model_trained_without_it(tmp_path, capsys):
+    """Three labelled Dubai images (five classes) fine-tune a base that never saw Dubai; all of
+    tile 8, which no training here uses, is kept aside."""
+    if not (BASE_WITHOUT_DUBAI / "model.json").is_file():
+        pytest.skip("make base-without-dubai first (make check-fine-tune does)")
+    train_dir = tmp_path / "dubai"
+    train_dir.mkdir()
+    for tile, part in ((1, 1), (3, 2), (5, 3)):
+        for suffix in (".jpg", "_mask.png"):
+            source = DUBAI / f"tile_{tile}" / f"image_part_{part:03d}{suffix}"
+            (train_dir / f"tile_{tile}_part_{part}{suffix}").symlink_to(source)
+    before = _score(BASE_WITHOUT_DUBAI, TILE_8, 1.0)
+    result = _fine_tune(train_dir, tmp_path / "dubai_ft", epochs=20, base=str(BASE_WITHOUT_DUBAI))
+    after = _score(tmp_path / "dubai_ft", TILE_8, 1.0)
+    with capsys.disabled():
+        print(
+            f"\nDubai as a new region: a base trained without it, fine-tuned on 3 images, scored "
+            f"on tile 8: mIoU {before['miou']:.3f} → {after['miou']:.3f} (validation "
+            f"{result['base_val_report']['miou']:.3f} → {result['val_miou']:.3f}, handed back: "
+            f"{result['handed_back']})\n  per class before {before['per_class_iou']}"
+            f"\n  per class after  {after['per_class_iou']}"
         )
     assert after["miou"] > before["miou"] + 0.03
