@@ -301,14 +301,14 @@ train-multisource: setup
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 
 # A base model that never saw Dubai (every other source, from ImageNet, at 1 m), for
-# check-fine-tune's "Dubai as a new region" (about 15 min here; resumable)
+# check-fine-tune's "Dubai as a new region" (about 35 min here; resumable)
 BASE_WITHOUT_DUBAI := build/base-without-dubai
 base-without-dubai: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
 	$(ENGINE_VENV)/bin/segment-plugin train --sources training/without_dubai_sources.json \
 	    --data-root $(DATA) --resolution 1.0 --bands 3 --classes $(DATA)/classes.json \
 	    --arch efficientnet_lite0_unet --name base-without-dubai $(TRAIN_PATCHES) --batch 8 \
-	    --epochs 12 --steps-per-epoch 50 --learning-rate 5e-4 --patience 12 --seed 45 \
+	    --epochs 30 --steps-per-epoch 50 --learning-rate 5e-4 --patience 30 --seed 45 \
 	    --output $(BASE_WITHOUT_DUBAI) $(call resume,$(BASE_WITHOUT_DUBAI))
 
 # Two models side by side on real rasters (default: the bundled model and the multi-source
