@@ -74,6 +74,13 @@ def _fine_tune(images, output, patch=256, epochs=2, base="landcover"):
     return train(params)
 
 
+def _before_and_after(images, kept, output, base="landcover", gsd=None):
+    """``base`` scored on ``kept``, fine-tuned on ``images`` (the default 20 epochs), scored."""
+    before = _score(base, kept, gsd)
+    result = _fine_tune(images, output, epochs=20, base=base)
+    return before, result, _score(output, kept, gsd)
+
+
 def _chesapeake_strips(folder):
     """The Chesapeake tile (24 m pixels, West Virginia: a scale and region the bundled model never
     trained on) cut into three georeferenced image/mask pairs, side by side."""
@@ -201,9 +208,7 @@ def test_partially_labelled_chips_of_a_new_region_raise_its_classes_on_the_rest(
     source, train_stems, kept_stems = NEW_REGIONS[region]
     train_dir = _link_pairs(tmp_path / "train", source, train_stems)
     kept = _link_pairs(tmp_path / "kept", source, kept_stems)
-    before = _score("landcover", kept, None)
-    result = _fine_tune(train_dir, tmp_path / region, epochs=20)
-    after = _score(tmp_path / region, kept, None)
+    before, result, after = _before_and_after(train_dir, kept, tmp_path / region)
     with capsys.disabled():
         print(
             f"\n{region}: fine-tuned on {len(train_stems)} chips, scored on {len(kept_stems)} "
@@ -227,9 +232,9 @@ def test_dubai_as_a_new_region_for_a_model_trained_without_it(tmp_path, capsys):
         for suffix in (".jpg", "_mask.png"):
             source = DUBAI / f"tile_{tile}" / f"image_part_{part:03d}{suffix}"
             (train_dir / f"tile_{tile}_part_{part}{suffix}").symlink_to(source)
-    before = _score(BASE_WITHOUT_DUBAI, TILE_8, 1.0)
-    result = _fine_tune(train_dir, tmp_path / "dubai_ft", epochs=20, base=str(BASE_WITHOUT_DUBAI))
-    after = _score(tmp_path / "dubai_ft", TILE_8, 1.0)
+    before, result, after = _before_and_after(
+        train_dir, TILE_8, tmp_path / "dubai_ft", str(BASE_WITHOUT_DUBAI), 1.0
+    )
     with capsys.disabled():
         print(
             f"\nDubai as a new region: a base trained without it, fine-tuned on 3 images, scored "
