@@ -32,7 +32,7 @@ help:
 	@echo "make docs     the documentation site in build/site (MkDocs, strict)"
 	@echo "make bench    performance figures"
 	@echo "make bench-scaleout  segment on 1 and 2 local Dask workers against one process"
-	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~30 min)"
+	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~1 h)"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
 	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
@@ -135,8 +135,9 @@ bench: setup
 	$(MAKE) bench-scaleout
 
 # Fine-tuning at the default 20 epochs on a little data of a new region, each scored on a part
-# kept aside: two Chesapeake strips (a third kept), DeepGlobe forest and drone chips (partial
-# labels). About 15-20 min
+# kept aside: two Chesapeake strips (a third kept), DeepGlobe forest and drone chips and a
+# Massachusetts roads tile (partial labels), and three Dubai images fine-tuning a base that never
+# saw Dubai (base-without-dubai, built first). About an hour
 check-fine-tune: setup base-without-dubai
 	SEGMENT_PLUGIN_LONG_TESTS=1 $(ENGINE_PY) -m pytest -q -s \
 	    tests/engine/test_fine_tune_small_data.py -k "new_region or roads_only"
