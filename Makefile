@@ -298,7 +298,7 @@ train-multisource: setup
 	    --description "$(MS_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8 --epochs $(TRAIN_MS_EPOCHS) \
 	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
-	    --train-batchnorm --distill 0 \
+	    --train-batchnorm --class-weights base --distill 0 \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 
 # A base model that never saw Dubai (every other source, from ImageNet, at 1 m), for

@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=CLASS_WEIGHT_SCHEMES,
         help="the loss's class weights (auto: median_frequency, bounded to 0.25-4 when "
-        "fine-tuning)",
+        "fine-tuning; base: the base model's own)",
     )
     tr.add_argument("--freeze-encoder", action="store_true")
     tr.add_argument(

@@ -161,8 +161,9 @@ class VectorizeParams(JobParams):
 
 
 LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lovasz")
-# auto: median_frequency, bounded for a fine-tune (training.train.FINE_TUNE_WEIGHT_BOUNDS)
-CLASS_WEIGHT_SCHEMES = ("auto", "median_frequency", "inverse_sqrt_frequency", "none")
+# auto: median_frequency, bounded for a fine-tune (training.train.FINE_TUNE_WEIGHT_BOUNDS);
+# base: the base model's own weights (a fine-tune that keeps its classes)
+CLASS_WEIGHT_SCHEMES = ("auto", "median_frequency", "inverse_sqrt_frequency", "none", "base")
 
 
 #: a label value mapped to this is "some class not mapped here" (partial labels: "not road")
@@ -276,6 +277,8 @@ class TrainParams(JobParams):
                 f"class-weights must be one of {', '.join(CLASS_WEIGHT_SCHEMES)}, "
                 f"got {self.class_weights!r}"
             )
+        if self.class_weights == "base" and not self.base_model:
+            raise InputError("class-weights base needs --base-model: they are its weights")
         if self.patch not in (128, 256, 512) and self.patch % 16:
             raise InputError(f"patch must be a multiple of 16 (128, 256, 512), got {self.patch}")
         if self.epochs < 1 or self.batch < 1 or (self.workers is not None and self.workers < 1):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -74,12 +75,13 @@ def test_classes_no_label_names_keep_the_other_pixels_in_the_loss():
     from segment_plugin.engine.progress import Reporter
     from segment_plugin.engine.training.train import _loss_class_weights
 
-    weights = _loss_class_weights("auto", np.array([5000, 0, 0]), True, Reporter())
+    base = SimpleNamespace(class_weights=(1.0, 1.0, 1.0))  # any base: a fine-tune
+    weights = _loss_class_weights("auto", np.array([5000, 0, 0]), base, Reporter())
     assert weights.tolist() == [1.0, 1.0, 1.0]
     y_true = np.array([[[0, other_target([0]), IGN]]])
     expected = -(math.log(0.5) + math.log(0.9)) / 2
     assert float(cross_entropy(y_true, PROBS, weights)) == pytest.approx(expected, rel=1e-5)
-    full = _loss_class_weights("median_frequency", np.array([600, 300, 100, 0]), False, Reporter())
+    full = _loss_class_weights("median_frequency", np.array([600, 300, 100, 0]), None, Reporter())
     assert full.tolist() == pytest.approx([0.5, 1.0, 3.0, 1.0])  # absent: 1 (never a target)
 
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import warnings
 from dataclasses import replace
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
@@ -688,16 +689,25 @@ def test_an_image_with_too_few_labels_to_split_trains_whole(tmp_path):
         module._training_data(params, [0, 1, 2, 3, 4], None, [])
 
 
-def test_a_fine_tunes_auto_class_weights_are_bounded():
+def test_a_fine_tunes_auto_class_weights_are_bounded_and_base_keeps_the_bases():
     """Median-frequency weights of two tiles were background 0.06, road 17.4: bounded for a
-    fine-tune, as they are (unbounded) for a new model; a class no label names weighs 1."""
+    fine-tune, as they are (unbounded) for a new model; a class no label names weighs 1.
+    "base" takes the base model's own weights whatever the labels count."""
     from segment_plugin.engine.training import train as module
 
+    base = SimpleNamespace(class_weights=(0.19, 1.0, 1.08, 0.62, 1.24))
     counts = np.array([900_000.0, 30_000, 60_000, 0, 2_000])
-    tuned = module._loss_class_weights("auto", counts.copy(), True, Recorder())
-    new = module._loss_class_weights("auto", counts.copy(), False, Recorder())
+    tuned = module._loss_class_weights("auto", counts.copy(), base, Recorder())
+    new = module._loss_class_weights("auto", counts.copy(), None, Recorder())
     assert tuned.tolist() == pytest.approx([0.25, 1.5, 0.75, 1.0, 4.0])  # median 45k
     assert new[0] < 0.25 and new[4] > 4.0 and new[3] == 1.0
+    kept = module._loss_class_weights("base", counts.copy(), base, Recorder())
+    assert kept.tolist() == pytest.approx(base.class_weights)
+    unweighted = SimpleNamespace(class_weights=None)
+    with pytest.raises(InputError, match="base model's card has no class weights"):
+        module._loss_class_weights("base", counts, unweighted, Recorder())
+    with pytest.raises(InputError, match="needs --base-model"):
+        TrainParams(images=["x"], output="y", class_weights="base")
 
 
 @pytest.fixture(scope="session")

@@ -323,20 +323,24 @@ FINE_TUNE_WEIGHT_BOUNDS = (0.25, 4.0)
 
 
 def _loss_class_weights(
-    scheme: str, counts: np.ndarray, fine_tune: bool, reporter: Reporter
+    scheme: str, counts: np.ndarray, base_card: ModelCard | None, reporter: Reporter
 ) -> np.ndarray | None:
-    """The loss's class weights: ``scheme`` over the training labels.
+    """The loss's class weights: ``scheme`` over the training labels, or the base's ("base").
 
     "auto" is median-frequency, bounded to FINE_TUNE_WEIGHT_BOUNDS for a fine-tune: recomputed
     from two 1024² tiles they were background 0.06, road 17.4, and the model flooded the map
     with roads; the base model's own weights instead (tried) made a fine-tune on the Chesapeake
     tile worse on its validation area every epoch (0.200 → 0.119), where bounded ones raise it.
     """
+    if scheme == "base":
+        if base_card is None or base_card.class_weights is None:
+            raise InputError("class-weights base: the base model's card has no class weights")
+        return np.asarray(base_card.class_weights, np.float32)
     weights = class_weights("median_frequency" if scheme == "auto" else scheme, counts)
     if weights is None:
         return None
     present = weights > 0
-    if scheme == "auto" and fine_tune:
+    if scheme == "auto" and base_card is not None:
         weights[present] = np.clip(weights[present], *FINE_TUNE_WEIGHT_BOUNDS)
         reporter.log(f"class weights bounded to {FINE_TUNE_WEIGHT_BOUNDS} (fine-tuning)")
     # A class no label names may still be what an "other" pixel is, and such a pixel is
@@ -450,7 +454,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
     normalizer = Normalizer(card, stats, card.input_dtype)
     counts = class_pixel_counts(train_scenes, len(codes), source_weights)
-    weights = _loss_class_weights(params.class_weights, counts, base is not None, reporter)
+    if params.class_weights == "base" and not same_classes:
+        raise InputError("class-weights base: the classes differ from the base model's")
+    weights = _loss_class_weights(params.class_weights, counts, base_card, reporter)
     card = replace(card, class_weights=_card_class_weights(weights, kept_head_of))
     value_range = DTYPE_RANGE.get(card.input_dtype, (0.0, 1.0))[1]
     sampler = PatchSampler(
