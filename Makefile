@@ -81,8 +81,12 @@ $(QGIS_VENV)/.docs-installed: $(QGIS_VENV)/.installed
 	$(QGIS_PY) -m pip install -q --disable-pip-version-check $(DOCS_TOOLS)
 	@touch $@
 
+# The engine and QGIS suites run side by side: one after the other they kept about 1.1 of the
+# 2 cores busy (TensorFlow's steps use both, the rest of the tests one). Each suite's output is
+# printed whole when it ends.
 test: setup
-	$(MAKE) --no-print-directory docs test-engine test-qgis
+	$(MAKE) --no-print-directory docs
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-engine test-qgis
 
 # The site in build/site (mkdocs.yml); strict: a broken link or a page left out fails.
 docs: setup
@@ -94,7 +98,7 @@ test-engine:
 
 test-qgis:
 	rm -rf .qgis-settings  # pytest-qgis's profile: start every run from a clean one
-	$(QGIS_PY) -m pytest --durations=8 tests/qgis
+	$(QGIS_PY) -m pytest --durations=8 -o cache_dir=.pytest_cache/qgis tests/qgis
 
 # Segment a real orthophoto with the bundled model: class GeoTIFF + .qml, shapefile, PNG preview.
 RASTER   ?= ../shared/data/rasters/demo_nl_gorinchem_rgb_25cm.tif
