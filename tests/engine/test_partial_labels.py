@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -225,6 +226,45 @@ def test_patches_are_cut_at_the_model_resolution():
     plain = _scene(200, None, "plain")
     sampler = PatchSampler([plain], 64, lambda x: x, 255.0, augment=False, resolution=0.5)
     assert sampler.scale_of(plain) == 1.0
+
+
+def test_training_patches_of_small_chips_are_mosaics_of_their_source():
+    """Drone chips at 0.5 m fill a fifth of a patch each way: augmented patches tile crops of
+    several chips of the same source and labelled classes (never another source's, never a
+    fully labelled set with a partial one), each cell's *other* pixels as its set says."""
+    drone = [_scene(100, 0.1, "drone", label=k) for k in (1, 2, 3)]
+    for scene in drone:
+        scene.labelled = (1, 2, 3)
+        scene.labels[:50] = OTHER  # the top half is "none of building, woodland, water"
+    full = [replace(_scene(100, 0.1, "drone", label=4), name="full")]  # same source, full labels
+    other_source = [_scene(100, 0.1, "dubai", label=0)]
+    sampler = PatchSampler(
+        drone + full + other_source,
+        64,
+        lambda x: x,
+        255.0,
+        augment=True,
+        resolution=0.5,
+        source_weights={"drone": 0.98, "dubai": 0.02},
+    )
+    rng = np.random.default_rng(0)
+    mixed, covered = 0, []
+    for _ in range(30):
+        image, targets = sampler.random_patch(rng)
+        assert image.shape == (3, 64, 64) and targets.shape == (64, 64)
+        values = set(np.unique(targets).tolist()) - {IGN}
+        if values & {1, 2, 3}:  # a partial drone patch: its cells come from partial drone chips
+            assert values <= {1, 2, 3, other_target([1, 2, 3])}
+            mixed += len(values & {1, 2, 3}) > 1
+            covered.append((targets != IGN).mean())
+        else:
+            assert len(values) == 1  # the fully labelled chip or Dubai, alone
+    assert mixed >= 10
+    assert np.mean(covered) > 0.6  # one 10-40 px chip alone: 2-39 % of the patch
+    # validation and augment=False: one chip, padded with ignore, as before
+    plain = PatchSampler(drone, 64, lambda x: x, 255.0, augment=False, resolution=0.5)
+    _, targets = plain.random_patch(np.random.default_rng(0))
+    assert (targets[20:] == IGN).all() and (targets[:, 20:] == IGN).all()
 
 
 def test_scene_at_resolution_resamples_image_and_labels():

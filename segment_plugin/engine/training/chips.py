@@ -571,7 +571,9 @@ class PatchSampler:
     Patches are cut at ``resolution`` metres per pixel from scenes whose resolution is known
     (a window of patch × resolution / gsd pixels, resized; a scene smaller than that is padded
     with ignore), else at the scene's own scale. Training augmentation jitters the scale 0.5–2×
-    around that.
+    around that, and fills a patch that a crop covers at most half of each way with a mosaic of
+    crops of the same source (a 300 px drone chip at 0.5 m is 60 px: padded, 95 % of its patch
+    taught nothing).
     """
 
     def __init__(
@@ -605,48 +607,102 @@ class PatchSampler:
         self.weights = scene_weights(
             self.labelled_pixels, [s.source for s in self.scenes], source_weights
         )
+        # the scenes a mosaic may mix with each one: same source, same labelled classes
+        groups: dict[tuple, list[int]] = {}
+        for k, scene in enumerate(self.scenes):
+            groups.setdefault((scene.source, scene.labelled), []).append(k)
+        self.mates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for members in groups.values():
+            chance = self.weights[members]
+            chance = (
+                chance / chance.sum()
+                if chance.sum() > 0
+                else np.full(len(members), 1 / len(members))
+            )
+            for k in members:
+                self.mates[k] = (np.asarray(members), chance)
 
     def scale_of(self, scene: Scene) -> float:
         """Output pixels per scene pixel before augmentation."""
         return scale_to(scene.gsd, self.resolution)
 
     def random_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """One random patch; scale 0.5–2× and the other augmentations when enabled."""
+        """One random patch; scale 0.5–2×, mosaics and the other augmentations when enabled."""
         for _ in range(20):  # patches that are mostly ignore teach nothing: draw again
-            k = rng.choice(len(self.scenes), p=self.weights)
-            scene, (rows, cols) = self.scenes[k], self.anchors[k]
+            k = int(rng.choice(len(self.scenes), p=self.weights))
             jitter = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0)))) if self.augment else 1.0
-            scale = self.scale_of(scene) * jitter
-            size = max(8, round(self.patch / scale))
-            h, w = min(size, scene.height), min(size, scene.width)
-            anchor = int(rng.integers(rows.size))  # a labelled pixel somewhere inside the crop
-            row = int(np.clip(rows[anchor] - rng.integers(h), 0, scene.height - h))
-            col = int(np.clip(cols[anchor] - rng.integers(w), 0, scene.width - w))
-            image, labels = scene.read(row, col, h, w)
+            scale = self.scale_of(self.scenes[k]) * jitter
+            image, labels = self._crop(k, scale, rng)
             if (labels == IGNORE_INDEX).mean() <= self.max_ignore:
                 break
-        image, labels = self._to_patch(image, labels, scale)
+        image, labels = self._scaled(image, self.scenes[k].loss_targets(labels), scale)
+        if self.augment:
+            image, labels = self._mosaic(k, image, labels, scale, rng)
+        image, labels = _padded(image, labels, (self.patch, self.patch))
         if self.augment:
             image, labels = geometric(image, labels, rng)
             image = photometric(image, self.value_range, rng)
-        return self.normalize(image), scene.loss_targets(labels)
+        return self.normalize(image), labels
 
-    def _to_patch(
+    def _crop(
+        self, k: int, scale: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A window of scene ``k`` around a labelled pixel: at most a patch at ``scale``."""
+        scene, (rows, cols) = self.scenes[k], self.anchors[k]
+        size = max(8, round(self.patch / scale))
+        h, w = min(size, scene.height), min(size, scene.width)
+        anchor = int(rng.integers(rows.size))  # a labelled pixel somewhere inside the crop
+        row = int(np.clip(rows[anchor] - rng.integers(h), 0, scene.height - h))
+        col = int(np.clip(cols[anchor] - rng.integers(w), 0, scene.width - w))
+        return scene.read(row, col, h, w)
+
+    def _scaled(
         self, image: np.ndarray, labels: np.ndarray, scale: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """A window resized by ``scale`` (at most the patch), padded to the patch with ignore."""
+        """A window resized by ``scale``, at most the patch."""
         h, w = labels.shape
         shape = (
             min(self.patch, max(1, round(h * scale))),
             min(self.patch, max(1, round(w * scale))),
         )
-        image = resize_bilinear(image, shape)
-        labels = resize_nearest(labels, shape)
-        pad = ((0, self.patch - shape[0]), (0, self.patch - shape[1]))
-        if pad != ((0, 0), (0, 0)):
-            image = np.pad(image, ((0, 0), *pad), mode="symmetric")
-            labels = np.pad(labels, pad, constant_values=IGNORE_INDEX)
-        return image, labels
+        return resize_bilinear(image, shape), resize_nearest(labels, shape)
+
+    def _mosaic(
+        self, k: int, image: np.ndarray, labels: np.ndarray, scale: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A grid of crops at ``scale``: scene ``k``'s in the first cell, its mates' in the rest.
+
+        As many whole cells as the patch holds; the crop alone when that is one.
+        """
+        cell = labels.shape
+        grid = (self.patch // cell[0], self.patch // cell[1])
+        if grid[0] * grid[1] < 2:
+            return image, labels
+        members, chance = self.mates[k]
+        out_image = np.empty((image.shape[0], grid[0] * cell[0], grid[1] * cell[1]), np.float32)
+        out_labels = np.empty((grid[0] * cell[0], grid[1] * cell[1]), labels.dtype)
+        for r in range(grid[0]):
+            for c in range(grid[1]):
+                if r or c:
+                    j = int(rng.choice(members, p=chance))
+                    image, labels = self._crop(j, scale, rng)
+                    image, labels = self._scaled(image, self.scenes[j].loss_targets(labels), scale)
+                    image, labels = _padded(
+                        image[:, : cell[0], : cell[1]], labels[: cell[0], : cell[1]], cell
+                    )
+                rows, cols = (
+                    slice(r * cell[0], (r + 1) * cell[0]),
+                    slice(c * cell[1], (c + 1) * cell[1]),
+                )
+                out_image[:, rows, cols] = image
+                out_labels[rows, cols] = labels
+        return out_image, out_labels
+
+    def _to_patch(
+        self, image: np.ndarray, labels: np.ndarray, scale: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A window resized by ``scale`` (at most the patch), padded to the patch with ignore."""
+        return _padded(*self._scaled(image, labels, scale), (self.patch, self.patch))
 
     def grid_patches(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Non-overlapping patches covering every scene (edges flush), no augmentation."""
@@ -663,3 +719,16 @@ class PatchSampler:
                         image, labels = self._to_patch(image, labels, scale)
                         out.append((self.normalize(image), scene.loss_targets(labels)))
         return out
+
+
+def _padded(
+    image: np.ndarray, labels: np.ndarray, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(image, labels) padded at the bottom and right to ``shape``: mirrored, and ignore."""
+    pad = ((0, shape[0] - labels.shape[0]), (0, shape[1] - labels.shape[1]))
+    if pad == ((0, 0), (0, 0)):
+        return image, labels
+    return (
+        np.pad(image, ((0, 0), *pad), mode="symmetric"),
+        np.pad(labels, pad, constant_values=IGNORE_INDEX),
+    )
