@@ -280,7 +280,8 @@ train-bundled: setup
 # better on every source's held-out images but worse on the real rasters in ../shared/data/rasters):
 # every source of training/landcover_sources.json (Dubai, NAIP and the partially labelled drone,
 # roads and forest sets), each resampled to TRAIN_RESOLUTION, with its share of the patches and
-# its held-out images, continued from TRAIN_MS_BASE (a copy of the bundled model). Resumable.
+# its held-out images, continued from TRAIN_MS_BASE (a copy of the bundled model) with its class
+# weights, keeping its odds on the partial sets' *other* pixels (distillation). Resumable.
 # make compare-models (its NEW_MODEL default) and tile-agreement TILE_MODEL=build/train-multisource
 # look at it; evaluate --sources measures it.
 TRAIN_MS_DIR  := build/train-multisource
@@ -302,7 +303,7 @@ train-multisource: setup
 	    --description "$(MS_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8 --epochs $(TRAIN_MS_EPOCHS) \
 	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
-	    --train-batchnorm --class-weights base --distill 0 \
+	    --train-batchnorm --class-weights base \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 
 # A base model that never saw Dubai (every other source, from ImageNet, at 1 m), for
