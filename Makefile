@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-engine-training test-engine-rest test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -81,20 +81,27 @@ $(QGIS_VENV)/.docs-installed: $(QGIS_VENV)/.installed
 	$(QGIS_PY) -m pip install -q --disable-pip-version-check $(DOCS_TOOLS)
 	@touch $@
 
-# The engine and QGIS suites run side by side: one after the other they kept about 1.1 of the
-# 2 cores busy (TensorFlow's steps use both, the rest of the tests one). Each suite's output is
-# printed whole when it ends.
+# Two suites at a time: one after the other they kept about 1.1 of the 2 cores busy
+# (TensorFlow's steps use both, the rest of the tests one). The engine suite is two halves (its
+# training tests, the rest), so that the QGIS suite and the training half start together and
+# the rest takes the first free slot. Each one's output is printed whole when it ends.
 test: setup
 	$(MAKE) --no-print-directory docs
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-engine test-qgis
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-qgis test-engine
 
 # The site in build/site (mkdocs.yml); strict: a broken link or a page left out fails.
 docs: setup
 	$(QGIS_PY) -m mkdocs build --strict  # not --quiet: it hides the warnings strict counts
 	@echo "built build/site/index.html"
 
-test-engine:
-	$(ENGINE_PY) -m pytest --durations=12 tests/engine tests/test_layout.py
+ENGINE_TRAINING_TESTS := $(addprefix tests/engine/,test_training.py test_fine_tune.py \
+    test_fine_tune_small_data.py test_partial_labels.py)
+test-engine: test-engine-training test-engine-rest
+test-engine-training:
+	$(ENGINE_PY) -m pytest --durations=8 -o cache_dir=.pytest_cache/training $(ENGINE_TRAINING_TESTS)
+test-engine-rest:
+	$(ENGINE_PY) -m pytest --durations=8 tests/engine tests/test_layout.py \
+	    $(addprefix --ignore=,$(ENGINE_TRAINING_TESTS))
 
 test-qgis:
 	rm -rf .qgis-settings  # pytest-qgis's profile: start every run from a clean one
