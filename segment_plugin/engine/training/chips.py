@@ -614,13 +614,9 @@ class PatchSampler:
         self.mates: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for members in groups.values():
             chance = self.weights[members]
-            chance = (
-                chance / chance.sum()
-                if chance.sum() > 0
-                else np.full(len(members), 1 / len(members))
-            )
-            for k in members:
-                self.mates[k] = (np.asarray(members), chance)
+            if chance.sum() > 0:  # else none of them is ever drawn
+                for k in members:
+                    self.mates[k] = (np.asarray(members), chance / chance.sum())
 
     def scale_of(self, scene: Scene) -> float:
         """Output pixels per scene pixel before augmentation."""
