@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-engine-training test-engine-rest test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit \
+.PHONY: help setup test test-engine test-engine-training test-engine-rest test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit device-kit-multisource \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -232,6 +232,18 @@ device-kit: setup
 	echo '$(subst $(DATA),$(DEVICE_KIT)/data,$(TRAIN_DATA)) $(TRAIN_PATCHES)' \
 	    > $(DEVICE_KIT)/data/train_args
 	@du -sh $(DEVICE_KIT)/wheels $(DEVICE_KIT)/data
+
+# The multi-source candidate's kit (make train-multisource's data, patches and flags):
+# .device/msdata, a compact copy of its sources (tests/bench/device_kit_sources.py: the drone
+# chips at TRAIN_RESOLUTION, PNG as JPEG, every 2nd DeepGlobe training tile) that travels in
+# three calls with the wheels (docs/training.md, "Training on a lent GPU machine").
+MS_KIT_ARGS = --sources $(DEVICE_KIT)/msdata/sources.json --data-root $(DEVICE_KIT)/msdata \
+    --resolution $(TRAIN_RESOLUTION) $(TRAIN_PATCHES) --class-weights base --distill 1
+device-kit-multisource: device-kit
+	$(ENGINE_PY) tests/bench/device_kit_sources.py --sources $(TRAIN_SOURCES) --data-root $(DATA) \
+	    --resolution $(TRAIN_RESOLUTION) --output $(DEVICE_KIT)/msdata --thin deepglobe_forest=2
+	echo '$(MS_KIT_ARGS)' > $(DEVICE_KIT)/msdata/train_args
+	@du -sh $(DEVICE_KIT)/msdata/*
 
 compare-class-weights: setup
 	@mkdir -p build/class-weights

@@ -4,8 +4,11 @@
 #
 #   install  the wheels in .device/wheels into .device/site, which stays on the warm machine for
 #            the next call (the wheels and the data do not fit in one call's 64 MiB together)
-#   train    continues the bundled model on make train-bundled's data and patches (the flags in
-#            .device/data/train_args) under Keras on BACKEND, torch by default (the machine has
+#   probe    (multi-source kit) one short epoch on the sources already carried: the patches a
+#            second it trains, kept in build/device-probe/steps_per_s for train's STEPS
+#   train    continues the bundled model on the kit's data and patches (the flags in
+#            $KIT/train_args; KIT is .device/data, make device-kit, or .device/msdata,
+#            make device-kit-multisource) under Keras on BACKEND, torch by default (the machine has
 #            torch and JAX, no TensorFlow; make check-backends proves both) for EPOCHS × STEPS batches
 #            of BATCH patches, cut by WORKERS threads, validated on Dubai tile 8 after each epoch;
 #            the best epoch's package and the log go to $OUT. A SIGTERM after LIMIT seconds ends
@@ -18,7 +21,8 @@ PYTHON=${PYTHON:-python3}
 # torch: the version make check-backends trains with here (2.11.0) is the image's; its JAX
 # (0.11.2) needs Python 3.12, which this project's machine does not have
 export KERAS_BACKEND=${BACKEND:-torch}
-DATA=.device/data
+DATA=${KIT:-.device/data}
+PROBE=build/device-probe
 case "${1:-}" in
 install)
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -27,11 +31,54 @@ install)
 from segment_plugin.engine.devices import describe, select_device
 print("rasterio", rasterio.__version__, describe(select_device("auto")))'
     ;;
+probe)
+    mkdir -p "$OUT" "$PROBE"
+    # the sources whose folders are here already (the kit travels in several calls)
+    "$PYTHON" - "$DATA" "$PROBE/sources.json" <<'PY'
+import json, sys, pathlib
+kit, out = pathlib.Path(sys.argv[1]), sys.argv[2]
+spec = json.loads((kit / "sources.json").read_text())
+spec["sources"] = [s for s in spec["sources"] if (kit / s["folder"]).is_dir()]
+pathlib.Path(out).write_text(json.dumps(spec))
+print("probe sources:", [s["name"] for s in spec["sources"]])
+PY
+    read -ra data_args <"$DATA/train_args"
+    started=$(date +%s)
+    PYTHONPATH="$PWD/.device/site:$PWD" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
+        --sources "$PROBE/sources.json" --base-model resources/models/landcover --name probe \
+        --epochs 1 --steps-per-epoch "${STEPS:-40}" --batch "${BATCH:-32}" \
+        --workers "${WORKERS:-12}" --device "${DEVICE:-gpu}" --train-batchnorm --seed 1 \
+        --output "$PROBE/model" --overwrite --progress json >"$OUT/probe.log" 2>&1 || {
+        tail -n 40 "$OUT/probe.log"; exit 1; }
+    echo "probe: $(($(date +%s) - started)) s in all"
+    # seconds per step from the last ETA (the first steps' warm-up included: an overestimate)
+    "$PYTHON" - "$OUT/probe.log" "$PROBE/steps_per_s" <<'PY'
+import json, re, sys
+last = None
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        event = json.loads(line)
+        if event.get("event") == "progress" and event.get("eta_s"):
+            last = event
+        elif event.get("event") in ("metrics", "log"):
+            print(event)
+done, total = map(int, re.search(r"batch (\d+)/(\d+)", last["message"]).groups())
+rate = (total - done) / last["eta_s"]
+open(sys.argv[2], "w").write(f"{rate}\n")
+print(f"{rate:.2f} steps/s ({last['message']}, eta {last['eta_s']} s)")
+PY
+    ;;
 train)
     test -f "$DATA/train_args" || { echo "$DATA is missing: carry it (make device-kit)"; exit 1; }
     read -ra data_args <"$DATA/train_args"
     mkdir -p "$OUT"
     output=build/device-train/landcover
+    if [ -z "${STEPS:-}" ] && [ -f "$PROBE/steps_per_s" ]; then
+        # two thirds of what the probe's pace fits in LIMIT, less 90 s to load the data
+        STEPS=$("$PYTHON" -c "import sys; r = float(open('$PROBE/steps_per_s').read())
+print(max(10, int(r * (${LIMIT:-480} - 90) * 2 / 3 / ${EPOCHS:-60})))")
+        echo "STEPS=$STEPS per epoch, from the probe's pace"
+    fi
     status=0
     PYTHONPATH="$PWD/.device/site:$PWD" PYTHONUNBUFFERED=1 \
         timeout -s TERM "${LIMIT:-480}" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
