@@ -83,8 +83,12 @@ def _importable(module: str) -> bool:
 
 
 def require_full_engine(what: str) -> None:
-    """Refuse ``what`` (training, export) in an inference-only engine, saying how to get one."""
-    if not all(_importable(name) for name in ("keras", "tensorflow")):
+    """Refuse ``what`` (training, export) in an inference-only engine, saying how to get one.
+
+    Keras on another backend (KERAS_BACKEND=torch or jax, as on a lent GPU machine) counts.
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if not all(_importable(name) for name in ("keras", backend)):
         raise DependencyError(
             f"{what} needs the full engine (TensorFlow and Keras); this engine is "
             f"inference-only: {FULL_ENGINE_HINT}"

@@ -10,10 +10,12 @@ import sys
 import textwrap
 import time
 
+import pytest
 from conftest import ROOT, events, run_cli
 
 from segment_plugin import plugin_files
-from segment_plugin.engine import cli
+from segment_plugin.engine import cli, info
+from segment_plugin.engine.errors import DependencyError
 
 
 def test_info_json_reports_tensorflow_and_cpu():
@@ -175,3 +177,13 @@ def test_info_without_devices_stays_light():
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120
     )
     assert proc.returncode == 0 and proc.stderr.strip().splitlines()[-1] == "False"
+
+
+def test_training_needs_keras_and_its_backend_not_tensorflow_itself(monkeypatch):
+    """A lent GPU machine trains under Keras on torch or JAX; it has no TensorFlow."""
+    monkeypatch.setattr(info, "_importable", lambda name: name in {"keras", "torch"})
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    info.require_full_engine("training")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(DependencyError, match="training needs the full engine"):
+        info.require_full_engine("training")
