@@ -8,7 +8,7 @@
 #            second it trains, kept in build/device-probe/steps_per_s for train's STEPS
 #   train    continues the bundled model on the kit's data and patches (the flags in
 #            $KIT/train_args; KIT is .device/data, make device-kit, or .device/msdata,
-#            make device-kit-multisource) under Keras on BACKEND, torch by default (the machine has
+#            make device-kit-multisource) under Keras on BACKEND, JAX by default (the machine has
 #            torch and JAX, no TensorFlow; make check-backends proves both) for EPOCHS × STEPS batches
 #            of BATCH patches, cut by WORKERS threads, validated on Dubai tile 8 after each epoch;
 #            the best epoch's package and the log go to $OUT. A SIGTERM after LIMIT seconds ends
@@ -18,9 +18,9 @@
 # (torch or jax) picks the Keras backend.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
-# torch: the version make check-backends trains with here (2.11.0) is the image's; its JAX
-# (0.11.2) needs Python 3.12, which this project's machine does not have
-export KERAS_BACKEND=${BACKEND:-torch}
+# jax: under torch the multi-source training fell apart on the GPU and trails TensorFlow and JAX
+# on this project's CPU (docs/training.md); the image's JAX is 0.11.2, checked here with 0.10.2
+export KERAS_BACKEND=${BACKEND:-jax}
 DATA=${KIT:-.device/data}
 PROBE=build/device-probe
 case "${1:-}" in
