@@ -227,7 +227,8 @@ device-kit: setup
 	    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(DEVICE_KIT)/wheels \
 	    $$(grep -iE '^(keras|namex|optree|rasterio|affine|cligj|click-plugins)==' \
 	    segment_plugin/engine/constraints.txt)
-	cp -r $(DATA) $(DEVICE_KIT)/data
+	mkdir -p $(DEVICE_KIT)/data && cp -r $(DATA)/dubai $(DATA)/naip_chesapeake $(DATA)/classes.json \
+	    $(DEVICE_KIT)/data/
 	@# train-bundled's data and patch flags, travelling with the data they name
 	echo '$(subst $(DATA),$(DEVICE_KIT)/data,$(TRAIN_DATA)) $(TRAIN_PATCHES)' \
 	    > $(DEVICE_KIT)/data/train_args
