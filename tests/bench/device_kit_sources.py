@@ -12,7 +12,6 @@ folders and resolutions.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import shutil
 from pathlib import Path
@@ -20,11 +19,10 @@ from pathlib import Path
 import rasterio
 from rasterio.enums import Resampling
 
+from segment_plugin.engine.training.chips import IMAGE_SUFFIXES, MASK_SUFFIXES
+from segment_plugin.engine.training.sources import is_validation
+
 JPEG = {"driver": "JPEG", "QUALITY": "92"}
-
-
-def _held_out(name: str, patterns: list[str]) -> bool:
-    return any(fnmatch.fnmatch(name, p) for p in patterns)
 
 
 def _write(path: Path, data, driver: dict) -> None:
@@ -42,7 +40,7 @@ def _read(path: Path, factor: float, resampling: Resampling):
 
 def _copy_pair(image: Path, mask: Path, out: Path, factor: float) -> str:
     """Copies one image and its mask into ``out``; returns the image's new name."""
-    if factor == 1 and image.suffix.lower() in (".jpg", ".jpeg", ".tif"):
+    if factor == 1 and image.suffix.lower() != ".png":
         shutil.copy2(image, out / image.name)
         shutil.copy2(mask, out / mask.name)
         return image.name
@@ -68,12 +66,12 @@ def compact(sources: Path, root: Path, resolution: float, output: Path, thin: di
         images = [
             p
             for p in sorted(folder.rglob("*"))
-            if p.suffix.lower() in (".jpg", ".png", ".tif") and not p.stem.endswith("_mask")
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.stem.endswith("_mask")
         ]
         for image in images:
             stem = image.stem.removesuffix("_image")
-            masks = list(image.parent.glob(f"{stem}_mask.*"))
-            validation = _held_out(str(image.relative_to(folder)), patterns)
+            masks = [m for s in MASK_SUFFIXES if (m := image.with_name(f"{stem}_mask{s}")).exists()]
+            validation = is_validation(str(image.relative_to(folder)), patterns)
             if not masks:
                 continue
             if not validation:
@@ -86,11 +84,14 @@ def compact(sources: Path, root: Path, resolution: float, output: Path, thin: di
             if validation:
                 held_out.append(str((target / new).relative_to(out)))
         source["validation"] = held_out  # exact names: the copy's suffixes may differ
+        notes = []
         if factor != 1:
             source["gsd_m"] = resolution
-            source["kit"] = f"resampled from {gsd} m"
+            notes.append(f"resampled from {gsd} m")
         if source["name"] in thin:
-            source["kit"] = f"every {thin[source['name']]}th training image"
+            notes.append(f"every {thin[source['name']]}th training image")
+        if notes:
+            source["kit"] = "; ".join(notes)
     (output / "sources.json").write_text(json.dumps(spec, indent=2) + "\n")
 
 
