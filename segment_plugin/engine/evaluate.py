@@ -23,11 +23,9 @@ from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, band_stats
 from segment_plugin.engine.params import EvaluateParams, SegmentParams
 from segment_plugin.engine.progress import Reporter
-from segment_plugin.engine.tiling import default_overlap
+from segment_plugin.engine.tiling import MIN_TILE, default_overlap
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import code_lookup, pairs_folder
-
-MIN_TILE = 256
 
 
 def _pairs_report(params: EvaluateParams, reporter: Reporter) -> tuple[dict[str, Any], str]:

@@ -40,6 +40,7 @@ from segment_plugin.engine.tiling import (
     TileGrid,
     blend_window,
     default_overlap,
+    fitted_tile,
     pad_to_tile,
 )
 
@@ -679,12 +680,15 @@ def plan_segment(
     overlap = params.overlap if params.overlap is not None else default_overlap(tile)
     if overlap >= tile:
         raise InputError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
-    check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), params.batch)
     if tile % card.input_multiple:
         raise InputError(
             f"model {card.name!r} needs tile sizes that are multiples of "
             f"{card.input_multiple}, not {tile}"
         )
+    fitted = fitted_tile(tile, wgrid.height, wgrid.width, card.input_multiple)
+    if fitted < tile:  # one tile holds the whole grid: its overlap is moot
+        tile, overlap = fitted, min(overlap, fitted // 2)
+    check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), params.batch)
     norm = card.normalization
     stats = raster_stats(src, bands, norm.low, norm.high)
     warning = Normalizer(card, stats, src.dtypes[bands[0] - 1]).warning

@@ -12,15 +12,18 @@ from conftest import (
     DEMO,
     LANDCOVER_CLASSES,
     Recorder,
+    build_tiny_model,
     scene,
     shared_raster,
     single_pass_classes,
+    tiny_card,
     write_raster,
 )
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from segment_plugin.engine.inference import segment
+from segment_plugin.engine.models.package import save_package
 from segment_plugin.engine.params import SegmentParams
 
 CODES = {c.code for c in LANDCOVER_CLASSES} | {255}
@@ -47,6 +50,22 @@ def test_tiled_output_matches_single_pass(tmp_path, tiny_model):
     agreement = (classes == reference).mean()
     assert agreement >= 0.995, agreement
     assert len(np.unique(classes)) >= 3  # a real, varied prediction, not one class
+
+
+def test_raster_smaller_than_the_tile_is_one_tile_of_its_size(tmp_path):
+    """Padded out to the whole tile, a small raster's map would depend on the tile asked for."""
+    model = tmp_path / "tiny32"
+    save_package(build_tiny_model(), tiny_card(tile_size=512, input_multiple=32), model)
+    raster = write_raster(tmp_path / "in.tif", scene(300, 270))
+    maps = []
+    for tile in (None, 320, 1024):
+        result, reporter = run(
+            tmp_path, raster, model, f"tile{tile}.tif", **({"tile": tile} if tile else {})
+        )
+        assert result["tiles"] == 1
+        assert any("1 tiles of 320 px" in line for line in reporter.logs()), reporter.logs()
+        maps.append(read(result["output"])[0])
+    assert all((m == maps[0]).all() for m in maps[1:])
 
 
 def test_output_grid_style_and_metadata(tmp_path, tiny_model):

@@ -10,6 +10,7 @@ from segment_plugin.engine.tiling import (
     RollingAccumulator,
     TileGrid,
     blend_window,
+    fitted_tile,
     tile_origins,
 )
 
@@ -25,6 +26,21 @@ from segment_plugin.engine.tiling import (
 )
 def test_tile_origins(length, tile, stride, expected):
     assert tile_origins(length, tile, stride) == expected
+
+
+@pytest.mark.parametrize(
+    ("tile", "height", "width", "multiple", "expected"),
+    [
+        (512, 410, 380, 32, 416),  # one tile holds it: rounded up to the multiple, not to 512
+        (512, 60, 60, 32, 256),  # a small chip keeps MIN_TILE of context
+        (512, 600, 300, 32, 512),  # larger than the tile one way: tiled as asked
+        (256, 200, 200, 32, 256),  # never above the tile asked for
+        (128, 100, 100, 32, 128),
+        (512, 300, 300, 1, 512),  # a fixed-size model (no multiple) keeps its tile
+    ],
+)
+def test_fitted_tile(tile, height, width, multiple, expected):
+    assert fitted_tile(tile, height, width, multiple) == expected
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (37, 91), (64, 64), (200, 33)])
