@@ -62,14 +62,24 @@ def params_from_args(cls: type[P], args: argparse.Namespace) -> P:
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
-def _band_list(text: str) -> tuple[int, ...]:
-    try:
-        bands = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bands must look like 3,2,1, got {text!r}") from None
-    if not bands:
-        raise argparse.ArgumentTypeError("no bands given")
-    return bands
+def _int_list(what: str, example: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type for comma-separated whole numbers, e.g. bands ``3,2,1``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must look like {example}, got {text!r}"
+            ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"no {what} given")
+        return values
+
+    return parse
+
+
+_band_list = _int_list("bands", "3,2,1")
 
 
 def _add_dask(parser: argparse.ArgumentParser) -> None:
@@ -411,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--bands", type=int, help="use the first N bands of the images")
     tr.add_argument("--epochs", type=int, default=20)
     tr.add_argument("--patch", type=int, default=256, help="patch size: 128, 256 or 512")
+    tr.add_argument(
+        "--patch-sizes",
+        type=_int_list("patch sizes", "192,256,384"),
+        default=(),
+        help="train on patches of these sizes in turn, step by step, the batch scaled to the same "
+        "pixels as --batch patches of --patch (context jitter: a map that depends less on the "
+        "tile size); validation stays at --patch",
+    )
     tr.add_argument(
         "--tile-size",
         type=int,

@@ -210,6 +210,9 @@ class TrainParams(JobParams):
     bands: int | None = None  # default: the base model's, else the images'
     epochs: int = 20
     patch: int = 256
+    # context jitter: steps cycle through these patch sizes, each batch scaled to the pixels of
+    # `batch` patches of `patch`; () trains on `patch` alone (validation is always at `patch`)
+    patch_sizes: tuple[int, ...] = ()
     tile_size: int | None = None  # the card's inference tile; default max(patch, 256)
     batch: int = 8
     steps_per_epoch: int | None = None  # None: about one pass over the training pixels
@@ -290,6 +293,9 @@ class TrainParams(JobParams):
             )
         if self.patch < 32:
             raise InputError(f"patch must be at least 32 pixels, got {self.patch}")
+        self.patch_sizes = tuple(int(size) for size in self.patch_sizes)
+        if self.patch_sizes and min(self.patch_sizes) < 32:
+            raise InputError(f"patch sizes must be at least 32 pixels, got {self.patch_sizes}")
         if self.filters is not None and (self.base_model or self.filters < 4):
             raise InputError(
                 "--filters (at least 4) sets a new model's width; "

@@ -635,6 +635,28 @@ def test_patch_batches_do_not_depend_on_the_worker_threads(dubai_chips):
         np.testing.assert_array_equal(a, b)
 
 
+def test_context_jitter_cycles_patch_sizes_at_the_same_pixels(dubai_chips, tmp_path):
+    """--patch-sizes: each step's patches are one size, in turn, the batch scaled to the pixels
+    of --batch patches of --patch; training runs through the changing shapes."""
+    from segment_plugin.engine.training.chips import PatchSampler
+    from segment_plugin.engine.training.train import _Batches
+
+    scenes = pairs_folder(dubai_chips / "train", [0, 1, 2, 3, 4])
+    sampler = PatchSampler(scenes, 64, lambda image: image.transpose(1, 2, 0), 255.0, True)
+    batches = _Batches.make(sampler, batch=4, steps=4, seed=3, workers=1, sizes=(32, 96))
+    shapes = [(batches[i][0].shape, batches[i][1].shape) for i in range(4)]
+    assert shapes == [((16, 32, 32, 3), (16, 32, 32)), ((2, 96, 96, 3), (2, 96, 96))] * 2
+    reporter = Recorder()
+    result = train(quick(dubai_chips, tmp_path, patch_sizes=(32, 96), steps_per_epoch=4), reporter)
+    card = ModelPackage.open(tmp_path / "model").card
+    assert card.training["patch_sizes"] == [32, 96] and result["val_miou"] is not None
+    assert any("patches of 32, 96 px, in turn" in line for line in reporter.logs())
+    with pytest.raises(InputError, match=r"patch sizes \[40\] are not multiples of 16"):
+        train(quick(dubai_chips, tmp_path, patch_sizes=(32, 40), output=tmp_path / "m2"))
+    with pytest.raises(InputError, match=r"patch sizes must be at least 32 pixels, got \(24,"):
+        quick(dubai_chips, tmp_path, patch_sizes=(24, 64))
+
+
 def test_patch_threads_default_to_one_on_the_cpu_and_several_with_a_gpu(monkeypatch):
     from segment_plugin.engine import devices
 

@@ -17,6 +17,7 @@ Each scene knows its ground resolution where it can (a georeferenced image, or t
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from collections.abc import Callable, Sequence
@@ -617,6 +618,12 @@ class PatchSampler:
             if chance.sum() > 0:  # else none of them is ever drawn
                 for k in members:
                     self.mates[k] = (np.asarray(members), chance / chance.sum())
+
+    def with_patch(self, patch: int) -> PatchSampler:
+        """The same sampler cutting patches of another size (the scenes and anchors shared)."""
+        other = copy.copy(self)
+        other.patch = patch
+        return other
 
     def scale_of(self, scene: Scene) -> float:
         """Output pixels per scene pixel before augmentation."""

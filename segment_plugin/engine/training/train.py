@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,8 +176,22 @@ class _Batches:
     """A Keras PyDataset of random augmented patches (defined lazily: Keras is imported late)."""
 
     @staticmethod
-    def make(sampler: PatchSampler, batch: int, steps: int, seed: int, workers: int) -> Any:
+    def make(
+        sampler: PatchSampler,
+        batch: int,
+        steps: int,
+        seed: int,
+        workers: int,
+        sizes: Sequence[int] = (),
+    ) -> Any:
+        """``sizes``: patch sizes the steps cycle through (batch scaled to the same pixels)."""
         keras = _keras()
+        # cycled, not drawn: Keras takes the input shapes from the first two batches, so
+        # those must differ for it to accept every size
+        kinds = [
+            (sampler.with_patch(size), max(1, round(batch * (sampler.patch / size) ** 2)))
+            for size in sizes
+        ] or [(sampler, batch)]
 
         class PatchBatches(keras.utils.PyDataset):
             # threads (not processes): they share the scenes and this epoch counter; each
@@ -191,7 +206,8 @@ class _Batches:
 
             def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
                 rng = np.random.default_rng((seed, self.epoch, index))
-                pairs = [sampler.random_patch(rng) for _ in range(batch)]
+                cutter, count = kinds[index % len(kinds)]
+                pairs = [cutter.random_patch(rng) for _ in range(count)]
                 return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
             def on_epoch_end(self) -> None:
@@ -448,6 +464,12 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     for a, b in duplicates[:10]:
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
     model, card = _model_and_card(params, base, train_scenes, reporter)
+    uneven = [size for size in (params.patch, *params.patch_sizes) if size % card.input_multiple]
+    if uneven:
+        raise InputError(
+            f"patch sizes {uneven} are not multiples of {card.input_multiple}, as this "
+            "architecture needs"
+        )
     card = replace(card, resolution_m=resolution)
     same_classes = base_card is not None and base_card.class_codes == list(codes)
     kept_head_of = base_card if same_classes else None
@@ -470,7 +492,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         source_weights,
     )
     steps = params.steps_per_epoch or _default_steps(sampler, params.patch, params.batch)
-    batches = _Batches.make(sampler, params.batch, steps, params.seed, params.workers)
+    batches = _Batches.make(
+        sampler, params.batch, steps, params.seed, params.workers, params.patch_sizes
+    )
     schedule = keras.optimizers.schedules.CosineDecay(
         params.learning_rate, params.epochs * steps, alpha=0.05
     )
@@ -492,7 +516,14 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     reporter.log(
         f"training {card.architecture or 'model'} on {len(train_scenes)} images "
         f"({len(val_scenes)} for validation), {steps} steps of {params.batch} patches of "
-        f"{params.patch} px per epoch; class weights "
+        f"{params.patch} px per epoch"
+        + (
+            f" (or as many pixels in patches of {', '.join(map(str, params.patch_sizes))} px, "
+            "in turn)"
+            if params.patch_sizes
+            else ""
+        )
+        + "; class weights "
         + (
             ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
             if weights is not None
@@ -718,6 +749,7 @@ def _final_card(
         "planned_epochs": params.epochs,
         "best_epoch": state["best_epoch"],
         "patch": params.patch,
+        "patch_sizes": list(params.patch_sizes),
         "batch": params.batch,
         "loss": params.loss,
         "class_weights": params.class_weights,
