@@ -311,6 +311,7 @@ TRAIN_MS_EPOCHS ?= 16
 TRAIN_MS_STEPS ?= 150
 TRAIN_RESOLUTION ?= 0.5
 TRAIN_SOURCES := training/landcover_sources.json
+TRAIN_MS_ARGS ?=# more train flags, e.g. --patch-sizes 192,256,384,512 (context jitter)
 MS_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on \
     Dubai, NAIP/Chesapeake, DroneDeploy (buildings, trees, water), Massachusetts Roads and \
@@ -323,7 +324,7 @@ train-multisource: setup
 	    --description "$(MS_DESCRIPTION)" $(TRAIN_PATCHES) --batch 8 --epochs $(TRAIN_MS_EPOCHS) \
 	    --steps-per-epoch $(TRAIN_MS_STEPS) --base-model $(TRAIN_MS_BASE) \
 	    --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) --seed 44 \
-	    --train-batchnorm --class-weights base \
+	    --train-batchnorm --class-weights base $(TRAIN_MS_ARGS) \
 	    --output $(TRAIN_MS_DIR) $(call resume,$(TRAIN_MS_DIR))
 
 # A base model that never saw Dubai (every other source, from ImageNet, at 1 m), for
