@@ -446,6 +446,13 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     ensure_writable_folder(output.parent, "the models folder")
     base = resolve_model(params.base_model) if params.base_model else None
     base_card = base.card if base is not None else None
+    # before any image is read: the sources of a multi-source run take a minute to load
+    multiple = base_card.input_multiple if base_card else input_multiple(arch=params.arch)
+    uneven = [size for size in (params.patch, *params.patch_sizes) if size % multiple]
+    if uneven:
+        raise InputError(
+            f"patch sizes {uneven} are not multiples of {multiple}, as this architecture needs"
+        )
     if params.classes:
         codes = [c.code for c in read_classes_json(params.classes)]
     elif base_card is not None:
@@ -464,12 +471,6 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     for a, b in duplicates[:10]:
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
     model, card = _model_and_card(params, base, train_scenes, reporter)
-    uneven = [size for size in (params.patch, *params.patch_sizes) if size % card.input_multiple]
-    if uneven:
-        raise InputError(
-            f"patch sizes {uneven} are not multiples of {card.input_multiple}, as this "
-            "architecture needs"
-        )
     card = replace(card, resolution_m=resolution)
     same_classes = base_card is not None and base_card.class_codes == list(codes)
     kept_head_of = base_card if same_classes else None
