@@ -462,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tunes on partial labels: weight of keeping the base model's odds among the "
         "classes an 'other' pixel may be (0: off)",
     )
+    tr.add_argument(
+        "--consistency",
+        type=float,
+        default=0.0,
+        help="weight of holding each patch's centre, classed alone, to the whole patch's "
+        "classes there: maps that change less with the tile size (0: off)",
+    )
     tr.add_argument("--no-augment", dest="augment", action="store_false")
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")

@@ -229,6 +229,9 @@ class TrainParams(JobParams):
     # among the classes an "other" pixel may be (losses.unnamed_distillation); 0: the marginal
     # loss alone, which let a roads-only fine-tune unlearn the other classes
     distill: float = 1.0
+    # weight of context consistency (training/context.py): a patch's centre classed alone is
+    # held to the whole patch's posteriors, for maps that change less with the tile size; 0: off
+    consistency: float = 0.0
     augment: bool = True
     val_fraction: float = 0.2
     max_ignore: float = 0.5
@@ -265,6 +268,8 @@ class TrainParams(JobParams):
             self.learning_rate = 1e-4 if self.base_model else 1e-3
         if not self.distill >= 0:
             raise InputError(f"distill must be 0 or more, got {self.distill}")
+        if not self.consistency >= 0:
+            raise InputError(f"consistency must be 0 or more, got {self.consistency}")
         if not self.learning_rate > 0:
             raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
         if self.raster is not None and self.labels is None:

@@ -358,3 +358,32 @@ def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_h
     assert by_source["miou"] == by_source["per_source"]["roads"]["miou"]
     with pytest.raises(InputError, match="give either"):
         EvaluateParams(model=model, sources=sources, images=roads_folder)
+
+
+def test_context_consistency_by_hand():
+    """KL(patch ‖ centre) over the centre's pixels of known or *other* class, the patch's
+    posteriors held constant; the combined loss takes the last channels as the centre's."""
+    from segment_plugin.engine.training.losses import context_consistency, with_consistency
+
+    patch = np.full((1, 3, 4, 3), 1 / 3, np.float32)
+    patch[0, 1, 1] = [0.5, 0.3, 0.2]
+    patch[0, 1, 2] = [0.1, 0.6, 0.3]
+    centre = np.zeros_like(patch)
+    centre[0, 1, 1] = [0.25, 0.25, 0.5]
+    centre[0, 1, 2] = [0.2, 0.2, 0.6]
+    # margin 1: the centre is pixels (1, 1) and (1, 2); the edge pixels (ignore here) never count
+    y_true = np.full((1, 3, 4), IGN)
+    y_true[0, 1, 1], y_true[0, 1, 2] = 0, other_target([0])
+
+    def kl(p, q):
+        return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+    both = kl([0.5, 0.3, 0.2], [0.25, 0.25, 0.5]), kl([0.1, 0.6, 0.3], [0.2, 0.2, 0.6])
+    got = float(context_consistency(y_true, patch, centre, 1))
+    assert got == pytest.approx(sum(both) / 2, rel=1e-5)
+    y_true[0, 1, 2] = IGN  # an ignore pixel in the centre is left out
+    assert float(context_consistency(y_true, patch, centre, 1)) == pytest.approx(both[0], rel=1e-5)
+    assert float(context_consistency(y_true, patch, patch, 1)) == pytest.approx(0.0, abs=1e-6)
+    loss = make_loss("ce+dice")
+    combined = float(with_consistency(loss, 3, 0.5, 1)(y_true, np.concatenate([patch, centre], -1)))
+    assert combined == pytest.approx(float(loss(y_true, patch)) + 0.5 * both[0], rel=1e-5)

@@ -772,3 +772,50 @@ def test_partial_fine_tune_trains_beside_its_base(building_only_chips, tmp_path,
     resumed = train(replace(params, epochs=2, resume=True), reporter)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert any("distillation" in m for m in reporter.logs())
+
+
+def test_context_consistency_trains_each_patch_beside_its_centre(
+    dubai_chips, building_only_chips, tmp_path
+):
+    """--consistency: the training graph's last channels are the model on the patch's centre,
+    padded back; training runs with it, alone and beside a teacher (distillation), and resumes;
+    the package holds the model alone."""
+    from segment_plugin.engine.models.architectures import build_model
+    from segment_plugin.engine.training.context import beside_centre, centre_margin
+
+    assert centre_margin(256, (), 32) == 64 and centre_margin(256, (192, 512), 32) == 64
+    assert centre_margin(64, (), 16) == 16
+    with pytest.raises(InputError, match=r"patches of \[32\] px are too small"):
+        centre_margin(64, (32, 96), 16)
+    model = build_model("separable_unet", 3, 5, 8)
+    image = np.random.default_rng(0).random((2, 64, 64, 3)).astype(np.float32)
+    both = beside_centre(model, model, 16).predict(image, verbose=0)
+    assert both.shape == (2, 64, 64, 10)
+    np.testing.assert_allclose(both[..., :5], model.predict(image, verbose=0), atol=1e-5)
+    centre = model.predict(image[:, 16:-16, 16:-16], verbose=0)
+    np.testing.assert_allclose(both[:, 16:-16, 16:-16, 5:], centre, atol=1e-5)
+    assert not both[:, :16, :, 5:].any() and not both[:, :, -16:, 5:].any()
+
+    reporter = Recorder()
+    result = train(quick(dubai_chips, tmp_path, consistency=0.5), reporter)
+    assert result["val_miou"] is not None
+    assert any("context consistency (weight 0.5)" in m and "16 px" in m for m in reporter.logs())
+    base = ModelPackage.open(tmp_path / "model")
+    assert base.card.training["consistency"] == 0.5
+    assert base.load_model().outputs[0].shape[-1] == 5
+    with pytest.raises(InputError, match="too small"):
+        train(quick(dubai_chips, tmp_path, consistency=1.0, patch_sizes=(32, 64), overwrite=True))
+
+    params = quick(
+        building_only_chips, tmp_path, images=(building_only_chips / "train",),
+        val_images=building_only_chips / "val", classes=None, base_model=str(tmp_path / "model"),
+        output=tmp_path / "tuned", consistency=2.0,
+    )  # fmt: skip
+    reporter = Recorder()
+    train(params, reporter)
+    logs = reporter.logs()
+    assert any("distillation" in m for m in logs) and any("consistency" in m for m in logs)
+    resumed = train(replace(params, epochs=2, resume=True), Recorder())
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    with pytest.raises(InputError, match="consistency must be 0 or more"):
+        quick(dubai_chips, tmp_path, consistency=-1.0)

@@ -241,3 +241,40 @@ def make_loss(name: str, class_weights: Sequence[float] | None = None) -> Any:
 
     loss.__name__ = name.replace("+", "_plus_")
     return loss
+
+
+def context_consistency(y_true: Any, y_pred: Any, centre: Any, margin: int) -> Any:
+    """Mean over the centre's labelled pixels of KL(patch ‖ centre) between two posteriors.
+
+    ``y_pred`` is the model on the whole patch, ``centre`` on its centre alone (padded back to
+    the patch by ``margin`` on each side). The whole patch's posterior is held constant: with
+    more context it is the better guess, and the term teaches the centre to reach it without.
+    Pixels of unknown class (ignore: also a mosaic's padding) are left out; *other* pixels count.
+    """
+    ops = _keras().ops
+    classes = ops.shape(y_pred)[-1]
+    y_true = ops.cast(ops.reshape(y_true, ops.shape(y_pred)[:-1]), "int32")
+    labelled = ops.logical_or(ops.less(y_true, classes), ops.greater_equal(y_true, OTHER_BASE))
+    inner = slice(margin, -margin)
+    weight = ops.cast(labelled[:, inner, inner], y_pred.dtype)
+    target = ops.stop_gradient(ops.clip(y_pred[:, inner, inner], EPSILON, 1.0))
+    guess = ops.clip(ops.cast(centre[:, inner, inner], y_pred.dtype), EPSILON, 1.0)
+    terms = ops.sum(target * (ops.log(target) - ops.log(guess)), axis=-1)
+    return ops.sum(terms * weight) / ops.maximum(ops.sum(weight), 1.0)
+
+
+def with_consistency(loss: Any, classes: int, weight: float, margin: int) -> Any:
+    """``loss`` on all but the last ``classes`` channels, plus ``weight`` × the consistency term.
+
+    For a model trained beside its centre (training/context.py): ``y_pred``'s first channels are
+    what ``loss`` takes (the model's posteriors, then maybe its teacher's), its last ``classes``
+    the model's posteriors on the centre.
+    """
+
+    def consistent(y_true: Any, y_pred: Any) -> Any:
+        rest, centre = y_pred[..., :-classes], y_pred[..., -classes:]
+        term = context_consistency(y_true, rest[..., :classes], centre, margin)
+        return loss(y_true, rest) + weight * term
+
+    consistent.__name__ = f"{loss.__name__}_consistent"
+    return consistent

@@ -50,8 +50,14 @@ from segment_plugin.engine.training.chips import (
     pairs_folder,
     split_by_area,
 )
+from segment_plugin.engine.training.context import beside_centre, centre_margin
 from segment_plugin.engine.training.distill import beside_teacher
-from segment_plugin.engine.training.losses import class_weights, make_loss, with_distillation
+from segment_plugin.engine.training.losses import (
+    class_weights,
+    make_loss,
+    with_consistency,
+    with_distillation,
+)
 from segment_plugin.engine.training.sources import (
     Source,
     load_sources,
@@ -453,6 +459,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         raise InputError(
             f"patch sizes {uneven} are not multiples of {multiple}, as this architecture needs"
         )
+    margin = centre_margin(params.patch, params.patch_sizes, multiple) if params.consistency else 0
     if params.classes:
         codes = [c.code for c in read_classes_json(params.classes)]
     elif base_card is not None:
@@ -511,6 +518,14 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         reporter.log(
             f"distillation (weight {params.distill}): on 'other' pixels the model keeps the "
             "base model's odds among the classes they may be"
+        )
+    if margin:
+        fitted = beside_centre(fitted, model, margin)
+        fit_loss = with_consistency(fit_loss, len(codes), params.consistency, margin)
+        reporter.log(
+            f"context consistency (weight {params.consistency}): each patch's centre, "
+            f"{margin} px in from every side, is also classed alone and held to the whole "
+            "patch's posteriors there"
         )
     fitted.compile(optimizer=keras.optimizers.Adam(schedule), loss=fit_loss)
     names = [c.name for c in card.classes]
@@ -760,6 +775,7 @@ def _final_card(
         "freeze_encoder": params.freeze_encoder,
         "train_batchnorm": params.train_batchnorm if params.base_model else True,
         "distill": params.distill,
+        "consistency": params.consistency,
         "base_model": params.base_model,
         "initial_weights": params.base_model or initial_weights(params.arch),
         "seed": params.seed,
