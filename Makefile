@@ -351,13 +351,14 @@ compare-models: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/compare_models.py --old $(OLD_MODEL) \
 	    --new $(NEW_MODEL) --output-dir build/compare $(COMPARE_RASTERS) | tee build/compare/areas.json
 
-# How much a model's class map depends on the tile size (tiles 256, 512 against one whole-image
+# How much a model's class map depends on the tile size (TILE_SIZES against one whole-image
 # pass) on the demo, Manila and a Dubai tile-8 image: build/tiles/agreement.json.
 TILE_MODEL ?= landcover
+TILE_SIZES ?= 256,512
 tile-agreement: setup
 	@mkdir -p build/tiles
 	set -o pipefail; $(ENGINE_PY) tests/bench/tile_agreement.py --model $(TILE_MODEL) \
-	    --work-dir build/tiles $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif \
+	    --tiles $(TILE_SIZES) --work-dir build/tiles $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif \
 	    $(RASTERS)/oam_manila_ph_rgb_10cm.tif | tee build/tiles/agreement.json
 
 # The bundled model's card figures, measured: tile-8 mIoU at the card's tile, every training

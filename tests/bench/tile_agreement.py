@@ -1,5 +1,6 @@
-"""How much the class map depends on the tile size: segment at tiles 256 and 512 and in one
-whole-image pass, and report the share of pixels where each tiled map agrees with the whole one.
+"""How much the class map depends on the tile size: segment at tiles 256 and 512 (or --tiles)
+and in one whole-image pass, and report the share of pixels where each tiled map agrees with the
+whole one.
 
     tile_agreement.py --model MODEL --work-dir DIR RASTER ...
 
@@ -25,7 +26,6 @@ from segment_plugin.engine.progress import Reporter
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 DUBAI = SHARED / "data/landcover/dubai/tile_8/image_part_001.jpg"
-TILES = (256, 512)
 
 
 def dubai_geotiff(folder: Path) -> Path:
@@ -64,6 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="landcover")
     parser.add_argument("--work-dir", required=True, type=Path)
+    parser.add_argument(
+        "--tiles", default="256,512", type=lambda text: [int(t) for t in text.split(",")],
+        help="tile sizes to compare with the whole-image pass",
+    )  # fmt: skip
     parser.add_argument("rasters", nargs="*", type=Path)
     args = parser.parse_args()
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +76,7 @@ def main() -> None:
     for raster in rasters:
         maps = {}
         whole = whole_tile(raster, args.model)
-        for tile in (*TILES, whole):
+        for tile in (*args.tiles, whole):
             out = args.work_dir / f"{raster.stem}_tile{tile}.tif"
             segment(SegmentParams(raster, out, model=args.model, tile=tile, overwrite=True))
             with rasterio.open(out) as src:
@@ -83,7 +87,7 @@ def main() -> None:
             "whole_image_tile": whole,
             **{
                 f"agreement_tile_{tile}": round(float((maps[tile] == reference)[valid].mean()), 4)
-                for tile in TILES
+                for tile in args.tiles
             },
         }
     print(json.dumps({"model": args.model, "rasters": report}, indent=2))
