@@ -27,7 +27,13 @@ from segment_plugin.engine.errors import (
 )
 from segment_plugin.engine.info import engine_info, format_info, require_full_engine
 from segment_plugin.engine.models.architectures import ARCHITECTURES
-from segment_plugin.engine.params import CLASS_WEIGHT_SCHEMES, DEVICES, LOSS_NAMES, RUNTIMES
+from segment_plugin.engine.params import (
+    CLASS_WEIGHT_SCHEMES,
+    CONTRAST,
+    DEVICES,
+    LOSS_NAMES,
+    RUNTIMES,
+)
 from segment_plugin.engine.progress import (
     PROTOCOL_VERSION,
     JsonLinesReporter,
@@ -62,12 +68,14 @@ def params_from_args(cls: type[P], args: argparse.Namespace) -> P:
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
-def _int_list(what: str, example: str) -> Callable[[str], tuple[int, ...]]:
-    """An argparse type for comma-separated whole numbers, e.g. bands ``3,2,1``."""
+def _number_list(
+    what: str, example: str, kind: type = int
+) -> Callable[[str], tuple[int | float, ...]]:
+    """An argparse type for comma-separated numbers of ``kind``, e.g. bands ``3,2,1``."""
 
-    def parse(text: str) -> tuple[int, ...]:
+    def parse(text: str) -> tuple[int | float, ...]:
         try:
-            values = tuple(int(part) for part in text.split(",") if part.strip())
+            values = tuple(kind(part) for part in text.split(",") if part.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{what} must look like {example}, got {text!r}"
@@ -79,7 +87,7 @@ def _int_list(what: str, example: str) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
-_band_list = _int_list("bands", "3,2,1")
+_band_list = _number_list("bands", "3,2,1")
 
 
 def _add_dask(parser: argparse.ArgumentParser) -> None:
@@ -423,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patch", type=int, default=256, help="patch size: 128, 256 or 512")
     tr.add_argument(
         "--patch-sizes",
-        type=_int_list("patch sizes", "192,256,384"),
+        type=_number_list("patch sizes", "192,256,384"),
         default=(),
         help="train on patches of these sizes in turn, step by step, the batch scaled to the same "
         "pixels as --batch patches of --patch (context jitter: a map that depends less on the "
@@ -470,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
         "classes there: maps that change less with the tile size (0: off)",
     )
     tr.add_argument("--no-augment", dest="augment", action="store_false")
+    tr.add_argument(
+        "--contrast",
+        type=_number_list("contrast", "0.5,1.2", float),
+        default=CONTRAST,
+        help="LOW,HIGH: the range of the contrast jitter (default 0.8,1.2); widen it for "
+        "imagery whose contrast differs from the training data's",
+    )
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")
     tr.add_argument("--patience", type=int, default=5, help="early stopping (epochs)")

@@ -164,6 +164,8 @@ LOSS_NAMES = ("ce", "dice", "focal", "lovasz", "ce+dice", "focal+dice", "ce+lova
 # auto: median_frequency, bounded for a fine-tune (training.train.FINE_TUNE_WEIGHT_BOUNDS);
 # base: the base model's own weights (a fine-tune that keeps its classes)
 CLASS_WEIGHT_SCHEMES = ("auto", "median_frequency", "inverse_sqrt_frequency", "none", "base")
+#: the range of the training contrast jitter by default (train --contrast)
+CONTRAST = (0.8, 1.2)
 
 
 #: a label value mapped to this is "some class not mapped here" (partial labels: "not road")
@@ -233,6 +235,7 @@ class TrainParams(JobParams):
     # held to the whole patch's posteriors, for maps that change less with the tile size; 0: off
     consistency: float = 0.0
     augment: bool = True
+    contrast: tuple[float, float] = CONTRAST  # the contrast jitter's range (augment.photometric)
     val_fraction: float = 0.2
     max_ignore: float = 0.5
     patience: int = 5
@@ -299,6 +302,9 @@ class TrainParams(JobParams):
         if self.patch < 32:
             raise InputError(f"patch must be at least 32 pixels, got {self.patch}")
         self.patch_sizes = tuple(int(size) for size in self.patch_sizes)
+        self.contrast = tuple(float(v) for v in self.contrast)
+        if len(self.contrast) != 2 or not 0 < self.contrast[0] <= self.contrast[1]:
+            raise InputError(f"contrast must be LOW,HIGH with 0 < LOW <= HIGH, got {self.contrast}")
         if self.patch_sizes and min(self.patch_sizes) < 32:
             raise InputError(f"patch sizes must be at least 32 pixels, got {self.patch_sizes}")
         if self.filters is not None and (self.base_model or self.filters < 4):

@@ -797,11 +797,11 @@ def test_context_consistency_trains_each_patch_beside_its_centre(
     assert not both[:, :16, :, 5:].any() and not both[:, :, -16:, 5:].any()
 
     reporter = Recorder()
-    result = train(quick(dubai_chips, tmp_path, consistency=0.5), reporter)
+    result = train(quick(dubai_chips, tmp_path, consistency=0.5, contrast=(0.5, 1.2)), reporter)
     assert result["val_miou"] is not None
     assert any("context consistency (weight 0.5)" in m and "16 px" in m for m in reporter.logs())
     base = ModelPackage.open(tmp_path / "model")
-    assert base.card.training["consistency"] == 0.5
+    assert base.card.training["consistency"] == 0.5 and base.card.training["contrast"] == [0.5, 1.2]
     assert base.load_model().outputs[0].shape[-1] == 5
     with pytest.raises(InputError, match="too small"):
         train(quick(dubai_chips, tmp_path, consistency=1.0, patch_sizes=(32, 64), overwrite=True))

@@ -36,6 +36,7 @@ from segment_plugin.engine.raster_io import (
     pixel_size_m,
 )
 from segment_plugin.engine.training.augment import (
+    CONTRAST,
     geometric,
     photometric,
     resize_bilinear,
@@ -587,8 +588,10 @@ class PatchSampler:
         max_ignore: float = 0.5,
         resolution: float | None = None,
         source_weights: dict[str, float] | None = None,
+        contrast: tuple[float, float] = CONTRAST,
     ) -> None:
         self.scenes = list(scenes)
+        self.contrast = contrast
         self.patch = patch
         self.normalize = normalize
         self.value_range = value_range
@@ -644,7 +647,7 @@ class PatchSampler:
         image, labels = _padded(image, labels, (self.patch, self.patch))
         if self.augment:
             image, labels = geometric(image, labels, rng)
-            image = photometric(image, self.value_range, rng)
+            image = photometric(image, self.value_range, rng, self.contrast)
         return self.normalize(image), labels
 
     def _crop(

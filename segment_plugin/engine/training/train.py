@@ -498,6 +498,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         params.max_ignore,
         resolution,
         source_weights,
+        params.contrast,
     )
     steps = params.steps_per_epoch or _default_steps(sampler, params.patch, params.batch)
     batches = _Batches.make(
@@ -771,6 +772,7 @@ def _final_card(
         "class_weights": params.class_weights,
         "learning_rate": params.learning_rate,
         "augment": params.augment,
+        "contrast": list(params.contrast),
         "filters": params.filters,
         "freeze_encoder": params.freeze_encoder,
         "train_batchnorm": params.train_batchnorm if params.base_model else True,
