@@ -273,6 +273,13 @@ class TrainParams(JobParams):
             raise InputError(f"distill must be 0 or more, got {self.distill}")
         if not self.consistency >= 0:
             raise InputError(f"consistency must be 0 or more, got {self.consistency}")
+        if self.consistency and (self.train_batchnorm or not self.base_model):
+            # with batch statistics the centre and the whole patch are normalised apart: what
+            # the term taught did not carry over to inference (docs/multisource-candidate.md)
+            raise InputError(
+                "--consistency needs batch normalisation in inference mode: a fine-tune "
+                "(--base-model) without --train-batchnorm"
+            )
         if not self.learning_rate > 0:
             raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
         if self.raster is not None and self.labels is None:

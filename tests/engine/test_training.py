@@ -778,8 +778,8 @@ def test_context_consistency_trains_each_patch_beside_its_centre(
     dubai_chips, building_only_chips, tmp_path
 ):
     """--consistency: the training graph's last channels are the model on the patch's centre,
-    padded back; training runs with it, alone and beside a teacher (distillation), and resumes;
-    the package holds the model alone."""
+    padded back; a fine-tune trains with it beside its teacher (distillation), and resumes; the
+    package holds the model alone. Refused where batch normalisation trains."""
     from segment_plugin.engine.models.architectures import build_model
     from segment_plugin.engine.training.context import beside_centre, centre_margin
 
@@ -796,15 +796,15 @@ def test_context_consistency_trains_each_patch_beside_its_centre(
     np.testing.assert_allclose(both[:, 16:-16, 16:-16, 5:], centre, atol=1e-5)
     assert not both[:, :16, :, 5:].any() and not both[:, :, -16:, 5:].any()
 
-    reporter = Recorder()
-    result = train(quick(dubai_chips, tmp_path, consistency=0.5, contrast=(0.5, 1.2)), reporter)
-    assert result["val_miou"] is not None
-    assert any("context consistency (weight 0.5)" in m and "16 px" in m for m in reporter.logs())
+    train(quick(dubai_chips, tmp_path, contrast=(0.5, 1.2)))
     base = ModelPackage.open(tmp_path / "model")
-    assert base.card.training["consistency"] == 0.5 and base.card.training["contrast"] == [0.5, 1.2]
-    assert base.load_model().outputs[0].shape[-1] == 5
+    assert base.card.training["contrast"] == [0.5, 1.2]
+    for wrong in (dict(), dict(base_model="landcover", train_batchnorm=True)):
+        with pytest.raises(InputError, match="consistency needs batch normalisation in inference"):
+            quick(dubai_chips, tmp_path, consistency=1.0, **wrong)
     with pytest.raises(InputError, match="too small"):
-        train(quick(dubai_chips, tmp_path, consistency=1.0, patch_sizes=(32, 64), overwrite=True))
+        train(quick(dubai_chips, tmp_path, consistency=1.0, base_model=str(tmp_path / "model"),
+                    patch_sizes=(32, 64), output=tmp_path / "small"))  # fmt: skip
 
     params = quick(
         building_only_chips, tmp_path, images=(building_only_chips / "train",),
@@ -812,9 +812,14 @@ def test_context_consistency_trains_each_patch_beside_its_centre(
         output=tmp_path / "tuned", consistency=2.0,
     )  # fmt: skip
     reporter = Recorder()
-    train(params, reporter)
+    result = train(params, reporter)
+    assert result["val_miou"] is not None
     logs = reporter.logs()
-    assert any("distillation" in m for m in logs) and any("consistency" in m for m in logs)
+    assert any("distillation" in m for m in logs)
+    assert any("context consistency (weight 2.0)" in m and "16 px" in m for m in logs)
+    tuned = ModelPackage.open(tmp_path / "tuned")
+    assert tuned.card.training["consistency"] == 2.0
+    assert tuned.load_model().outputs[0].shape[-1] == 5
     resumed = train(replace(params, epochs=2, resume=True), Recorder())
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     with pytest.raises(InputError, match="consistency must be 0 or more"):
