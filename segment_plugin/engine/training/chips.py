@@ -29,14 +29,13 @@ import numpy as np
 
 from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
-from segment_plugin.engine.params import OTHER_LABEL
+from segment_plugin.engine.params import CONTRAST, OTHER_LABEL
 from segment_plugin.engine.raster_io import (
     RESAMPLE_TOLERANCE,
     model_resolution_for,
     pixel_size_m,
 )
 from segment_plugin.engine.training.augment import (
-    CONTRAST,
     geometric,
     photometric,
     resize_bilinear,
