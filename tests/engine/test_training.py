@@ -154,6 +154,22 @@ def test_geometric_augmentation_keeps_alignment():
     assert resize_nearest(labels, 32)[::2, ::2].tolist() == labels.tolist()
 
 
+def test_contrast_jitter_range():
+    """--contrast: the patch's spread about its mean scales by a factor from the range (then
+    brightness 0.85–1.15 and band gains 0.95–1.05); a range that is no range is refused."""
+    from segment_plugin.engine.training.augment import photometric
+
+    image = np.random.default_rng(1).uniform(40, 200, (3, 64, 64)).astype(np.float32)
+    spread = image.std()
+    for low, high in ((0.4, 0.4), (1.0, 1.0), (0.5, 1.3)):
+        for seed in range(5):
+            out = photometric(image, 255.0, np.random.default_rng(seed), (low, high))
+            ratio = out.std() / spread
+            assert low * 0.8 < ratio < high * 1.2
+    with pytest.raises(InputError, match="contrast must be LOW,HIGH"):
+        TrainParams(output="m", images=("x",), contrast=(1.2, 0.8))
+
+
 def test_near_duplicates_flagged(dubai_chips):
     scenes = pairs_folder(dubai_chips / "train", [0, 1, 2, 3, 4])
     copy = type(scenes[0])("copy", scenes[0].image.copy(), scenes[0].labels)
