@@ -48,9 +48,12 @@ def _scenes_report(
 ) -> dict[str, Any]:
     """Metrics of labelled scenes predicted as segment would (partial: labelled classes only).
 
-    Images of known resolution are resampled to the model's.
+    Images of known resolution are segmented at the model's and the class map is written back
+    on the image's own grid (nearest), as segment does, so that every model is scored against
+    the same, unresampled labels.
     """
     from segment_plugin.engine.inference import predict_array
+    from segment_plugin.engine.training.augment import resize_nearest
 
     card = package.card
     if card.resolution_m and any(s.gsd is None for s in scenes):
@@ -61,9 +64,9 @@ def _scenes_report(
         )
     tile = params.tile or card.tile_size
     matrix = np.zeros((len(card.classes) + 1, len(card.classes)), np.int64)
-    for k, scene in enumerate(scenes):
+    for k, native in enumerate(scenes):
         reporter.cancel.check()
-        scene = scene.at_resolution(card.resolution_m)
+        scene = native.at_resolution(card.resolution_m)
         norm = card.normalization
         pixels = scene.image.reshape(scene.image.shape[0], -1)
         stats = band_stats(pixels, norm.low, norm.high)  # the whole image, as segment does
@@ -82,7 +85,8 @@ def _scenes_report(
             tta=params.tta,
             class_weights=None if params.keep_class_weights else card.class_weights,
         )
-        matrix += metrics.confusion_with_other(scene.labels, predicted, len(card.classes))
+        predicted = resize_nearest(predicted, native.labels.shape)
+        matrix += metrics.confusion_with_other(native.labels, predicted, len(card.classes))
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
     labelled = scenes[0].labelled if scenes else None
     return metrics.report_with_other(matrix, [c.name for c in card.classes], labelled)

@@ -328,8 +328,8 @@ def test_sources_file_and_hold_out(tmp_path, roads_folder):
 
 
 def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_half_metre):
-    """evaluate scores a partial set's labelled classes only, at the model's resolution, and a
-    sources file's held-out images per source."""
+    """evaluate scores a partial set's labelled classes only, segmented at the model's resolution
+    and scored on the labels' own grid, and a sources file's held-out images per source."""
     from segment_plugin.engine.evaluate import evaluate
     from segment_plugin.engine.params import EvaluateParams
 
@@ -338,10 +338,11 @@ def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_h
     assert result["labelled_classes"] == ["road"]
     assert [n for n, v in result["per_class_iou"].items() if v is not None] == ["road"]
     assert len(result["confusion_matrix"]) == 6  # five classes and the "other" row
-    # at 0.5 m a 64 × 80 px tile at 1 m is 128 × 160 px: four times the pixels
-    assert result["pixels"] == 3 * 4 * (62 * 80)
+    # segmented at 0.5 m (128 × 160 px), written back on the 64 × 80 px grid: the labels' pixels
+    assert result["pixels"] == 3 * 62 * 80
     native = evaluate(EvaluateParams(model=model, images=roads_folder))
-    assert native["pixels"] == 3 * 62 * 80  # resolution unknown: evaluated at its own scale
+    assert native["pixels"] == 3 * 62 * 80  # resolution unknown: segmented at its own scale
+    assert native["confusion_matrix"] != result["confusion_matrix"]
 
     sources = tmp_path / "sources.json"
     entry = {
@@ -354,7 +355,7 @@ def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_h
     sources.write_text(json.dumps({"sources": [entry]}))
     by_source = evaluate(EvaluateParams(model=model, sources=sources))
     assert list(by_source["per_source"]) == ["roads"]
-    assert by_source["per_source"]["roads"]["pixels"] == 4 * 62 * 80
+    assert by_source["per_source"]["roads"]["pixels"] == 62 * 80
     assert by_source["miou"] == by_source["per_source"]["roads"]["miou"]
     with pytest.raises(InputError, match="give either"):
         EvaluateParams(model=model, sources=sources, images=roads_folder)
