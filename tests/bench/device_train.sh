@@ -14,6 +14,8 @@
 #            the best epoch's package and the log go to $OUT. A SIGTERM after LIMIT seconds ends
 #            it early, keeping the best epoch so far; its state (build/device-train, too large to
 #            come back) stays on the warm machine, and RESUME=1 continues it in the next call.
+#            STAGE=2 runs make train-multisource's second stage instead: from stage 1's best on
+#            the warm machine, batch normalisation frozen, LR 1e-4 and 3 epochs unless given.
 # PYTHON (default python3) and DEVICE (default gpu) let it be tried on a CPU machine; BACKEND
 # (torch or jax) picks the Keras backend.
 set -euo pipefail
@@ -72,7 +74,12 @@ train)
     test -f "$DATA/train_args" || { echo "$DATA is missing: carry it (make device-kit)"; exit 1; }
     read -ra data_args <"$DATA/train_args"
     mkdir -p "$OUT"
-    output=build/device-train/landcover
+    base=resources/models/landcover output=build/device-train/landcover batchnorm=--train-batchnorm
+    if [ "${STAGE:-1}" = 2 ]; then
+        test -f "$output/model.keras" || { echo "no stage 1 here: run train first"; exit 1; }
+        base=$output output=build/device-train/continued batchnorm=
+        EPOCHS=${EPOCHS:-3} LR=${LR:-1e-4}
+    fi
     if [ -z "${STEPS:-}" ] && [ -f "$PROBE/steps_per_s" ]; then
         # two thirds of what the probe's pace fits in LIMIT, less 90 s to load the data
         STEPS=$("$PYTHON" -c "import sys; r = float(open('$PROBE/steps_per_s').read())
@@ -82,10 +89,10 @@ print(max(10, int(r * (${LIMIT:-480} - 90) * 2 / 3 / ${EPOCHS:-60})))")
     status=0
     PYTHONPATH="$PWD/.device/site:$PWD" PYTHONUNBUFFERED=1 \
         timeout -s TERM "${LIMIT:-480}" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
-        --base-model resources/models/landcover --name landcover \
+        --base-model "$base" --name landcover \
         --epochs "${EPOCHS:-60}" --steps-per-epoch "${STEPS:-100}" --batch "${BATCH:-32}" \
         --workers "${WORKERS:-12}" --learning-rate "${LR:-2e-4}" \
-        --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" --train-batchnorm \
+        --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" $batchnorm \
         --output "$output" ${RESUME:+--resume} >>"$OUT/train.log" 2>&1 || status=$?
     grep -v '%\]' "$OUT/train.log" | tail -n 60  # the epochs' metrics, not each batch
     if [ -f "$output/model.keras" ]; then
@@ -94,7 +101,7 @@ print(max(10, int(r * (${LIMIT:-480} - 90) * 2 / 3 / ${EPOCHS:-60})))")
     exit "$status"
     ;;
 *)
-    echo "usage: $0 install|train" >&2
+    echo "usage: $0 install|probe|train" >&2
     exit 2
     ;;
 esac
