@@ -164,6 +164,16 @@ def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
         print(f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB)")
 
 
+def _cmd_average(args: argparse.Namespace, reporter: Reporter) -> None:
+    from segment_plugin.engine.models.average import average_models
+
+    require_full_engine("averaging models")
+    result = average_models(args.models, args.output, args.name, args.overwrite, reporter)
+    reporter.result(**result)
+    if args.progress == "text":
+        print(f"wrote {result['output']}, the mean of {len(result['models'])} models' weights")
+
+
 def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
     from dataclasses import asdict
 
@@ -584,6 +594,21 @@ def build_parser() -> argparse.ArgumentParser:
     onnx.add_argument("--overwrite", action="store_true")
     _add_common(onnx)
     onnx.set_defaults(keras=True, handler=_cmd_export_onnx)
+
+    avg = commands.add_parser(
+        "average",
+        help="one model whose weights are the mean of several fine-tunes of one base",
+        description="A 'model soup': fine-tunes of one base that differ only in their seed, "
+        "averaged weight by weight. Their cards must agree on classes, bands, normalisation, "
+        "resolution, tile and class weights; the new card keeps the first's, with the members "
+        "in its training record and no metrics (measure it with evaluate).",
+    )
+    avg.add_argument("models", nargs="+", help="two or more model names or folders")
+    avg.add_argument("--output", type=Path, required=True, help="the new model's folder")
+    avg.add_argument("--name", help="its name (default: the first model's)")
+    avg.add_argument("--overwrite", action="store_true")
+    _add_common(avg)
+    avg.set_defaults(keras=True, handler=_cmd_average)
 
     models = commands.add_parser("models", help="list bundled and user models with their cards")
     models.add_argument(

@@ -117,3 +117,46 @@ def test_bundled_model_is_what_its_card_and_the_plugin_promise():
     assert_weights_only(keras_file)  # no optimizer state shipped
     model = package.load_model()  # safe_mode=True
     assert model.inputs[0].shape[-1] == 3 and model.outputs[0].shape[-1] == 5
+
+
+def test_average_is_the_mean_of_the_members_weights(tmp_path, capsys):
+    """average: weight by weight the members' mean, their record in the card, no stale metrics;
+    members whose cards or networks differ are refused, an existing output kept."""
+    import keras
+    import numpy as np
+
+    from segment_plugin.engine.errors import InputError, OutputError
+    from segment_plugin.engine.models.average import average_models
+
+    first, second = build_tiny_model(), build_tiny_model()
+    second.set_weights([w + 0.5 * (k + 1) for k, w in enumerate(second.get_weights())])
+    card = tiny_card(training={"seed": 1, "base_model": "base"}, metrics={"miou": 0.5})
+    save_package(first, card, tmp_path / "a")
+    save_package(second, replace(card, training={"seed": 2, "base_model": "base"}), tmp_path / "b")
+    a, b, out = (str(tmp_path / n) for n in ("a", "b", "soup"))
+    assert cli.main(["average", a, b, "--output", out, "--name", "soup"]) == 0
+    assert "mean of 2 models' weights" in capsys.readouterr().out
+    soup = ModelPackage.open(tmp_path / "soup")
+    expected = [(a + b) / 2 for a, b in zip(first.get_weights(), second.get_weights())]
+    for got, want in zip(soup.load_model().get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert soup.card.name == "soup" and soup.card.metrics == {}
+    assert [m["seed"] for m in soup.card.training["averaged"]] == [1, 2]
+
+    with pytest.raises(OutputError, match="exists"):
+        average_models([str(tmp_path / "a"), str(tmp_path / "b")], tmp_path / "soup")
+    assert len(list((tmp_path / "soup").iterdir())) == 2  # untouched, nothing partial
+    save_package(first, replace(card, resolution_m=0.5), tmp_path / "half")
+    with pytest.raises(InputError, match="differ in resolution_m"):
+        average_models([str(tmp_path / "a"), str(tmp_path / "half")], tmp_path / "x")
+    inputs = keras.Input((None, None, 3))
+    wider = keras.layers.Conv2D(16, 3, padding="same")(inputs)
+    save_package(
+        keras.Model(inputs, keras.layers.Conv2D(5, 1, activation="softmax")(wider)),
+        card,
+        tmp_path / "wider",
+    )
+    with pytest.raises(ModelError, match="networks differ"):
+        average_models([str(tmp_path / "a"), str(tmp_path / "wider")], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    assert cli.main(["average", str(tmp_path / "a"), "--output", str(tmp_path / "y")]) == 2
