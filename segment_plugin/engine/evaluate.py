@@ -23,7 +23,7 @@ from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import Normalizer, band_stats
 from segment_plugin.engine.params import EvaluateParams, SegmentParams
 from segment_plugin.engine.progress import Reporter
-from segment_plugin.engine.tiling import MIN_TILE, default_overlap
+from segment_plugin.engine.tiling import default_overlap, fitted_tile
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import code_lookup, pairs_folder
 
@@ -71,11 +71,9 @@ def _scenes_report(
         pixels = scene.image.reshape(scene.image.shape[0], -1)
         stats = band_stats(pixels, norm.low, norm.high)  # the whole image, as segment does
         normalizer = Normalizer(card, stats, str(scene.image.dtype))
-        size = min(tile, *scene.labels.shape)
-        size -= size % card.input_multiple
-        # a small chip (a 300 px drone chip is 60 px at 0.5 m) is padded to a tile that still
-        # gives the model context, as segment pads a small raster
-        size = max(size, min(tile, MIN_TILE))
+        # segment's tile for this grid: a small chip (a 300 px drone chip is 60 px at 0.5 m) is
+        # one tile of at least MIN_TILE, reflect-padded, so that the model still has context
+        size = fitted_tile(tile, *scene.labels.shape, card.input_multiple)
         predicted = predict_array(
             model,
             normalizer,

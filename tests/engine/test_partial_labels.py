@@ -361,6 +361,35 @@ def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_h
         EvaluateParams(model=model, sources=sources, images=roads_folder)
 
 
+def test_evaluate_tiles_an_image_as_segment_does(tmp_path, monkeypatch):
+    """A 300 × 700 px image at tile 512: segment's fitted tile (512), not one cut to its short
+    side."""
+    from conftest import build_tiny_model, tiny_card
+
+    from segment_plugin.engine import inference
+    from segment_plugin.engine.evaluate import evaluate
+    from segment_plugin.engine.models.package import save_package
+    from segment_plugin.engine.params import EvaluateParams
+    from segment_plugin.engine.tiling import fitted_tile
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(0, 255, (3, 300, 700), np.uint8)
+    _write_pair(folder, "wide", image, np.ones((300, 700), np.uint8))
+    card = tiny_card(tile_size=512, input_multiple=4)
+    save_package(build_tiny_model(), card, tmp_path / "model")
+    sizes, predict = [], inference.predict_array
+
+    def recording(model, normalizer, image, size, *args, **kwargs):
+        sizes.append(size)
+        return predict(model, normalizer, image, size, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_array", recording)
+    result = evaluate(EvaluateParams(model=str(tmp_path / "model"), images=folder))
+    assert sizes == [fitted_tile(512, 300, 700, 4)] == [512]
+    assert result["pixels"] == 300 * 700
+
+
 def test_context_consistency_by_hand():
     """KL(patch ‖ centre) over the centre's pixels of known or *other* class, the patch's
     posteriors held constant; the combined loss takes the last channels as the centre's."""
