@@ -154,6 +154,18 @@ def test_keras_only_and_onnx_only_packages_say_which_runtime(tiny_model, tmp_pat
     assert run.returncode == 2 and "has no model.keras for --runtime keras" in run.stderr
 
 
+def test_saving_new_weights_removes_the_old_onnx(tmp_path):
+    """A package saved again (train or average --overwrite) loses the model.onnx of its old
+    weights, which --runtime auto would otherwise run."""
+    from segment_plugin.engine.models.onnx_export import add_onnx_to_package
+    from segment_plugin.engine.models.package import ModelPackage
+
+    add_onnx_to_package(save_package(build_tiny_model(), tiny_card(), tmp_path / "m"))
+    assert ModelPackage.open(tmp_path / "m").runtimes == ("keras", "onnx")
+    save_package(build_tiny_model(), tiny_card(), tmp_path / "m")
+    assert ModelPackage.open(tmp_path / "m").runtimes == ("keras",)
+
+
 # --- Deepness' own test models ----------------------------------------------------------------
 
 

@@ -290,7 +290,11 @@ def _without_optimizer(model: Any) -> Any:
 
 
 def save_package(model: Any, card: ModelCard, folder: str | os.PathLike[str]) -> ModelPackage:
-    """Write ``model.keras`` (weights, no optimizer state) and ``model.json``, each atomically."""
+    """Write ``model.keras`` (weights, no optimizer state) and ``model.json``, each atomically.
+
+    A ``model.onnx`` already in the folder holds the weights it replaces, and ``--runtime auto``
+    would run it: it is removed (``export-onnx --into-package`` writes one for these).
+    """
     card.validate()
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
@@ -299,6 +303,7 @@ def save_package(model: Any, card: ModelCard, folder: str | os.PathLike[str]) ->
     try:
         _without_optimizer(model).save(partial_model)
         partial_card.write_text(card.to_json(), encoding="utf-8")
+        (path / ONNX_FILE).unlink(missing_ok=True)
         os.replace(partial_model, path / MODEL_FILE)
         os.replace(partial_card, path / CARD_FILE)
     finally:
