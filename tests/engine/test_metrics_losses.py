@@ -43,6 +43,16 @@ def test_iou_dice_accuracy_by_hand():
     assert rep["confusion_matrix"][1] == [0, 2, 0, 0]
 
 
+def test_a_class_absent_from_the_reference_has_no_iou_even_when_predicted():
+    # class 2 is predicted once but never in the reference: no IoU, not 0 in the mean;
+    # the stray pixel still costs class 1 (its FN)
+    cm = np.array([[2, 0, 0], [0, 1, 1], [0, 0, 0]])
+    iou = metrics.per_class_iou(cm)
+    assert iou[:2] == pytest.approx([1.0, 0.5]) and math.isnan(iou[2])
+    assert math.isnan(metrics.per_class_dice(cm)[2])
+    assert metrics.mean_iou(cm) == pytest.approx(0.75)
+
+
 def probs_and_labels():
     y_pred = np.array([[[[0.5, 0.5], [0.9, 0.1]], [[0.2, 0.8], [0.7, 0.3]]]], np.float32)
     y_true = np.array([[[0, IGN], [1, 0]]])

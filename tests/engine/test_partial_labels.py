@@ -138,6 +138,9 @@ def test_partial_report_by_hand():
     assert rep["miou"] == 0.5
     assert rep["pixel_accuracy"] == pytest.approx(5 / 7, abs=1e-5)  # 2 b right, 3 others not b
     assert rep["labelled_classes"] == ["b"] and "partially labelled" in rep["partial_labels"]
+    # a labelled class the split never shows (the drone chips' water) has no IoU either
+    both = metrics.report(matrix, ["a", "b", "c"], labelled=(1, 2))
+    assert both["per_class_iou"]["c"] is None and both["miou"] == 0.5
 
 
 def _write_pair(folder, stem, image, mask, transform=None, crs=None):

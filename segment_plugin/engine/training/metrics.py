@@ -1,8 +1,10 @@
 """Segmentation metrics from a confusion matrix accumulated over any number of batches.
 
 Labels here are class *indices* (model output channels); pixels labelled ``ignore_index`` count
-nowhere. A class that appears neither in the reference nor in the prediction has no IoU (None in
-reports, NaN in arrays) and does not pull the mean down.
+nowhere. A class absent from the reference has no IoU (None in reports, NaN in arrays) and does
+not count in the mean, even where it is predicted: its stray pixels already count against the
+classes they belong to, and a held-out split without, say, water would otherwise score water 0 or
+nothing as a handful of pixels come and go (which moved a training run's best epoch).
 
 A partially labelled set names only some classes; its other pixels (``OTHER_INDEX``) are "some
 class not named here". There a labelled class's IoU is measured against the rest (an *other*
@@ -39,19 +41,19 @@ def confusion_with_other(truth: np.ndarray, prediction: np.ndarray, classes: int
 
 
 def per_class_iou(matrix: np.ndarray) -> np.ndarray:
-    """TP / (TP + FP + FN) per class; NaN where the class is absent from both."""
+    """TP / (TP + FP + FN) per class; NaN where the class is absent from the reference."""
     tp = np.diag(matrix).astype(np.float64)
     union = matrix.sum(0) + matrix.sum(1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
+        return np.where(matrix.sum(1) > 0, tp / union, np.nan)
 
 
 def per_class_dice(matrix: np.ndarray) -> np.ndarray:
-    """2 TP / (2 TP + FP + FN) per class; NaN where the class is absent from both."""
+    """2 TP / (2 TP + FP + FN) per class; NaN where the class is absent from the reference."""
     tp = np.diag(matrix).astype(np.float64)
     total = matrix.sum(0) + matrix.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, 2 * tp / total, np.nan)
+        return np.where(matrix.sum(1) > 0, 2 * tp / total, np.nan)
 
 
 def mean_iou(matrix: np.ndarray) -> float:
@@ -83,8 +85,9 @@ def _partial(matrix: np.ndarray, labelled: Sequence[int]) -> tuple[np.ndarray, n
     named = np.zeros(classes, bool)
     named[list(labelled)] = True
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(named & (tp + fp + fn > 0), tp / (tp + fp + fn), np.nan)
-        dice = np.where(named & (tp + fp + fn > 0), 2 * tp / (2 * tp + fp + fn), np.nan)
+        present = named & (tp + fn > 0)
+        iou = np.where(present, tp / (tp + fp + fn), np.nan)
+        dice = np.where(present, 2 * tp / (2 * tp + fp + fn), np.nan)
     right = tp[named].sum() + matrix[classes, ~named].sum()
     total = matrix.sum()
     return iou, dice, float(right / total) if total else float("nan")
