@@ -14,8 +14,9 @@
 #            the best epoch's package and the log go to $OUT. A SIGTERM after LIMIT seconds ends
 #            it early, keeping the best epoch so far; its state (build/device-train, too large to
 #            come back) stays on the warm machine, and RESUME=1 continues it in the next call.
-#            STAGE=2 runs make train-multisource's second stage instead: from stage 1's best on
-#            the warm machine, batch normalisation frozen, LR 1e-4 and 3 epochs unless given.
+#            Batch normalisation stays frozen, as in make train-multisource. STAGE=2 runs its
+#            second stage instead: from stage 1's best on the warm machine, LR 1e-4 and 3 epochs
+#            unless given.
 # PYTHON (default python3) and DEVICE (default gpu) let it be tried on a CPU machine; BACKEND
 # (torch or jax) picks the Keras backend.
 set -euo pipefail
@@ -49,7 +50,7 @@ PY
     PYTHONPATH="$PWD/.device/site:$PWD" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
         --sources "$PROBE/sources.json" --base-model resources/models/landcover --name probe \
         --epochs 1 --steps-per-epoch "${STEPS:-40}" --batch "${BATCH:-32}" \
-        --workers "${WORKERS:-12}" --device "${DEVICE:-gpu}" --train-batchnorm --seed 1 \
+        --workers "${WORKERS:-12}" --device "${DEVICE:-gpu}" --seed 1 \
         --output "$PROBE/model" --overwrite --progress json >"$OUT/probe.log" 2>&1 || {
         tail -n 40 "$OUT/probe.log"; exit 1; }
     echo "probe: $(($(date +%s) - started)) s in all"
@@ -74,10 +75,10 @@ train)
     test -f "$DATA/train_args" || { echo "$DATA is missing: carry it (make device-kit)"; exit 1; }
     read -ra data_args <"$DATA/train_args"
     mkdir -p "$OUT"
-    base=resources/models/landcover output=build/device-train/landcover batchnorm=--train-batchnorm
+    base=resources/models/landcover output=build/device-train/landcover
     if [ "${STAGE:-1}" = 2 ]; then
         test -f "$output/model.keras" || { echo "no stage 1 here: run train first"; exit 1; }
-        base=$output output=build/device-train/continued batchnorm=
+        base=$output output=build/device-train/continued
         EPOCHS=${EPOCHS:-3} LR=${LR:-1e-4}
     fi
     if [ -z "${STEPS:-}" ] && [ -f "$PROBE/steps_per_s" ]; then
@@ -92,7 +93,7 @@ print(max(10, int(r * (${LIMIT:-480} - 90) * 2 / 3 / ${EPOCHS:-60})))")
         --base-model "$base" --name landcover \
         --epochs "${EPOCHS:-60}" --steps-per-epoch "${STEPS:-100}" --batch "${BATCH:-32}" \
         --workers "${WORKERS:-12}" --learning-rate "${LR:-2e-4}" \
-        --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" $batchnorm \
+        --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" \
         --output "$output" ${RESUME:+--resume} >>"$OUT/train.log" 2>&1 || status=$?
     grep -v '%\]' "$OUT/train.log" | tail -n 60  # the epochs' metrics, not each batch
     if [ -f "$output/model.keras" ]; then
