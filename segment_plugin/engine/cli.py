@@ -495,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="LOW,HIGH: the range of the contrast jitter (default 0.8,1.2); widen it for "
         "imagery whose contrast differs from the training data's",
     )
+    tr.add_argument(
+        "--stretch",
+        action="store_true",
+        help="stretch each image's 2-98 %% band percentiles to the full range before the model, "
+        "in training and (the card says so) in segment: for imagery whose contrast varies",
+    )
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")
     tr.add_argument("--patience", type=int, default=5, help="early stopping (epochs)")

@@ -65,10 +65,12 @@ class Normalizer:
         self.warning: str | None = None
         # A model trained on uint8 imagery fed with uint16 (or float) imagery would see values
         # far outside its training range: stretch the whole raster into the model's range first.
-        self._restretch = norm.method != "percentile" and input_dtype != card.input_dtype
-        if self._restretch:
-            lo, hi = DTYPE_RANGE.get(card.input_dtype, (0.0, 255.0))
-            self._target = (lo, hi)
+        # A model that asks for it (``stretch``) gets every raster stretched so.
+        mismatch = norm.method != "percentile" and input_dtype != card.input_dtype
+        self._restretch = mismatch or norm.stretch
+        self._target = DTYPE_RANGE.get(card.input_dtype, (0.0, 255.0))
+        if mismatch:
+            lo, hi = self._target
             self.warning = (
                 f"the input is {input_dtype} but model {card.name!r} was trained on "
                 f"{card.input_dtype}: bands are stretched from their {norm.low:g}-{norm.high:g} "
@@ -92,8 +94,7 @@ class Normalizer:
             x = np.clip((x - self._low) / self._span, 0.0, 1.0)
         else:
             if self._restretch:
-                lo, hi = self._target
-                x = lo + np.clip((x - self._low) / self._span, 0.0, 1.0) * (hi - lo)
+                x = _stretched(x, self._low, self._span, self._target)
             if norm.method == "scale":
                 x = x * np.float32(norm.scale) + np.float32(norm.offset)
             else:  # meanstd
@@ -102,3 +103,25 @@ class Normalizer:
                 std = np.asarray(norm.std, np.float32).reshape(n, 1, 1)
                 x = (x - mean) / std
         return np.ascontiguousarray(np.moveaxis(x, 0, -1))
+
+
+def _stretched(
+    x: np.ndarray, low: np.ndarray, span: np.ndarray, target: tuple[float, float]
+) -> np.ndarray:
+    """``x`` (bands, h, w) with each band's ``low``..``low + span`` mapped onto ``target``."""
+    lo, hi = target
+    return lo + np.clip((x - low) / span, 0.0, 1.0) * (hi - lo)
+
+
+def stretched_image(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``image`` (bands, h, w) stretched as :class:`Normalizer` stretches a raster, same dtype.
+
+    Training stretches each image once so, by its own percentiles (``segment`` and ``evaluate``
+    use the whole raster's); rounding back to an integer dtype moves a value by half a step.
+    """
+    stats = band_stats(image.reshape(image.shape[0], -1), low, high)
+    n = image.shape[0]
+    span = np.maximum(stats.high - stats.low, 1e-6).reshape(n, 1, 1)
+    target = DTYPE_RANGE.get(str(image.dtype), (0.0, 1.0))
+    out = _stretched(image.astype(np.float32), stats.low.reshape(n, 1, 1), span, target)
+    return np.rint(out).astype(image.dtype) if image.dtype.kind in "iu" else out.astype(image.dtype)

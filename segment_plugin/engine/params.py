@@ -234,6 +234,9 @@ class TrainParams(JobParams):
     # weight of context consistency (training/context.py): a patch's centre classed alone is
     # held to the whole patch's posteriors, for maps that change less with the tile size; 0: off
     consistency: float = 0.0
+    # stretch each image's band percentiles to the full range before the model, in training
+    # and (the card says so) at inference, for imagery whose contrast is unlike the training's
+    stretch: bool = False
     augment: bool = True
     contrast: tuple[float, float] = CONTRAST  # the contrast jitter's range (augment.photometric)
     val_fraction: float = 0.2

@@ -39,6 +39,7 @@ def test_later_card_fields_round_trip_and_have_defaults(tmp_path):
     del data["class_weights"], data["limitations"]  # cards written before the fields existed
     older = ModelCard.from_dict(data)
     assert older.class_weights is None and older.limitations == ""
+    assert older.normalization.stretch is False
 
 
 def test_safe_mode_refuses_a_lambda_layer(tmp_path):
@@ -66,6 +67,11 @@ def test_card_must_match_the_network(tmp_path):
         ({"classes": [{"code": 255, "name": "x", "color": "#000000"}]}, "codes must be distinct"),
         ({"normalization": {"method": "magic"}}, "unknown normalization"),
         ({"normalization": {"method": "meanstd", "mean": [1], "std": [1]}}, "one mean and one std"),
+        (
+            {"normalization": {"method": "percentile", "stretch": True}},
+            "stretch is for scale or meanstd",
+        ),
+        ({"normalization": {"stretch": True, "low": 98, "high": 2}}, "0 <= low < high <= 100"),
         ({"bands": None}, "malformed"),
         ({"class_weights": [1.0, 2.0]}, "class_weights needs one positive number per class"),
         ({"class_weights": [1.0, 1.0, 0.0, 1.0, 1.0]}, "one positive number per class"),

@@ -126,15 +126,19 @@ def test_exported_model_added_and_segmented_equals_keras(exported, tmp_path, mon
     assert agree > 0.995, agree
 
 
-def test_percentile_normalisation_has_no_deepness_form(tmp_path):
+@pytest.mark.parametrize(
+    "normalization",
+    [Normalization("percentile", low=2, high=98), Normalization("scale", stretch=True)],
+)
+def test_whole_raster_stretches_have_no_deepness_form(tmp_path, normalization):
     """A whole-raster stretch cannot be written in Deepness' keys: refused, unless asked without."""
-    card = tiny_card(normalization=Normalization("percentile", low=2, high=98))
+    card = tiny_card(normalization=normalization)
     package = save_package(build_tiny_model(), card, tmp_path / "pct")
     with pytest.raises(ModelError, match="Deepness cannot express"):
         export_onnx(package, tmp_path / "pct.onnx")
     assert not (tmp_path / "pct.onnx").exists()
     export_onnx(package, tmp_path / "pct.onnx", deepness=False)
-    assert read_card(tmp_path / "pct.onnx").normalization.method == "percentile"
+    assert read_card(tmp_path / "pct.onnx").normalization == normalization
 
 
 def test_keras_only_and_onnx_only_packages_say_which_runtime(tiny_model, tmp_path, monkeypatch):

@@ -353,6 +353,7 @@ def test_mixed_precision_copy_keeps_weights_and_predictions():
     [
         {"method": "percentile", "low": 2.0, "high": 98.0},
         {"method": "meanstd", "mean": [120.0, 120.0, 120.0], "std": [60.0, 60.0, 60.0]},
+        {"method": "scale", "stretch": True},
     ],
 )
 def test_other_normalizations(tmp_path, normalization):
@@ -368,6 +369,30 @@ def test_other_normalizations(tmp_path, normalization):
     classes = read(result["output"])[0]
     reference = single_pass_classes(raster, tmp_path / "m")
     assert (classes == reference).mean() >= 0.995
+
+
+def test_stretch_spreads_a_low_contrast_raster_as_training_stretches_each_image():
+    """``stretch``: each band's 2-98 % percentiles of the whole raster go to 0..255 before the
+    scale; training's once-per-image stretch (rounded to uint8) gives the same input."""
+    from conftest import tiny_card
+
+    from segment_plugin.engine.models.package import Normalization
+    from segment_plugin.engine.normalize import Normalizer, band_stats, stretched_image
+
+    ramp = np.linspace(100, 150, 101)  # a low-contrast band: percentiles 2 and 98 are 101, 149
+    image = np.stack([np.tile(ramp, (20, 1)), np.tile(ramp, (20, 1)) - 50, np.tile(ramp, (20, 1))])
+    image = np.rint(image).astype(np.uint8)
+    stats = band_stats(image.reshape(3, -1), 2, 98)
+    stretch = Normalizer(tiny_card(normalization=Normalization(stretch=True)), stats, "uint8")
+    x = stretch(image)
+    assert stretch.warning is None  # uint8 as trained: nothing to warn about
+    assert x[0, 50, 0] == pytest.approx(0.5) and x[0, 74, 0] == pytest.approx((137 - 101) / 48)
+    assert x[0, 0, 0] == 0.0 and x[0, 100, 0] == 1.0 and x[0, 99, 0] == 1.0  # clipped
+    np.testing.assert_allclose(x[..., 1], x[..., 0], atol=1e-6)  # an offset band alike
+    plain = Normalizer(tiny_card(), stats, "uint8")
+    np.testing.assert_allclose(plain(image)[0, 50, 0], 125 / 255)
+    trained = plain(stretched_image(image, 2, 98))
+    assert np.abs(trained - x).max() <= 0.5 / 255 + 1e-6
 
 
 def test_preview_shows_image_and_classes_side_by_side(tmp_path, tiny_model):

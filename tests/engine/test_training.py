@@ -763,6 +763,41 @@ def building_only_chips(dubai_chips, tmp_path_factory):
     return root
 
 
+def test_stretch_trains_and_validates_on_stretched_images_and_is_inherited(
+    dubai_chips, tmp_path, capsys, monkeypatch
+):
+    """--stretch: the card says so, training validates as evaluate does (each image stretched
+    by its own percentiles), and a fine-tune of such a model stretches too."""
+    from segment_plugin.engine.training import train as training
+
+    flat = tmp_path / "flat"  # the chips at a third of their contrast
+    for split in ("train", "val"):
+        (flat / split).mkdir(parents=True)
+        for png in (dubai_chips / split).glob("*.png"):
+            pixels = read_png(png)
+            write_png(flat / split / png.name, pixels if "_mask" in png.name else pixels // 3 + 80)
+    spans = []
+    predict = training._predict_scene
+
+    def spying(model, normalizer, scene, *args):
+        spans.append(np.ptp(normalizer(scene.image)))
+        return predict(model, normalizer, scene, *args)
+
+    monkeypatch.setattr(training, "_predict_scene", spying)
+    result = train(quick(flat, tmp_path, stretch=True, epochs=2))
+    assert min(spans) > 0.99  # the model saw each image stretched (a third: 0.33)
+    card = ModelPackage.open(tmp_path / "model").card
+    assert card.normalization.stretch
+    code = cli.main(["evaluate", "--model", str(tmp_path / "model"), "--images",
+                     str(flat / "val")])  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["miou"] == pytest.approx(result["val_miou"], abs=2e-3)  # uint8 rounding apart
+    train(quick(dubai_chips, tmp_path, base_model=str(tmp_path / "model"), classes=None,
+                output=tmp_path / "tuned"))  # fmt: skip
+    assert ModelPackage.open(tmp_path / "tuned").card.normalization.stretch
+
+
 def test_partial_fine_tune_trains_beside_its_base(building_only_chips, tmp_path, monkeypatch):
     """Partial labels and a base with the same classes: trained beside the base (the teacher of
     the distillation term); the package holds the model alone, and a resumed run trains beside

@@ -255,11 +255,17 @@ def _deepness_normalization(meta: dict[str, Any], bands: int, path: Path) -> Nor
 def deepness_metadata(card: ModelCard, overlap_percent: int) -> dict[str, str]:
     """Deepness' metadata keys for ``card``, values JSON-encoded as Deepness reads them.
 
-    Refused where our normalisation has no Deepness form: a percentile stretch depends on the
-    whole raster's statistics, which Deepness does not compute.
+    Refused where our normalisation has no Deepness form: a percentile stretch (``percentile``,
+    ``stretch``) depends on the whole raster's statistics, which Deepness does not compute.
     """
     norm = card.normalization
     bands = len(card.bands)
+    if norm.stretch:
+        raise ModelError(
+            f"model {card.name!r} stretches each raster's band percentiles before it scales, "
+            "which Deepness cannot express (it scales by 1/255 and standardises per band): "
+            "export it without --deepness"
+        )
     if norm.method == "scale":
         std = 1 / (255 * norm.scale)
         mean, stds = [-norm.offset * std] * bands, [std] * bands

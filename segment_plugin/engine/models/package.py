@@ -50,6 +50,9 @@ class Normalization:
 
     ``scale``: ``x * scale + offset``; ``meanstd``: ``(x - mean) / std`` per band; ``percentile``:
     per-band stretch of the ``low``..``high`` percentiles of the **whole raster** to 0..1.
+    ``stretch`` (``scale`` and ``meanstd``): first stretch those percentiles of the whole raster
+    to the range of ``input_dtype``, so that a low-contrast orthophoto reaches the model with the
+    contrast it was trained on (training stretches each image the same way).
     """
 
     method: str = "scale"
@@ -59,6 +62,7 @@ class Normalization:
     std: tuple[float, ...] = ()
     low: float = 2.0
     high: float = 98.0
+    stretch: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,10 @@ class ModelCard:
             raise ModelError(f"{source}: unknown normalization {norm.method!r}")
         if norm.method == "meanstd" and not (len(norm.mean) == len(norm.std) == len(self.bands)):
             raise ModelError(f"{source}: meanstd needs one mean and one std per band")
-        if norm.method == "percentile" and not 0 <= norm.low < norm.high <= 100:
-            raise ModelError(f"{source}: percentile needs 0 <= low < high <= 100")
+        if (norm.method == "percentile" or norm.stretch) and not 0 <= norm.low < norm.high <= 100:
+            raise ModelError(f"{source}: a percentile stretch needs 0 <= low < high <= 100")
+        if norm.method == "percentile" and norm.stretch:
+            raise ModelError(f"{source}: stretch is for scale or meanstd (percentile stretches)")
         weights = self.class_weights
         if weights is not None and (
             len(weights) != len(codes) or not all(0 < w < float("inf") for w in weights)

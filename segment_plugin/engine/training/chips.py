@@ -29,6 +29,7 @@ import numpy as np
 
 from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.normalize import stretched_image
 from segment_plugin.engine.params import CONTRAST, OTHER_LABEL
 from segment_plugin.engine.raster_io import (
     RESAMPLE_TOLERANCE,
@@ -135,6 +136,10 @@ class Scene:
         return replace(
             self, image=image, labels=resize_nearest(self.labels, shape), gsd=self.gsd / factor
         )
+
+    def stretched(self, low: float, high: float) -> Scene:
+        """This scene with each band's percentiles stretched, as a ``stretch`` model's input."""
+        return replace(self, image=stretched_image(self.image, low, high))
 
 
 def _to_indices(

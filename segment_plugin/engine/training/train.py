@@ -479,10 +479,18 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
     model, card = _model_and_card(params, base, train_scenes, reporter)
     card = replace(card, resolution_m=resolution)
+    norm = replace(card.normalization, stretch=card.normalization.stretch or params.stretch)
+    card = replace(card, normalization=norm)
+    if norm.stretch:  # once per image, by its own percentiles, as segment stretches a raster
+        train_scenes = [s.stretched(norm.low, norm.high) for s in train_scenes]
+        val_scenes = [s.stretched(norm.low, norm.high) for s in val_scenes]
     same_classes = base_card is not None and base_card.class_codes == list(codes)
     kept_head_of = base_card if same_classes else None
-    stats = _scene_stats(train_scenes, card.normalization.low, card.normalization.high)
-    normalizer = Normalizer(card, stats, card.input_dtype)
+    stats = _scene_stats(train_scenes, norm.low, norm.high)
+    # the scenes are stretched already: the normaliser's stretch would be one of all of them
+    normalizer = Normalizer(
+        replace(card, normalization=replace(norm, stretch=False)), stats, card.input_dtype
+    )
     counts = class_pixel_counts(train_scenes, len(codes), source_weights)
     if params.class_weights == "base" and not same_classes:
         raise InputError("class-weights base: the classes differ from the base model's")
