@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from segment_plugin import plugin_files
 from segment_plugin.engine.errors import (
@@ -158,10 +158,21 @@ def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
         if args.output.suffix.lower() != ".onnx":
             raise InputError(f"--output is an ONNX file: name it .onnx, not {args.output.name}")
         outputs.check_output_path(args.output, package.path, args.overwrite)
-        result = export_onnx(package, args.output, deepness=not args.no_deepness)
+        stretch = _stretch_of(args.stretch_of, package.card) if args.stretch_of else None
+        result = export_onnx(package, args.output, deepness=not args.no_deepness, stretch=stretch)
     reporter.result(**result)
     if args.progress == "text":
         print(f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB)")
+
+
+def _stretch_of(raster: Path, card: Any) -> Any:
+    """The whole-raster statistics ``segment`` would stretch ``raster`` by for ``card``."""
+    from segment_plugin.engine import raster_io
+    from segment_plugin.engine.normalize import raster_stats
+
+    with raster_io.open_input(raster) as src:
+        bands = raster_io.resolve_bands(src, card, None)
+        return raster_stats(src, bands, card.normalization.low, card.normalization.high)
 
 
 def _cmd_average(args: argparse.Namespace, reporter: Reporter) -> None:
@@ -596,6 +607,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-deepness",
         action="store_true",
         help="without Deepness' keys (for a model whose normalisation they cannot express)",
+    )
+    onnx.add_argument(
+        "--stretch-of",
+        type=Path,
+        metavar="RASTER",
+        help="a model that stretches each raster: write this raster's stretch into Deepness' "
+        "keys (Deepness then treats every raster as this one)",
     )
     onnx.add_argument("--overwrite", action="store_true")
     _add_common(onnx)

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import DEMO, ROOT, build_tiny_model, run_cli, shared_raster, tiny_card
+from conftest import (
+    DEMO,
+    ROOT,
+    build_tiny_model,
+    run_cli,
+    scene,
+    shared_raster,
+    tiny_card,
+    write_raster,
+)
 
 from segment_plugin.engine.errors import ModelError
 from segment_plugin.engine.inference import undo_class_weights
@@ -130,8 +139,14 @@ def test_exported_model_added_and_segmented_equals_keras(exported, tmp_path, mon
     "normalization",
     [Normalization("percentile", low=2, high=98), Normalization("scale", stretch=True)],
 )
-def test_whole_raster_stretches_have_no_deepness_form(tmp_path, normalization):
-    """A whole-raster stretch cannot be written in Deepness' keys: refused, unless asked without."""
+def test_whole_raster_stretches_go_to_deepness_only_as_one_rasters(tmp_path, normalization):
+    """A whole-raster stretch has no general form in Deepness' keys: refused, unless asked
+    without them or with one raster's stretch written in (``--stretch-of``), which Deepness'
+    standardisation then reproduces between the percentiles."""
+    import onnx
+
+    from segment_plugin.engine.normalize import Normalizer, raster_stats
+
     card = tiny_card(normalization=normalization)
     package = save_package(build_tiny_model(), card, tmp_path / "pct")
     with pytest.raises(ModelError, match="Deepness cannot express"):
@@ -139,6 +154,23 @@ def test_whole_raster_stretches_have_no_deepness_form(tmp_path, normalization):
     assert not (tmp_path / "pct.onnx").exists()
     export_onnx(package, tmp_path / "pct.onnx", deepness=False)
     assert read_card(tmp_path / "pct.onnx").normalization == normalization
+
+    pixels = scene(60, 70) // 3 + np.array([60, 20, 90], np.uint8).reshape(3, 1, 1)
+    raster = write_raster(tmp_path / "flat.tif", pixels)
+    run = run_cli("export-onnx", str(package.path), "--output", str(tmp_path / "d.onnx"),
+                  "--stretch-of", str(raster))  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(tmp_path / "d.onnx")).metadata_props}
+    mean = np.asarray(meta["standardization_mean"]).reshape(1, 1, 3)
+    std = np.asarray(meta["standardization_std"]).reshape(1, 1, 3)
+    theirs = (np.moveaxis(pixels, 0, -1) / 255 - mean) / std  # what Deepness feeds the model
+    with rasterio.open(raster) as src:
+        stats = raster_stats(src, (1, 2, 3), 2, 98)
+    ours = Normalizer(card, stats, "uint8")(pixels)
+    inside = (ours > 0) & (ours < 1)  # Deepness does not clip at the percentiles
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(theirs[inside], ours[inside], atol=1e-5)
+    assert read_card(tmp_path / "d.onnx").normalization == normalization
 
 
 def test_keras_only_and_onnx_only_packages_say_which_runtime(tiny_model, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from segment_plugin.engine.models.onnx_model import (
     deepness_metadata,
 )
 from segment_plugin.engine.models.package import ONNX_FILE, ModelPackage
+from segment_plugin.engine.normalize import BandStats
 from segment_plugin.engine.tiling import default_overlap
 
 OPSET = 17
@@ -47,12 +48,17 @@ def export_onnx(
     output: Path,
     weights_in_graph: bool = True,
     deepness: bool = True,
+    stretch: BandStats | None = None,
 ) -> dict[str, Any]:
-    """Write ``package`` as one ONNX file at ``output`` (atomically) and describe it."""
+    """Write ``package`` as one ONNX file at ``output`` (atomically) and describe it.
+
+    ``stretch``: one raster's statistics, for Deepness' keys of a model that stretches each
+    raster (``deepness_metadata``).
+    """
     weights = package.card.class_weights if weights_in_graph else None
     card = card_for_export(package.card, weights is not None)
     overlap = round(100 * default_overlap(card.tile_size) / card.tile_size)
-    metadata = deepness_metadata(card, overlap) if deepness else {}
+    metadata = deepness_metadata(card, overlap, stretch) if deepness else {}
     metadata[CARD_KEY] = json.dumps(json.loads(card.to_json()))
     try:
         import onnx

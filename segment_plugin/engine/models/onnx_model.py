@@ -20,6 +20,7 @@ import numpy as np
 
 from segment_plugin.engine.errors import DependencyError, ModelError
 from segment_plugin.engine.models.package import ClassInfo, ModelCard, Normalization
+from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats
 
 CARD_KEY = "segment_plugin_card"
 THREADS_VARIABLE = "SEGMENT_PLUGIN_THREADS"
@@ -252,31 +253,27 @@ def _deepness_normalization(meta: dict[str, Any], bands: int, path: Path) -> Nor
     return Normalization(method="meanstd", mean=tuple(mean), std=tuple(std))
 
 
-def deepness_metadata(card: ModelCard, overlap_percent: int) -> dict[str, str]:
+def deepness_metadata(
+    card: ModelCard, overlap_percent: int, stretch: BandStats | None = None
+) -> dict[str, str]:
     """Deepness' metadata keys for ``card``, values JSON-encoded as Deepness reads them.
 
-    Refused where our normalisation has no Deepness form: a percentile stretch (``percentile``,
-    ``stretch``) depends on the whole raster's statistics, which Deepness does not compute.
+    Deepness standardises ``(x/255 − mean)/std`` per band, an affine map of the raw values, as
+    ``scale`` and ``meanstd`` are. A percentile stretch (``percentile``, ``stretch``) depends on
+    each raster's statistics, which Deepness does not compute: refused, unless ``stretch`` gives
+    one raster's, which are then written in (without the stretch's clipping at 0 and 1).
     """
     norm = card.normalization
-    bands = len(card.bands)
-    if norm.stretch:
+    stretches = norm.method == "percentile" or norm.stretch
+    if stretches and stretch is None:
         raise ModelError(
-            f"model {card.name!r} stretches each raster's band percentiles before it scales, "
-            "which Deepness cannot express (it scales by 1/255 and standardises per band): "
-            "export it without --deepness"
+            f"model {card.name!r} stretches each raster by its own band percentiles, which "
+            "Deepness cannot express (it scales by 1/255 and standardises per band): export it "
+            "with --no-deepness, or with --stretch-of RASTER to write that raster's stretch in"
         )
-    if norm.method == "scale":
-        std = 1 / (255 * norm.scale)
-        mean, stds = [-norm.offset * std] * bands, [std] * bands
-    elif norm.method == "meanstd":
-        mean, stds = [m / 255 for m in norm.mean], [s / 255 for s in norm.std]
-    else:
-        raise ModelError(
-            f"model {card.name!r} normalises by a {norm.method} stretch of the whole raster, "
-            "which Deepness cannot express (it scales by 1/255 and standardises per band): "
-            "export it without --deepness, or fine-tune a model with scale normalisation"
-        )
+    slope, intercept = _affine(card, stretch if stretches else None)
+    stds = 1 / (255 * slope)
+    mean, stds = [float(v) for v in -intercept * stds], [float(v) for v in stds]
     meta = {
         "model_type": "Segmentor",
         "class_names": {str(i): c.name for i, c in enumerate(card.classes)},
@@ -290,6 +287,23 @@ def deepness_metadata(card: ModelCard, overlap_percent: int) -> dict[str, str]:
     if card.resolution_m is not None:
         meta["resolution"] = round(card.resolution_m * 100, 3)
     return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def _affine(card: ModelCard, stretch: BandStats | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per band (a, b) such that the model's input is ``a·x + b`` for raw values x."""
+    norm, bands = card.normalization, len(card.bands)
+    if stretch is not None:
+        span = np.maximum(stretch.high - stretch.low, 1e-6)
+        if norm.method == "percentile":
+            return 1 / span, -stretch.low / span
+        top = DTYPE_RANGE.get(card.input_dtype, (0.0, 255.0))[1]
+        card = replace(card, normalization=replace(norm, stretch=False))
+        a, b = _affine(card, None)  # after the stretch to 0..top
+        return a * top / span, b - a * top * stretch.low / span
+    if norm.method == "scale":
+        return np.full(bands, norm.scale), np.full(bands, norm.offset)
+    std = np.asarray(norm.std, np.float64)
+    return 1 / std, -np.asarray(norm.mean, np.float64) / std
 
 
 def card_for_export(card: ModelCard, weights_in_graph: bool) -> ModelCard:
