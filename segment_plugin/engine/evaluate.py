@@ -20,7 +20,7 @@ from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
 from segment_plugin.engine.models.package import ModelPackage
 from segment_plugin.engine.models.registry import resolve_model
-from segment_plugin.engine.normalize import Normalizer, band_stats
+from segment_plugin.engine.normalize import Normalizer, band_stats, without_stretch
 from segment_plugin.engine.params import EvaluateParams, SegmentParams
 from segment_plugin.engine.progress import Reporter
 from segment_plugin.engine.tiling import default_overlap, fitted_tile
@@ -44,18 +44,24 @@ def _load(package: ModelPackage, params: EvaluateParams, reporter: Reporter) -> 
 
 
 def _scenes_report(
-    package: Any, model: Any, scenes: list, params: EvaluateParams, reporter: Reporter
+    package: Any,
+    model: Any,
+    scenes: list,
+    params: EvaluateParams,
+    reporter: Reporter,
+    stretched: bool = False,
 ) -> dict[str, Any]:
     """Metrics of labelled scenes predicted as segment would (partial: labelled classes only).
 
     Images of known resolution are segmented at the model's and the class map is written back
     on the image's own grid (nearest), as segment does, so that every model is scored against
-    the same, unresampled labels.
+    the same, unresampled labels. ``stretched``: the scenes are a stretching model's input
+    already (stretched by their scene's statistics).
     """
     from segment_plugin.engine.inference import predict_array
     from segment_plugin.engine.training.augment import resize_nearest
 
-    card = package.card
+    card = without_stretch(package.card) if stretched else package.card
     if card.resolution_m and any(s.gsd is None for s in scenes):
         reporter.log(
             f"{card.name} works at {card.resolution_m} m but the images' resolution is unknown: "
@@ -92,10 +98,12 @@ def _scenes_report(
 
 def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any]:
     """Each source's held-out images (its validation patterns), reported per source."""
-    from segment_plugin.engine.training.sources import held_out, read_sources
+    from segment_plugin.engine.training.chips import stretched_scenes
+    from segment_plugin.engine.training.sources import held_out, read_sources, scene_groups
 
     package = resolve_model(params.model)
     card = package.card
+    norm = card.normalization
     model = _load(package, params, reporter)
     per_source = {}
     for source in read_sources(params.sources, params.data_root):
@@ -103,7 +111,11 @@ def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any
             continue
         held = held_out(source, card.class_codes, len(card.bands))
         reporter.log(f"{source.name}: {len(held)} held-out images")
-        per_source[source.name] = _scenes_report(package, model, held, params, reporter)
+        if norm.stretch:  # the images of one scene together, as training stretched them
+            held = stretched_scenes(held, scene_groups(held, [source]), norm.low, norm.high)
+        per_source[source.name] = _scenes_report(
+            package, model, held, params, reporter, norm.stretch
+        )
     if not per_source:
         raise InputError(f"{params.sources}: no source holds images out (validation patterns)")
     scores = [r["miou"] for r in per_source.values() if r["miou"] is not None]

@@ -7,7 +7,7 @@ the file has them) before tiling starts, and every tile is normalised with the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -113,15 +113,19 @@ def _stretched(
     return lo + np.clip((x - low) / span, 0.0, 1.0) * (hi - lo)
 
 
-def stretched_image(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """``image`` (bands, h, w) stretched as :class:`Normalizer` stretches a raster, same dtype.
+def stretched_image(image: np.ndarray, stats: BandStats) -> np.ndarray:
+    """``image`` (bands, h, w) stretched by ``stats`` as :class:`Normalizer` stretches, same dtype.
 
-    Training stretches each image once so, by its own percentiles (``segment`` and ``evaluate``
-    use the whole raster's); rounding back to an integer dtype moves a value by half a step.
+    Training stretches each image once so, by the statistics of the raster it stands for;
+    rounding back to an integer dtype moves a value by half a step at most.
     """
-    stats = band_stats(image.reshape(image.shape[0], -1), low, high)
     n = image.shape[0]
     span = np.maximum(stats.high - stats.low, 1e-6).reshape(n, 1, 1)
     target = DTYPE_RANGE.get(str(image.dtype), (0.0, 1.0))
     out = _stretched(image.astype(np.float32), stats.low.reshape(n, 1, 1), span, target)
     return np.rint(out).astype(image.dtype) if image.dtype.kind in "iu" else out.astype(image.dtype)
+
+
+def without_stretch(card: ModelCard) -> ModelCard:
+    """``card`` for images stretched already (training's scenes, evaluate's grouped ones)."""
+    return replace(card, normalization=replace(card.normalization, stretch=False))

@@ -330,6 +330,68 @@ def test_sources_file_and_hold_out(tmp_path, roads_folder):
         read_sources(path)
 
 
+def _flat_tile(low: int) -> np.ndarray:
+    """A low-contrast 3-band tile: a ramp from ``low`` to ``low + 10``."""
+    return np.broadcast_to(np.linspace(low, low + 10, 40).round(), (3, 30, 40)).astype(np.uint8)
+
+
+def test_a_stretching_models_images_of_one_scene_are_stretched_together(tmp_path):
+    """A source's ``scene`` pattern groups the images cut from one larger scene: they are
+    stretched by their pooled percentiles, as segment would stretch that scene; an image that
+    matches no scene is stretched alone."""
+    from segment_plugin.engine.training.chips import Scene, stretched_scenes
+    from segment_plugin.engine.training.sources import Source, scene_groups
+
+    labels = np.zeros((30, 40), np.uint8)
+    scenes = [
+        Scene(name, _flat_tile(low), labels, source="forest")
+        for name, low in (("s1_a.png", 100), ("s1_b.png", 140), ("s2_a.png", 100), ("x.png", 60))
+    ]
+    groups = scene_groups(scenes, [Source("forest", tmp_path, 1.0, scene=r"^(s\d)_")])
+    assert groups == ["forest/s1", "forest/s1", "forest/s2", "#3"]
+    dark, bright, alone, other = (s.image for s in stretched_scenes(scenes, groups, 2, 98))
+    assert dark.min() == 0 and dark.max() < 100 and bright.min() > 155 and bright.max() == 255
+    assert alone.min() == other.min() == 0 and alone.max() == other.max() == 255
+    assert scene_groups(scenes, [Source("forest", tmp_path, 1.0)]) == ["#0", "#1", "#2", "#3"]
+    spec = {"sources": [{"name": "f", "folder": "f", "weight": 1}]}
+    for pattern, message in (("(s)(1)", "one group"), ("(", "missing")):
+        spec["sources"][0]["scene"] = pattern
+        (tmp_path / "s.json").write_text(json.dumps(spec))
+        with pytest.raises(InputError, match=f"source f: scene .*{message}"):
+            read_sources(tmp_path / "s.json")
+
+
+def test_evaluate_sources_stretches_a_scenes_held_out_images_together(tmp_path, monkeypatch):
+    """evaluate --sources with a stretching model: one scene's held-out images go to the model
+    stretched by their pooled statistics (as training validated them), not each by its own."""
+    from conftest import build_tiny_model, tiny_card
+
+    from segment_plugin.engine import inference
+    from segment_plugin.engine.evaluate import evaluate
+    from segment_plugin.engine.models.package import Normalization, save_package
+    from segment_plugin.engine.params import EvaluateParams
+
+    folder = tmp_path / "forest"
+    folder.mkdir()
+    for name, low in (("s1_a", 100), ("s1_b", 140)):
+        _write_pair(folder, name, _flat_tile(low), np.full((30, 40), 2, np.uint8))
+    card = tiny_card(normalization=Normalization(stretch=True))
+    save_package(build_tiny_model(), card, tmp_path / "model")
+    seen, predict = [], inference.predict_array
+
+    def recording(model, normalizer, image, *args, **kwargs):
+        seen.append(normalizer(image).max())
+        return predict(model, normalizer, image, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "predict_array", recording)
+    entry = {"name": "forest", "folder": "forest", "weight": 1, "validation": ["s1_*"]}
+    for scene, expected in (("", [1.0, 1.0]), (r"^(s\d)_", [pytest.approx(0.2, abs=0.02), 1.0])):
+        (tmp_path / "sources.json").write_text(json.dumps({"sources": [{**entry, "scene": scene}]}))
+        seen.clear()
+        evaluate(EvaluateParams(model=str(tmp_path / "model"), sources=tmp_path / "sources.json"))
+        assert seen == expected
+
+
 def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_half_metre):
     """evaluate scores a partial set's labelled classes only, segmented at the model's resolution
     and scored on the labels' own grid, and a sources file's held-out images per source."""

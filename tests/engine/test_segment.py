@@ -391,7 +391,7 @@ def test_stretch_spreads_a_low_contrast_raster_as_training_stretches_each_image(
     np.testing.assert_allclose(x[..., 1], x[..., 0], atol=1e-6)  # an offset band alike
     plain = Normalizer(tiny_card(), stats, "uint8")
     np.testing.assert_allclose(plain(image)[0, 50, 0], 125 / 255)
-    trained = plain(stretched_image(image, 2, 98))
+    trained = plain(stretched_image(image, stats))
     assert np.abs(trained - x).max() <= 0.5 / 255 + 1e-6
 
 

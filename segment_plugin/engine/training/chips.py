@@ -29,7 +29,7 @@ import numpy as np
 
 from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
-from segment_plugin.engine.normalize import stretched_image
+from segment_plugin.engine.normalize import BandStats, band_stats, stretched_image
 from segment_plugin.engine.params import CONTRAST, OTHER_LABEL
 from segment_plugin.engine.raster_io import (
     RESAMPLE_TOLERANCE,
@@ -137,9 +137,24 @@ class Scene:
             self, image=image, labels=resize_nearest(self.labels, shape), gsd=self.gsd / factor
         )
 
-    def stretched(self, low: float, high: float) -> Scene:
-        """This scene with each band's percentiles stretched, as a ``stretch`` model's input."""
-        return replace(self, image=stretched_image(self.image, low, high))
+    def stretched(self, stats: BandStats) -> Scene:
+        """This scene stretched by ``stats`` (``Normalization.stretch``)."""
+        return replace(self, image=stretched_image(self.image, stats))
+
+
+def stretched_scenes(
+    scenes: Sequence[Scene], groups: Sequence[str], low: float, high: float
+) -> list[Scene]:
+    """Each scene stretched as ``segment`` stretches a raster.
+
+    By the band percentiles of its group pooled: the images cut from one larger scene are
+    stretched as ``segment`` would stretch that scene, an image of its own group by its own.
+    """
+    members: dict[str, list[np.ndarray]] = {}
+    for scene, group in zip(scenes, groups):
+        members.setdefault(group, []).append(scene.image.reshape(scene.image.shape[0], -1))
+    stats = {g: band_stats(np.concatenate(m, axis=1), low, high) for g, m in members.items()}
+    return [scene.stretched(stats[group]) for scene, group in zip(scenes, groups)]
 
 
 def _to_indices(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ class Source:
     gsd_m: float | None = None
     validation: tuple[str, ...] = ()
     licence: str = ""
+    # a regular expression on an image's name whose first group names the larger scene it was
+    # cut from: a stretching model's images of one scene are stretched together (scene_groups)
+    scene: str = ""
 
 
 def read_sources(path: Path, root: Path | None = None) -> list[Source]:
@@ -51,6 +55,7 @@ def read_sources(path: Path, root: Path | None = None) -> list[Source]:
                 gsd_m=float(e["gsd_m"]) if e.get("gsd_m") is not None else None,
                 validation=tuple(str(p) for p in e.get("validation", ())),
                 licence=str(e.get("licence", "")),
+                scene=str(e.get("scene", "")),
             )
             for e in entries
         ]
@@ -65,7 +70,27 @@ def read_sources(path: Path, root: Path | None = None) -> list[Source]:
     bad = [s.name for s in sources if not (s.weight > 0) or (s.gsd_m is not None and s.gsd_m <= 0)]
     if bad:
         raise InputError(f"{path}: weight and gsd_m must be positive ({', '.join(bad)})")
+    for s in sources:
+        try:
+            if s.scene and re.compile(s.scene).groups != 1:
+                raise re.error("it needs one group: the scene's name")
+        except re.error as exc:
+            raise InputError(f"{path}: source {s.name}: scene {s.scene!r} ({exc})") from exc
     return sources
+
+
+def scene_groups(scenes: Sequence[Scene], sources: Sequence[Source]) -> list[str]:
+    """Per scene, the larger scene it was cut from (its source's ``scene`` pattern), else itself.
+
+    A stretching model sees a raster's statistics; a chip of it alone would be stretched by
+    its own, which a whole forest tile or a roof-only chip distorts.
+    """
+    patterns = {s.name: re.compile(s.scene) for s in sources if s.scene}
+    groups = []
+    for k, scene in enumerate(scenes):
+        match = patterns[scene.source].search(scene.name) if scene.source in patterns else None
+        groups.append(f"{scene.source}/{match.group(1)}" if match else f"#{k}")
+    return groups
 
 
 def is_validation(scene_name: str, patterns: Sequence[str]) -> bool:

@@ -35,7 +35,13 @@ from segment_plugin.engine.models.package import (
     save_package,
 )
 from segment_plugin.engine.models.registry import resolve_model
-from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats, Normalizer, band_stats
+from segment_plugin.engine.normalize import (
+    DTYPE_RANGE,
+    BandStats,
+    Normalizer,
+    band_stats,
+    without_stretch,
+)
 from segment_plugin.engine.outputs import ensure_writable_folder
 from segment_plugin.engine.params import TrainParams
 from segment_plugin.engine.progress import CancelToken, Reporter
@@ -49,6 +55,7 @@ from segment_plugin.engine.training.chips import (
     near_duplicates,
     pairs_folder,
     split_by_area,
+    stretched_scenes,
 )
 from segment_plugin.engine.training.context import beside_centre, centre_margin
 from segment_plugin.engine.training.distill import beside_teacher
@@ -62,6 +69,7 @@ from segment_plugin.engine.training.sources import (
     Source,
     load_sources,
     read_sources,
+    scene_groups,
     source_record,
 )
 
@@ -481,16 +489,15 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     card = replace(card, resolution_m=resolution)
     norm = replace(card.normalization, stretch=card.normalization.stretch or params.stretch)
     card = replace(card, normalization=norm)
-    if norm.stretch:  # once per image, by its own percentiles, as segment stretches a raster
-        train_scenes = [s.stretched(norm.low, norm.high) for s in train_scenes]
-        val_scenes = [s.stretched(norm.low, norm.high) for s in val_scenes]
+    if norm.stretch:  # once, as segment stretches a raster: an image, or one scene's images
+        train_scenes, val_scenes = (
+            stretched_scenes(scenes, scene_groups(scenes, sources), norm.low, norm.high)
+            for scenes in (train_scenes, val_scenes)
+        )
     same_classes = base_card is not None and base_card.class_codes == list(codes)
     kept_head_of = base_card if same_classes else None
     stats = _scene_stats(train_scenes, norm.low, norm.high)
-    # the scenes are stretched already: the normaliser's stretch would be one of all of them
-    normalizer = Normalizer(
-        replace(card, normalization=replace(norm, stretch=False)), stats, card.input_dtype
-    )
+    normalizer = Normalizer(without_stretch(card), stats, card.input_dtype)
     counts = class_pixel_counts(train_scenes, len(codes), source_weights)
     if params.class_weights == "base" and not same_classes:
         raise InputError("class-weights base: the classes differ from the base model's")
