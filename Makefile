@@ -310,7 +310,10 @@ train-bundled: setup
 # average): chance moves one run by about 0.01, the average scores as the best seed. Resumable.
 # make compare-models (its NEW_MODEL default) and tile-agreement
 # TILE_MODEL=build/train-multisource-continued look at it; evaluate --sources measures it.
-TRAIN_MS_DIR  := build/train-multisource
+# The stretching variant (every image's contrast stretched, in training and segment; its second
+# stage inherits the stretch from the first): make train-multisource
+# TRAIN_MS_DIR=build/train-multisource-stretch TRAIN_MS_ARGS=--stretch
+TRAIN_MS_DIR  ?= build/train-multisource
 TRAIN_MS_CONT_DIR := $(TRAIN_MS_DIR)-continued
 TRAIN_MS_BASE := build/train-multisource-base
 TRAIN_MS_LR   ?= 2e-4
