@@ -158,19 +158,26 @@ def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
         if args.output.suffix.lower() != ".onnx":
             raise InputError(f"--output is an ONNX file: name it .onnx, not {args.output.name}")
         outputs.check_output_path(args.output, package.path, args.overwrite)
-        stretch = _stretch_of(args.stretch_of, package.card) if args.stretch_of else None
+        stretch = _stretch_of(args, package.card) if args.stretch_of else None
         result = export_onnx(package, args.output, deepness=not args.no_deepness, stretch=stretch)
     reporter.result(**result)
     if args.progress == "text":
         print(f"wrote {result['output']} ({result['bytes'] / 1e6:.1f} MB)")
 
 
-def _stretch_of(raster: Path, card: Any) -> Any:
-    """The whole-raster statistics ``segment`` would stretch ``raster`` by for ``card``."""
+def _stretch_of(args: argparse.Namespace, card: Any) -> Any:
+    """The statistics ``segment`` would stretch ``--stretch-of`` by, for Deepness' keys."""
     from segment_plugin.engine import raster_io
     from segment_plugin.engine.normalize import raster_stats
 
-    with raster_io.open_input(raster) as src:
+    if args.no_deepness:
+        raise InputError("--stretch-of goes into Deepness' keys: not with --no-deepness")
+    if not (card.normalization.stretch or card.normalization.method == "percentile"):
+        raise InputError(
+            f"--stretch-of: model {card.name!r} does not stretch each raster, so its Deepness "
+            "keys need no raster"
+        )
+    with raster_io.open_input(args.stretch_of) as src:
         bands = raster_io.resolve_bands(src, card, None)
         return raster_stats(src, bands, card.normalization.low, card.normalization.high)
 

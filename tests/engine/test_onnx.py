@@ -171,6 +171,14 @@ def test_whole_raster_stretches_go_to_deepness_only_as_one_rasters(tmp_path, nor
     assert inside.mean() > 0.9
     np.testing.assert_allclose(theirs[inside], ours[inside], atol=1e-5)
     assert read_card(tmp_path / "d.onnx").normalization == normalization
+    refused = run_cli("export-onnx", str(package.path), "--output", str(tmp_path / "n.onnx"),
+                      "--stretch-of", str(raster), "--no-deepness")  # fmt: skip
+    assert refused.returncode != 0 and "not with --no-deepness" in refused.stderr
+    plain = save_package(build_tiny_model(), tiny_card(), tmp_path / "plain")
+    refused = run_cli("export-onnx", str(plain.path), "--output", str(tmp_path / "p.onnx"),
+                      "--stretch-of", str(raster))  # fmt: skip
+    assert refused.returncode != 0 and "model 'tiny' does not stretch" in refused.stderr
+    assert not (tmp_path / "n.onnx").exists() and not (tmp_path / "p.onnx").exists()
 
 
 def test_keras_only_and_onnx_only_packages_say_which_runtime(tiny_model, tmp_path, monkeypatch):
