@@ -296,8 +296,9 @@ train-bundled: setup
 	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
 	$(ENGINE_VENV)/bin/segment-plugin export-onnx $(BUNDLED) --into-package
 
-# A multi-source candidate (docs/multisource-candidate.md; not the bundled model: it scores
-# better on every source's held-out images but worse on the real rasters in ../shared/data/rasters):
+# A multi-source candidate (docs/multisource-candidate.md; not the bundled model yet: it scores
+# better on every source's held-out images, but plain it loses the demo's river, and stretched
+# it is short of the plain one's held-out figures):
 # every source of training/landcover_sources.json (Dubai, NAIP and the partially labelled drone,
 # roads and forest sets), each resampled to TRAIN_RESOLUTION, with its share of the patches and
 # its held-out images, continued from TRAIN_MS_BASE (a copy of the bundled model) with its class
