@@ -796,6 +796,16 @@ def test_stretch_trains_and_validates_on_stretched_images_and_is_inherited(
     train(quick(dubai_chips, tmp_path, base_model=str(tmp_path / "model"), classes=None,
                 output=tmp_path / "tuned"))  # fmt: skip
     assert ModelPackage.open(tmp_path / "tuned").card.normalization.stretch
+    from conftest import build_tiny_model, tiny_card
+
+    from segment_plugin.engine.models.package import Normalization, save_package
+
+    card = tiny_card(normalization=Normalization("percentile"))
+    save_package(build_tiny_model(), card, tmp_path / "pct")
+    with pytest.raises(InputError, match="--stretch: the base model 'tiny' stretches each raster"):
+        train(quick(dubai_chips, tmp_path, base_model=str(tmp_path / "pct"), classes=None,
+                    stretch=True, output=tmp_path / "both"))  # fmt: skip
+    assert not (tmp_path / "both").exists()
 
 
 def test_partial_fine_tune_trains_beside_its_base(building_only_chips, tmp_path, monkeypatch):

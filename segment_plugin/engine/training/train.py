@@ -487,6 +487,9 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         reporter.log(f"near-duplicate images (perceptual hash): {a} and {b}", "warning")
     model, card = _model_and_card(params, base, train_scenes, reporter)
     card = replace(card, resolution_m=resolution)
+    if params.stretch and card.normalization.method == "percentile":
+        whose = f"the base model {base_card.name!r}" if base_card else "a new non-uint8 model"
+        raise InputError(f"--stretch: {whose} stretches each raster already (percentile)")
     norm = replace(card.normalization, stretch=card.normalization.stretch or params.stretch)
     card = replace(card, normalization=norm)
     if norm.stretch:  # once, as segment stretches a raster: an image, or one scene's images
