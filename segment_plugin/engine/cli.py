@@ -172,7 +172,7 @@ def _stretch_of(args: argparse.Namespace, card: Any) -> Any:
 
     if args.no_deepness:
         raise InputError("--stretch-of goes into Deepness' keys: not with --no-deepness")
-    if not (card.normalization.stretch or card.normalization.method == "percentile"):
+    if not card.normalization.per_raster:
         raise InputError(
             f"--stretch-of: model {card.name!r} does not stretch each raster, so its Deepness "
             "keys need no raster"

@@ -29,6 +29,11 @@ class BandStats:
     mean: np.ndarray  # per-band mean (fills nodata pixels)
     valid_fraction: float
 
+    @property
+    def span(self) -> np.ndarray:
+        """Per band, high − low, kept above 0 (a flat band is not divided by zero)."""
+        return np.maximum(self.high - self.low, 1e-6)
+
 
 def raster_stats(dataset: Any, bands: tuple[int, ...], low: float, high: float) -> BandStats:
     """Percentiles and means of ``bands`` over the whole raster, from one decimated read."""
@@ -78,9 +83,8 @@ class Normalizer:
             )
         n = len(card.bands)
         self._fill = stats.mean.astype(np.float32).reshape(n, 1, 1)
-        span = np.maximum(stats.high - stats.low, 1e-6)
         self._low = stats.low.astype(np.float32).reshape(n, 1, 1)
-        self._span = span.astype(np.float32).reshape(n, 1, 1)
+        self._span = stats.span.astype(np.float32).reshape(n, 1, 1)
 
     def fill_value(self) -> np.ndarray:
         """Per-band value put into nodata pixels before normalising (the band mean)."""
@@ -120,9 +124,9 @@ def stretched_image(image: np.ndarray, stats: BandStats) -> np.ndarray:
     rounding back to an integer dtype moves a value by half a step at most.
     """
     n = image.shape[0]
-    span = np.maximum(stats.high - stats.low, 1e-6).reshape(n, 1, 1)
+    low, span = stats.low.reshape(n, 1, 1), stats.span.reshape(n, 1, 1)
     target = DTYPE_RANGE.get(str(image.dtype), (0.0, 1.0))
-    out = _stretched(image.astype(np.float32), stats.low.reshape(n, 1, 1), span, target)
+    out = _stretched(image.astype(np.float32), low, span, target)
     return np.rint(out).astype(image.dtype) if image.dtype.kind in "iu" else out.astype(image.dtype)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from segment_plugin.engine.errors import DependencyError, ModelError
 from segment_plugin.engine.models.package import ClassInfo, ModelCard, Normalization
-from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats
+from segment_plugin.engine.normalize import DTYPE_RANGE, BandStats, without_stretch
 
 CARD_KEY = "segment_plugin_card"
 THREADS_VARIABLE = "SEGMENT_PLUGIN_THREADS"
@@ -263,15 +263,14 @@ def deepness_metadata(
     each raster's statistics, which Deepness does not compute: refused, unless ``stretch`` gives
     one raster's, which are then written in (without the stretch's clipping at 0 and 1).
     """
-    norm = card.normalization
-    stretches = norm.method == "percentile" or norm.stretch
-    if stretches and stretch is None:
+    per_raster = card.normalization.per_raster
+    if per_raster and stretch is None:
         raise ModelError(
             f"model {card.name!r} stretches each raster by its own band percentiles, which "
             "Deepness cannot express (it scales by 1/255 and standardises per band): export it "
             "with --no-deepness, or with --stretch-of RASTER to write that raster's stretch in"
         )
-    slope, intercept = _affine(card, stretch if stretches else None)
+    slope, intercept = _affine(card, stretch if per_raster else None)
     stds = 1 / (255 * slope)
     mean, stds = [float(v) for v in -intercept * stds], [float(v) for v in stds]
     meta = {
@@ -293,12 +292,11 @@ def _affine(card: ModelCard, stretch: BandStats | None) -> tuple[np.ndarray, np.
     """Per band (a, b) such that the model's input is ``a·x + b`` for raw values x."""
     norm, bands = card.normalization, len(card.bands)
     if stretch is not None:
-        span = np.maximum(stretch.high - stretch.low, 1e-6)
+        span = stretch.span
         if norm.method == "percentile":
             return 1 / span, -stretch.low / span
         top = DTYPE_RANGE.get(card.input_dtype, (0.0, 255.0))[1]
-        card = replace(card, normalization=replace(norm, stretch=False))
-        a, b = _affine(card, None)  # after the stretch to 0..top
+        a, b = _affine(without_stretch(card), None)  # after the stretch to 0..top
         return a * top / span, b - a * top * stretch.low / span
     if norm.method == "scale":
         return np.full(bands, norm.scale), np.full(bands, norm.offset)

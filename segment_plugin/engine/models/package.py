@@ -64,6 +64,11 @@ class Normalization:
     high: float = 98.0
     stretch: bool = False
 
+    @property
+    def per_raster(self) -> bool:
+        """Whether each raster's own statistics (its percentiles) shape the model's input."""
+        return self.method == "percentile" or self.stretch
+
 
 @dataclass(frozen=True)
 class ModelCard:
@@ -159,7 +164,7 @@ class ModelCard:
             raise ModelError(f"{source}: unknown normalization {norm.method!r}")
         if norm.method == "meanstd" and not (len(norm.mean) == len(norm.std) == len(self.bands)):
             raise ModelError(f"{source}: meanstd needs one mean and one std per band")
-        if (norm.method == "percentile" or norm.stretch) and not 0 <= norm.low < norm.high <= 100:
+        if norm.per_raster and not 0 <= norm.low < norm.high <= 100:
             raise ModelError(f"{source}: a percentile stretch needs 0 <= low < high <= 100")
         if norm.method == "percentile" and norm.stretch:
             raise ModelError(f"{source}: stretch is for scale or meanstd (percentile stretches)")
