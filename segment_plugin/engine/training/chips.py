@@ -137,9 +137,14 @@ class Scene:
             self, image=image, labels=resize_nearest(self.labels, shape), gsd=self.gsd / factor
         )
 
-    def stretched(self, stats: BandStats) -> Scene:
-        """This scene stretched by ``stats`` (``Normalization.stretch``)."""
-        return replace(self, image=stretched_image(self.image, stats))
+
+def pooled_stats(scenes: Sequence[Scene], low: float, high: float) -> BandStats:
+    """Band statistics of several scenes together, from a strided sample of each.
+
+    Memory stays bounded, as segment's statistics come from a decimated read.
+    """
+    samples = [s.image[:, ::4, ::4].reshape(s.image.shape[0], -1) for s in scenes]
+    return band_stats(np.concatenate(samples, axis=1), low, high)
 
 
 def stretched_scenes(
@@ -150,11 +155,14 @@ def stretched_scenes(
     By the band percentiles of its group pooled: the images cut from one larger scene are
     stretched as ``segment`` would stretch that scene, an image of its own group by its own.
     """
-    members: dict[str, list[np.ndarray]] = {}
+    members: dict[str, list[Scene]] = {}
     for scene, group in zip(scenes, groups):
-        members.setdefault(group, []).append(scene.image.reshape(scene.image.shape[0], -1))
-    stats = {g: band_stats(np.concatenate(m, axis=1), low, high) for g, m in members.items()}
-    return [scene.stretched(stats[group]) for scene, group in zip(scenes, groups)]
+        members.setdefault(group, []).append(scene)
+    stats = {group: pooled_stats(m, low, high) for group, m in members.items()}
+    return [
+        replace(scene, image=stretched_image(scene.image, stats[group]))
+        for scene, group in zip(scenes, groups)
+    ]
 
 
 def _to_indices(

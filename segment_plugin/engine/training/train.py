@@ -37,9 +37,7 @@ from segment_plugin.engine.models.package import (
 from segment_plugin.engine.models.registry import resolve_model
 from segment_plugin.engine.normalize import (
     DTYPE_RANGE,
-    BandStats,
     Normalizer,
-    band_stats,
     without_stretch,
 )
 from segment_plugin.engine.outputs import ensure_writable_folder
@@ -54,6 +52,7 @@ from segment_plugin.engine.training.chips import (
     labelled_scene,
     near_duplicates,
     pairs_folder,
+    pooled_stats,
     split_by_area,
     stretched_scenes,
 )
@@ -87,12 +86,6 @@ MIN_VALIDATION_IMAGES = 3
 MIN_GAIN = 0.01
 #: the fewest steps of an epoch by default (steps follow the labelled area, at least these)
 MIN_STEPS = 25
-
-
-def _scene_stats(scenes: list[Scene], low: float, high: float) -> BandStats:
-    """Band statistics over all training scenes (a strided sample of each)."""
-    samples = [s.image[:, ::4, ::4].reshape(s.image.shape[0], -1) for s in scenes]
-    return band_stats(np.concatenate(samples, axis=1), low, high)
 
 
 def _held_out(count: int, fraction: float) -> int:
@@ -499,7 +492,7 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
         )
     same_classes = base_card is not None and base_card.class_codes == list(codes)
     kept_head_of = base_card if same_classes else None
-    stats = _scene_stats(train_scenes, norm.low, norm.high)
+    stats = pooled_stats(train_scenes, norm.low, norm.high)
     normalizer = Normalizer(without_stretch(card), stats, card.input_dtype)
     counts = class_pixel_counts(train_scenes, len(codes), source_weights)
     if params.class_weights == "base" and not same_classes:
