@@ -20,7 +20,7 @@ export QT_QPA_PLATFORM := offscreen
 # The QGIS test suite talks to the engine of this checkout.
 export SEGMENT_PLUGIN_PYTHON := $(abspath $(ENGINE_PY))
 
-.PHONY: help setup test test-engine test-engine-training test-engine-rest test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-multisource card-bundled compare-models tile-agreement device-kit device-kit-multisource \
+.PHONY: help setup test test-engine test-engine-training test-engine-rest test-qgis docs demo package lint bench bench-peers check-light bench-scaleout check-fine-tune base-without-dubai clean train-bundled train-dubai-base train-multisource card-bundled compare-models tile-agreement device-kit device-kit-multisource \
 	compare-class-weights check-backends check-backend-jax check-backend-torch
 
 help:
@@ -35,8 +35,9 @@ help:
 	@echo "make check-fine-tune  small-data fine-tunes at their default 20 epochs (~1 h)"
 	@echo "make bench-peers  Deepness and this plugin side by side on the same ONNX model"
 	@echo "make check-light  the inference-only engine (no TensorFlow): tests, install time and size"
-	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable"
-	@echo "make train-multisource  a multi-source candidate at 0.5 m (partial labels), resumable"
+	@echo "make train-bundled  (re)train the bundled model from ../shared/data, resumable (~6 h CPU)"
+	@echo "make train-dubai-base  its first two stages (Dubai + NAIP at their own scale)"
+	@echo "make train-multisource  its last two (every source at 0.5 m, partial labels, stretched)"
 	@echo "make card-bundled   its measured figures into its card (after make bench)"
 	@echo "make compare-models  two models side by side on real rasters (OLD_MODEL, NEW_MODEL)"
 	@echo "make tile-agreement  how much a model's class map depends on the tile size"
@@ -239,7 +240,8 @@ device-kit: setup
 # chips at TRAIN_RESOLUTION, PNG as JPEG, every 2nd DeepGlobe training tile) that travels in
 # three calls with the wheels (docs/training.md, "Training on a lent GPU machine").
 MS_KIT_ARGS = --sources $(DEVICE_KIT)/msdata/sources.json --data-root $(DEVICE_KIT)/msdata \
-    --resolution $(TRAIN_RESOLUTION) $(TRAIN_PATCHES) --class-weights base --distill 1
+    --resolution $(TRAIN_RESOLUTION) $(TRAIN_PATCHES) --class-weights base --distill 1 \
+    $(TRAIN_MS_ARGS)
 device-kit-multisource: device-kit
 	$(ENGINE_PY) tests/bench/device_kit_sources.py --sources $(TRAIN_SOURCES) --data-root $(DATA) \
 	    --resolution $(TRAIN_RESOLUTION) --output $(DEVICE_KIT)/msdata --thin deepglobe_forest=2
@@ -251,14 +253,18 @@ compare-class-weights: setup
 	set -o pipefail; $(ENGINE_PY) tests/bench/compare_class_weights.py \
 	    | tee build/class-weights/results.json
 
-# The bundled model: retrains resources/models/landcover from ../shared/data (never committed),
-# in two stages: 40 epochs from the ImageNet start, then 40 more from stage 1's best epoch at a
-# lower learning rate (a warm restart; a fine-tune with the same data, so it keeps stage 1's
-# class weights). Resumable: run it again and each stage continues from its last epoch (state in
-# build/train-bundled/*/.training). The card it writes has empty `limitations`: write them into
-# model.json after looking at its output (make demo, the other rasters in ../shared/data/rasters).
+# The bundled model (resources/models/landcover), retrained from ../shared/data (never committed)
+# in four resumable stages; run it again and each continues from its last epoch (state in each
+# stage's .training). Stages 1-2, the Dubai base (make train-dubai-base): 40 epochs from the
+# ImageNet start on Dubai tiles 1-7 + NAIP at their own scale, then 40 more from stage 1's best at
+# a lower learning rate (a warm restart). Stages 3-4, every source at 0.5 m with partial labels,
+# each raster's contrast stretched (make train-multisource, below). Then the result is copied in
+# with the card's hand-written text (training/landcover_card.json: name, description, and the
+# limitations, written after looking at its maps: make compare-models) and model.onnx; make
+# card-bundled adds the measured figures.
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
+BUNDLED_TEXT  := training/landcover_card.json
 # efficientnet_lite1_unet: the deeper encoder (16.7 MB saved, over the bundled model's 15 MB)
 TRAIN_ARCH    ?= efficientnet_lite0_unet
 # Decoder width (--filters) of stage 1's new model; empty: the architecture's default.
@@ -273,15 +279,15 @@ TRAIN_DATA    := $(foreach k,1 2 3 4 5 6 7,--images $(DATA)/dubai/tile_$(k)) \
     --images $(DATA)/naip_chesapeake --val-images $(DATA)/dubai/tile_8 --bands 3
 TRAIN_PATCHES := --patch 256 --tile-size 512
 TRAIN_ENCODER := $(if $(findstring lite1,$(TRAIN_ARCH)),Lite1,Lite0)
-BUNDLED_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
+DUBAI_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery; U-Net on an ImageNet EfficientNet-$(TRAIN_ENCODER) encoder, trained on the Dubai \
     aerial dataset and NAIP/Chesapeake
-TRAIN_COMMON  := --name landcover --description "$(BUNDLED_DESCRIPTION)" --epochs $(TRAIN_EPOCHS) \
-    $(TRAIN_PATCHES) --batch 8 --steps-per-epoch 50
+TRAIN_COMMON  := --name landcover-dubai --description "$(DUBAI_DESCRIPTION)" \
+    --epochs $(TRAIN_EPOCHS) $(TRAIN_PATCHES) --batch 8 --steps-per-epoch 50
 resume = $$(test -f $(1)/.training/state.json && echo --resume)
-train-bundled: setup
+train-dubai-base: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
-	@# the card's description names the ImageNet encoder: only those architectures have one
+	@# the description names the ImageNet encoder: only those architectures have one
 	@case $(TRAIN_ARCH) in efficientnet_lite*_unet) ;; *) \
 	    echo "TRAIN_ARCH=$(TRAIN_ARCH): the bundled model is an efficientnet_lite*_unet"; exit 2;; esac
 	$(ENGINE_VENV)/bin/segment-plugin train $(TRAIN_DATA) $(TRAIN_COMMON) \
@@ -292,31 +298,29 @@ train-bundled: setup
 	    --base-model $(TRAIN_DIR) --learning-rate $(TRAIN_CONT_LR) --patience $(TRAIN_EPOCHS) \
 	    --train-batchnorm \
 	    --seed 43 --output $(TRAIN_CONT_DIR) $(call resume,$(TRAIN_CONT_DIR))
-	mkdir -p $(BUNDLED)
-	cp $(TRAIN_CONT_DIR)/model.keras $(TRAIN_CONT_DIR)/model.json $(BUNDLED)/
-	$(ENGINE_VENV)/bin/segment-plugin export-onnx $(BUNDLED) --into-package
 
-# A multi-source candidate (docs/multisource-candidate.md; not the bundled model yet: it scores
-# better on every source's held-out images, but plain it loses the demo's river, and stretched
-# it is short of the plain one's held-out figures):
-# every source of training/landcover_sources.json (Dubai, NAIP and the partially labelled drone,
+train-bundled: train-multisource
+	mkdir -p $(BUNDLED)
+	cp $(TRAIN_MS_CONT_DIR)/model.keras $(TRAIN_MS_CONT_DIR)/model.json $(BUNDLED)/
+	$(ENGINE_PY) tests/bench/card_figures.py --text $(BUNDLED_TEXT)
+	$(ENGINE_VENV)/bin/segment-plugin export-onnx $(BUNDLED) --into-package --overwrite
+
+# Every source of training/landcover_sources.json (Dubai, NAIP and the partially labelled drone,
 # roads and forest sets), each resampled to TRAIN_RESOLUTION, with its share of the patches and
-# its held-out images, continued from TRAIN_MS_BASE (a copy of the bundled model) with its class
-# weights, keeping its odds on the partial sets' *other* pixels (distillation), batch
-# normalisation frozen at the base's statistics throughout (held-out mean 0.657 where training it
-# in stage 1 reached 0.637; docs/multisource-candidate.md).
-# Two stages, as train-bundled: TRAIN_MS_EPOCHS, then TRAIN_MS_CONT_EPOCHS from stage 1's best
-# at a lower learning rate, once per seed of TRAIN_MS_CONT_SEEDS
-# (build/train-multisource-continued-s<seed>), whose weights are then averaged (segment-plugin
-# average): chance moves one run by about 0.01, the average scores as the best seed. Resumable.
-# make compare-models (its NEW_MODEL default) and tile-agreement
-# TILE_MODEL=build/train-multisource-continued look at it; evaluate --sources measures it.
-# The stretching variant (every image's contrast stretched, in training and segment; its second
-# stage inherits the stretch from the first): make train-multisource
-# TRAIN_MS_DIR=build/train-multisource-stretch TRAIN_MS_ARGS=--stretch
-TRAIN_MS_DIR  ?= build/train-multisource
+# its held-out images, continued from the Dubai base (TRAIN_MS_BASE; trained first when missing)
+# with its class weights, keeping its odds on the partial sets' *other* pixels (distillation),
+# batch normalisation frozen at the base's statistics throughout, every image's contrast
+# stretched as segment stretches each raster's (TRAIN_MS_ARGS; the second stage inherits it).
+# Two stages: TRAIN_MS_EPOCHS, then TRAIN_MS_CONT_EPOCHS from stage 1's best at a lower learning
+# rate, once per seed of TRAIN_MS_CONT_SEEDS (TRAIN_MS_DIR-continued-s<seed>), whose weights are
+# then averaged (segment-plugin average): chance moves one run by about 0.01, the average scores
+# as the best seed. docs/multisource-candidate.md has the measurements behind each choice.
+# make compare-models (its NEW_MODEL default) and tile-agreement TILE_MODEL=... look at the
+# result; evaluate --sources measures it. A variant without the stretch, kept apart:
+# make train-multisource TRAIN_MS_DIR=build/train-multisource TRAIN_MS_ARGS=
+TRAIN_MS_DIR  ?= build/train-bundled/multisource
 TRAIN_MS_CONT_DIR := $(TRAIN_MS_DIR)-continued
-TRAIN_MS_BASE := build/train-multisource-base
+TRAIN_MS_BASE := $(TRAIN_CONT_DIR)
 TRAIN_MS_LR   ?= 2e-4
 TRAIN_MS_CONT_LR ?= 1e-4
 TRAIN_MS_EPOCHS ?= 12
@@ -325,7 +329,7 @@ TRAIN_MS_CONT_SEEDS ?= 45 46
 TRAIN_MS_STEPS ?= 150
 TRAIN_RESOLUTION ?= 0.5
 TRAIN_SOURCES := training/landcover_sources.json
-TRAIN_MS_ARGS ?=# more train flags, e.g. --patch-sizes 192,256,384,512 (context jitter)
+TRAIN_MS_ARGS ?= --stretch# more train flags, e.g. --patch-sizes 192,256,384,512 (context jitter)
 TRAIN_MS_CONT_ARGS ?=# more flags for stage 2, e.g. --consistency 1.0 or --contrast 0.4,1.2
 MS_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on \
@@ -336,7 +340,7 @@ MS_COMMON := --sources $(TRAIN_SOURCES) --data-root $(DATA) --resolution $(TRAIN
     --steps-per-epoch $(TRAIN_MS_STEPS) --class-weights base
 train-multisource: setup
 	@test -d $(DATA) || { echo "$(DATA) is missing"; exit 1; }
-	test -d $(TRAIN_MS_BASE) || { mkdir -p $(TRAIN_MS_BASE) && cp $(BUNDLED)/model.* $(TRAIN_MS_BASE)/; }
+	test -f $(TRAIN_MS_BASE)/model.keras || $(MAKE) --no-print-directory train-dubai-base
 	$(ENGINE_VENV)/bin/segment-plugin train $(MS_COMMON) --epochs $(TRAIN_MS_EPOCHS) \
 	    --base-model $(TRAIN_MS_BASE) --learning-rate $(TRAIN_MS_LR) --patience $(TRAIN_MS_EPOCHS) \
 	    --seed 44 $(TRAIN_MS_ARGS) --output $(TRAIN_MS_DIR) \
@@ -363,11 +367,11 @@ base-without-dubai: setup
 	    --epochs 30 --steps-per-epoch 50 --learning-rate 5e-4 --patience 30 --seed 45 \
 	    --output $(BASE_WITHOUT_DUBAI) $(call resume,$(BASE_WITHOUT_DUBAI))
 
-# Two models side by side on real rasters (default: the bundled model and the multi-source
-# candidate): build/compare/<raster>_old_vs_new.png (OLD_MODEL above, NEW_MODEL below) and the
-# area per class of each (build/compare/areas.json).
-OLD_MODEL ?= landcover
-NEW_MODEL ?= $(TRAIN_MS_CONT_DIR)
+# Two models side by side on real rasters (default: the Dubai base, the bundled model until
+# 2026-12-05, and the bundled model): build/compare/<raster>_old_vs_new.png (OLD_MODEL above,
+# NEW_MODEL below) and the area per class of each (build/compare/areas.json).
+OLD_MODEL ?= $(TRAIN_MS_BASE)
+NEW_MODEL ?= landcover
 RASTERS := ../shared/data/rasters
 COMPARE_RASTERS := $(RASTERS)/demo_nl_gorinchem_rgb_25cm.tif $(RASTERS)/oam_manila_ph_rgb_10cm.tif \
     $(RASTERS)/riotiler_pix4d_rgba_nodata_35cm.tif $(RASTERS)/spacenet_rotterdam_ms_bgrn_1m_uint16.tif:3,2,1
@@ -404,7 +408,6 @@ card-bundled: setup
 	$(ENGINE_PY) tests/bench/card_figures.py --evaluate build/card/evaluate.json \
 	    --sources build/card/sources.json $(if $(CARD_TTA),--tta build/card/evaluate_tta.json) \
 	    $(if $(wildcard build/bench/bench_segment.json),--bench build/bench/bench_segment.json) \
-	    --state $(TRAIN_CONT_DIR)/.training/state.json \
 	    $(if $(CARD_FIT),--fit $(foreach k,1 2 3 4 5 6 7,build/card/tile_$(k).json))
 
 clean:

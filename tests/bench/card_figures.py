@@ -3,10 +3,10 @@
 Reads what was measured, never a typed number: ``evaluate`` on Dubai tile 8 at the card's tile
 (plain, which becomes the card's headline mIoU, and with ``--tta``), ``evaluate --sources`` (each
 training source's held-out images, per source), ``make bench``'s CPU speeds, the size of
-``model.keras``; from the training state when there is one, the mean validation mIoU of the last
-10 epochs (the shipped epoch was chosen by its validation score, so that mean shows how much the
-choice flatters it); and ``evaluate`` on the training tiles themselves, which tells underfitting
+``model.keras``; and ``evaluate`` on the training tiles themselves, which tells underfitting
 (they score no better than tile 8) from poor transfer (they score far better).
+``--text`` alone (make train-bundled) writes the card's hand-written fields instead: its name,
+description and limitations, kept in the repository beside the training sources.
 """
 
 from __future__ import annotations
@@ -30,6 +30,19 @@ def last_json(path: Path) -> dict:
 def main(args: argparse.Namespace) -> None:
     card_path = BUNDLED / "model.json"
     card = json.loads(card_path.read_text())
+    if args.text:
+        text = json.loads(args.text.read_text())
+        card.update({key: text[key] for key in ("name", "description", "limitations")})
+    if args.evaluate:
+        measured(card, args)
+    partial = card_path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    partial.replace(card_path)
+    print(json.dumps(card["metrics"], indent=2))
+
+
+def measured(card: dict, args: argparse.Namespace) -> None:
+    """The figures measured for ``card`` into its metrics."""
     plain = last_json(args.evaluate)
     metrics = card["metrics"]
     # the headline figures are evaluate's, as a user would measure them (the card's tile, its
@@ -59,12 +72,6 @@ def main(args: argparse.Namespace) -> None:
             f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}",
         }
     metrics["size_mb"] = round((BUNDLED / "model.keras").stat().st_size / 1e6, 1)
-    if args.state and args.state.exists():
-        state = json.loads(args.state.read_text())
-        last = [epoch["val_miou"] for epoch in state["history"][-10:]]
-        # both from training's validation, so comparable with each other whatever changed since
-        metrics["miou_last_10_epochs_mean"] = round(sum(last) / len(last), 4)
-        metrics["miou_shipped_epoch_in_training"] = state["best_miou"]
     if args.fit:
         fits = {path.stem: last_json(path) for path in sorted(args.fit)}
         pooled = sum(np.array(fit["confusion_matrix"], np.int64) for fit in fits.values())
@@ -72,19 +79,15 @@ def main(args: argparse.Namespace) -> None:
             "pooled": segmentation_metrics.report(pooled, list(plain["per_class_iou"]))["miou"],
             **{name: fit["miou"] for name, fit in fits.items()},
         }
-    partial = card_path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(card, indent=2) + "\n")
-    partial.replace(card_path)
-    print(json.dumps(metrics, indent=2))
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--evaluate", type=Path, required=True, help="evaluate on tile 8")
+    parser.add_argument("--text", type=Path, help="name, description and limitations (JSON)")
+    parser.add_argument("--evaluate", type=Path, help="evaluate on tile 8")
     parser.add_argument("--tta", type=Path, help="evaluate --tta on tile 8")
     parser.add_argument("--sources", type=Path, help="evaluate --sources (held-out, per source)")
     parser.add_argument("--bench", type=Path, help="bench_segment.json")
-    parser.add_argument("--state", type=Path, help="make train-bundled's state.json")
     parser.add_argument(
         "--fit", type=Path, nargs="*", default=[], help="evaluate on training tiles, one file each"
     )

@@ -113,11 +113,18 @@ def test_bundled_model_is_what_its_card_and_the_plugin_promise():
         (4, "road"),
     ]
     assert card.bands == ("red", "green", "blue") and card.input_dtype == "uint8"
-    assert card.normalization.method == "scale"
+    # each raster's contrast stretched, at one ground resolution
+    assert card.normalization.method == "scale" and card.normalization.stretch
+    assert card.resolution_m == 0.5
     assert card.tile_size % card.input_multiple == 0
-    assert {"miou", "per_class_iou", "on"} <= set(card.metrics)
+    assert {"miou", "per_class_iou", "on", "per_source"} <= set(card.metrics)
     assert card.class_weights is not None and len(card.class_weights) == 5  # trained weighted
     assert "Dubai" in card.limitations  # where it fails, in the card the dialogs show
+    # what it was trained on, at which resolution, under which licence, for redistributors
+    sources = {s["name"]: s for s in card.training["sources"]}
+    assert set(sources) == {"dubai", "naip_chesapeake", "dronedeploy", "massachusetts_roads",
+                            "deepglobe_forest"}  # fmt: skip
+    assert all(s["licence"] and s["gsd_m"] for s in sources.values())
     keras_file = package.path / "model.keras"
     assert keras_file.stat().st_size <= 15e6
     assert_weights_only(keras_file)  # no optimizer state shipped

@@ -63,10 +63,22 @@ def _demo_tiles() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """The bundled model exported for Deepness (class weights undone in the graph)."""
+    """The bundled model exported for Deepness with the demo's stretch written in (class
+    weights undone in the graph)."""
     path = tmp_path_factory.mktemp("onnx") / "landcover.onnx"
-    export_onnx(resolve_model("landcover"), path)
+    export_onnx(resolve_model("landcover"), path, stretch=_demo_stretch())
     return path
+
+
+def _demo_stretch():
+    """The band percentiles segment stretches the demo by, for the bundled model."""
+    from segment_plugin.engine.normalize import raster_stats
+
+    if not DEMO.exists():
+        pytest.skip("the demo raster is not available")
+    norm = resolve_model("landcover").card.normalization
+    with rasterio.open(DEMO) as src:
+        return raster_stats(src, (1, 2, 3), norm.low, norm.high)
 
 
 def test_bundled_model_onnx_matches_keras():
@@ -89,22 +101,29 @@ def test_export_carries_card_and_deepness_keys(exported):
     bundled = resolve_model("landcover").card
     assert meta["model_type"] == "Segmentor"
     assert meta["class_names"] == {str(i): c.name for i, c in enumerate(bundled.classes)}
-    assert meta["tiles_size"] == 512 and meta["tiles_overlap"] == 38  # 3/8 of the tile
-    assert meta["standardization_mean"] == [0.0] * 3 and meta["standardization_std"] == [1.0] * 3
+    assert meta["tiles_size"] == bundled.tile_size
+    assert meta["tiles_overlap"] == 38  # 3/8 of the tile
     assert meta["seg_thresh"] == 0.0  # Deepness' argmax, no threshold
-    assert "resolution" not in meta  # the bundled card has none
+    assert meta["resolution"] == bundled.resolution_m * 100  # Deepness' centimetres
+    # the demo's stretch: its 2 % value of each band maps to 0, its 98 % value to 1
+    stats = _demo_stretch()
+    mean, std = np.asarray(meta["standardization_mean"]), np.asarray(meta["standardization_std"])
+    np.testing.assert_allclose((stats.low / 255 - mean) / std, 0, atol=1e-6)
+    np.testing.assert_allclose((stats.high / 255 - mean) / std, 1, atol=1e-6)
     card = read_card(exported)
     assert card.name == "landcover" and card.class_weights is None
     assert meta[CARD_KEY]["classes"] == json.loads(bundled.to_json())["classes"]
 
-    # what Deepness feeds it (NCHW, x/255) gives segment's probabilities (class weights undone)
-    tiles = _demo_tiles()
+    # what Deepness feeds it (NCHW, (x/255 - mean)/std) gives segment's probabilities for that
+    # input (class weights undone)
+    tiles = (_demo_tiles() - mean) / std
     keras_probs = np.asarray(resolve_model("landcover").load_model("keras").predict_on_batch(tiles))
     expected = undo_class_weights(keras_probs, bundled.class_weights)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"image": np.ascontiguousarray(tiles.transpose(0, 3, 1, 2))})[0]
+    image = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), np.float32)
+    out = session.run(None, {"image": image})[0]
     assert out.shape == (2, 5, 512, 512)
     assert np.abs(out.transpose(0, 2, 3, 1) - expected).max() < 1e-4
     assert_same_classes(out, expected.transpose(0, 3, 1, 2), axis=1)

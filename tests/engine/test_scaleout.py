@@ -23,6 +23,8 @@ from conftest import cancel_mid_run, events, run_cli, scene, shared_raster, writ
 from segment_plugin.engine.tiling import TileGrid, strip_bounds
 
 MANILA = "oam_manila_ph_rgb_10cm.tif"
+# Manila at its own 10 cm: several strips' work (at the bundled model's 0.5 m it is one tile)
+NATIVE = ("--resolution", "0.1")
 DASK = Path(sys.executable).parent / "dask"
 
 
@@ -79,7 +81,7 @@ def single(tmp_path_factory):
     """The bundled model's classes and probabilities of the Manila tile, in one process."""
     raster = shared_raster(MANILA)
     out = tmp_path_factory.mktemp("single")
-    run = run_cli("segment", str(raster), "--output", str(out / "c.tif"),
+    run = run_cli("segment", str(raster), "--output", str(out / "c.tif"), *NATIVE,
                   "--probabilities", str(out / "p.tif"), "--progress", "json")  # fmt: skip
     assert run.returncode == 0, run.stderr
     return raster, out, events(run.stdout)[-2]["data"]
@@ -94,7 +96,7 @@ def _same_rasters(a: Path, b: Path) -> None:
 def test_local_cluster_gives_the_single_process_rasters(single, tmp_path):
     raster, one, expected = single
     run = run_cli(
-        "segment", str(raster), "--output", str(tmp_path / "c.tif"),
+        "segment", str(raster), "--output", str(tmp_path / "c.tif"), *NATIVE,
         "--probabilities", str(tmp_path / "p.tif"), "--scheduler", "local", "--workers", "2",
         "--progress", "json", timeout=300,
     )  # fmt: skip
@@ -143,7 +145,7 @@ def cluster(tmp_path):
 
 def test_a_separate_scheduler_and_worker_give_the_same_raster(single, cluster, tmp_path):
     raster, one, _ = single
-    run = run_cli("segment", str(raster), "--output", str(tmp_path / "c.tif"),
+    run = run_cli("segment", str(raster), "--output", str(tmp_path / "c.tif"), *NATIVE,
                   "--scheduler", cluster, timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "on 1 workers" in run.stderr or "on 1 workers" in run.stdout
@@ -162,7 +164,7 @@ def test_a_killed_worker_changes_nothing(single, tmp_path):
             victim = next(iter(client.run(os.getpid).values()))
         command = [sys.executable, "-m", "segment_plugin.engine", "segment", str(raster),
                    "--output", str(tmp_path / "out" / "c.tif"), "--scheduler", address,
-                   "--progress", "json"]  # fmt: skip
+                   *NATIVE, "--progress", "json"]  # fmt: skip
         (tmp_path / "out").mkdir()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for line in proc.stdout:
@@ -191,7 +193,7 @@ def test_cancel_on_dask_leaves_nothing(tmp_path):
     raster = shared_raster(MANILA)
     command = [sys.executable, "-m", "segment_plugin.engine", "segment", str(raster),
                "--output", str(tmp_path / "c.tif"), "--scheduler", "local", "--workers", "2",
-               "--progress", "json"]  # fmt: skip
+               *NATIVE, "--progress", "json"]  # fmt: skip
     code, seconds, _ = cancel_mid_run(command)
     assert code == 130 and seconds < 15
     assert list(tmp_path.iterdir()) == []  # no output, no parts folder

@@ -2,7 +2,8 @@
 
 Deepness' own ``MapProcessorSegmentation`` runs headless in a QGIS process with Deepness'
 pinned dependencies (``.venv-peers``, made by make setup), as tests/bench/bench_peers.py runs
-it; its class map must be the bundled model's map of the demo orthophoto.
+it; its class map must be the bundled model's map of the demo orthophoto, the demo's contrast
+stretch written into the export (``--stretch-of``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ def test_exported_bundled_model_runs_in_deepness(engine_python, tmp_path):
     assert PEERS_PYTHON.exists(), "no .venv-peers: run make setup"
     model, ours = tmp_path / "landcover.onnx", tmp_path / "ours.tif"
     cli = [str(engine_python), "-m", "segment_plugin.engine"]
-    subprocess.run([*cli, "export-onnx", "landcover", "--output", str(model)], check=True,
-                   capture_output=True, cwd=ROOT, timeout=300)  # fmt: skip
-    subprocess.run([*cli, "segment", str(DEMO), "--output", str(ours)], check=True,
-                   capture_output=True, cwd=ROOT, timeout=300)  # fmt: skip
+    # the bundled model stretches each raster's contrast: Deepness gets the demo's stretch
+    subprocess.run([*cli, "export-onnx", "landcover", "--output", str(model), "--stretch-of",
+                    str(DEMO)], check=True, capture_output=True, cwd=ROOT, timeout=300)  # fmt: skip
+    # Deepness at the demo's own 25 cm, as bench_peers runs it; segment there too
+    subprocess.run([*cli, "segment", str(DEMO), "--output", str(ours), "--resolution", "0.25"],
+                   check=True, capture_output=True, cwd=ROOT, timeout=300)  # fmt: skip
     build = ROOT / "build" / "peers"
     if not (build / "deepness").is_dir():
         with zipfile.ZipFile(PEERS) as archive:
