@@ -131,7 +131,10 @@ class SegmentDialog(AlgorithmDialog):
         self.model_combo = QComboBox()
         form.addRow("Model:", self.model_combo)
         self.onnx_buttons = OnnxModelButtons(
-            self.model_combo.currentText, self._model_added, lambda text: self.status.setText(text)
+            self.model_combo.currentText,
+            self._model_added,
+            lambda text: self.status.setText(text),
+            self._stretch_raster,
         )
         form.addRow("", self.onnx_buttons)
         input_layout.addLayout(form)
@@ -232,6 +235,19 @@ class SegmentDialog(AlgorithmDialog):
         """An ONNX model was added: list the models again, with it chosen."""
         self._added_model = name
         self.load_models()
+
+    def _stretch_raster(self, model: str) -> Path | None:
+        """The chosen layer's file when ``model`` stretches each raster's contrast, else None.
+
+        Deepness cannot stretch per raster, so such a model's export carries one raster's.
+        """
+        norm = (self.models.get(model) or {}).get("normalization") or {}
+        layer = self.layer_combo.currentLayer()
+        if not (norm.get("stretch") or norm.get("method") == "percentile"):
+            return None
+        if not isinstance(layer, QgsRasterLayer) or not is_plain_file(layer):
+            return None
+        return Path(layer.source().split("|")[0])
 
     def wanted_model(self) -> str:  # noqa: D102
         return self._added_model or super().wanted_model()

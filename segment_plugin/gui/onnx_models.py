@@ -24,10 +24,12 @@ class OnnxModelButtons(QWidget):
         current_model: Callable[[], str],
         models_changed: Callable[[str], None],
         report: Callable[[str], None],
+        stretch_raster: Callable[[str], Path | None] = lambda _model: None,
         parent=None,
     ) -> None:
         super().__init__(parent)
         self._current_model = current_model
+        self._stretch_raster = stretch_raster
         self._models_changed = models_changed
         self._report = report
         self.task: EngineCommandTask | None = None
@@ -69,9 +71,17 @@ class OnnxModelButtons(QWidget):
         return self._run(["models", "--add", str(path)], self._added)
 
     def export_model(self, model: str, path: Path) -> EngineCommandTask:
-        """``export-onnx model --output path`` in the background."""
-        self._report(f"exporting {model} to ONNX…")
+        """``export-onnx model --output path`` in the background.
+
+        A model that stretches each raster's contrast gets the chosen raster's stretch.
+        """
         args = ["export-onnx", model, "--output", str(path), "--overwrite"]
+        raster = self._stretch_raster(model)
+        if raster is None:
+            self._report(f"exporting {model} to ONNX…")
+        else:
+            self._report(f"exporting {model} to ONNX with the contrast stretch of {raster.name}…")
+            args += ["--stretch-of", str(raster)]
         return self._run(args, lambda outcome: self._exported(outcome, path))
 
     def _run(self, args: list[str], done: Callable) -> EngineCommandTask:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingException,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
 )
 
 from segment_plugin.processing.alg_segment_layer import run_or_raise
 from segment_plugin.processing.base import PluginAlgorithm
+from segment_plugin.processing.raster_input import is_plain_file
 
 
 class ExportOnnxAlgorithm(PluginAlgorithm):
@@ -29,13 +32,20 @@ class ExportOnnxAlgorithm(PluginAlgorithm):
             "ONNX file that the Deepness plugin, ONNX Runtime and other tools run: NCHW input "
             "scaled as Deepness scales it, class probabilities out, the class names, resolution, "
             "tile size and overlap in Deepness' metadata and the full model card beside them. "
-            "Needs the full engine (TensorFlow)."
+            "A model that stretches each raster's contrast (the bundled 'landcover') needs a "
+            "raster whose stretch is written into Deepness' keys: Deepness then treats every "
+            "raster as that one. Needs the full engine (TensorFlow)."
         )
 
     def initAlgorithm(self, config=None) -> None:  # noqa: D102, N802
         self.addParameter(QgsProcessingParameterString("MODEL", "Model", defaultValue="landcover"))
         self.addParameter(
             QgsProcessingParameterBoolean("DEEPNESS", "With Deepness' metadata keys", True)
+        )
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(
+                "STRETCH_OF", "Raster whose contrast stretch Deepness gets", optional=True
+            )
         )
         self.addParameter(
             QgsProcessingParameterFileDestination("OUTPUT", "ONNX file", "ONNX models (*.onnx)")
@@ -47,6 +57,14 @@ class ExportOnnxAlgorithm(PluginAlgorithm):
         args = ["export-onnx", model, "--output", output, "--overwrite"]
         if not self.parameterAsBoolean(parameters, "DEEPNESS", context):
             args.append("--no-deepness")
+        raster = self.parameterAsRasterLayer(parameters, "STRETCH_OF", context)
+        if raster is not None:
+            if not is_plain_file(raster):
+                raise QgsProcessingException(
+                    f"{raster.name()}: the contrast stretch is read from a raster file; save "
+                    "the layer to a GeoTIFF first"
+                )
+            args += ["--stretch-of", raster.source().split("|")[0]]
         result = run_or_raise(args, feedback)
         feedback.pushInfo(f"wrote {output} ({result.get('bytes', 0) / 1e6:.1f} MB)")
         return {"OUTPUT": output}

@@ -241,3 +241,17 @@ def test_add_a_deepness_model_from_the_picker(dialog, tiny_models):
         import shutil
 
         shutil.rmtree(tiny_models / model.stem, ignore_errors=True)
+
+
+def test_export_of_the_stretching_bundled_model_carries_the_layers_stretch(dialog, tmp_path):
+    """Export to ONNX… of `landcover` (it stretches each raster's contrast, which Deepness
+    cannot): the chosen layer's stretch goes into the file; a tiny model exports as it is."""
+    out = tmp_path / "landcover.onnx"
+    dialog.model_combo.setCurrentText("landcover")
+    assert dialog._stretch_raster("landcover") == DEMO
+    assert dialog._stretch_raster("tiny") is None
+    dialog.onnx_buttons.export_model("landcover", out)
+    assert "contrast stretch of demo_nl_gorinchem_rgb_25cm.tif" in dialog.status.text()
+    wait_until(lambda: dialog.onnx_buttons.task is None, timeout=300)
+    assert dialog.status.text().startswith(f"wrote {out}"), dialog.status.text()
+    assert out.stat().st_size > 10e6

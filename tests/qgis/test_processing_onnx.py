@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 
 import pytest
 from conftest import ROOT
@@ -65,3 +67,26 @@ def test_a_detection_model_is_refused_with_its_reason(registry, tiny_models, eng
     _, ok = algorithm.run({"INPUT": str(model)}, QgsProcessingContext(), feedback)
     assert not ok
     assert "Regressor model, not a segmentation model" in feedback.textLog()
+
+
+def test_export_of_a_stretching_model_needs_a_raster(registry, engine_python, tmp_path):
+    """The bundled model stretches each raster: Deepness' keys get STRETCH_OF's stretch, and
+    without one the export is refused, naming the way out."""
+    demo = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
+    if not demo.exists():
+        pytest.skip("../shared is absent")
+    algorithm = registry.algorithmById("segment_plugin:export_onnx")
+    feedback = QgsProcessingFeedback()
+    _, ok = algorithm.run(
+        {"MODEL": "landcover", "OUTPUT": str(tmp_path / "x.onnx")}, QgsProcessingContext(), feedback
+    )
+    assert not ok and "--stretch-of RASTER" in feedback.textLog()
+    assert not (tmp_path / "x.onnx").exists()
+    onnx_file = tmp_path / "landcover.onnx"
+    run(registry, "export_onnx", {"MODEL": "landcover", "STRETCH_OF": str(demo),
+                                  "OUTPUT": str(onnx_file)})  # fmt: skip
+    read = "import json, onnx, sys; print(json.dumps({p.key: json.loads(p.value) for p in "
+    read += "onnx.load(sys.argv[1]).metadata_props}['standardization_mean']))"
+    mean = subprocess.run([str(engine_python), "-c", read, str(onnx_file)], capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    assert min(json.loads(mean)) > 0.05  # the demo's dark end, not a plain 1/255 scale's 0
