@@ -1,7 +1,8 @@
 """`make bench-peers`: Deepness and segment_plugin side by side, same ONNX model, same rasters.
 
 The bundled model is exported with ``export-onnx`` (class weights undone in the graph, Deepness'
-keys inside) and run twice per raster: by Deepness 0.6.5's own ``MapProcessorSegmentation``
+keys inside, the demo's contrast stretch written in: the mosaic is made of the demo) and run twice
+per raster, both at the rasters' native 25 cm: by Deepness 0.6.5's own ``MapProcessorSegmentation``
 (headless, in a QGIS process, as its tests run it: whole layer, native resolution, tile 512,
 overlap 38 %, batch 4, no probability threshold, no median filter) and by our CLI (the same file
 added with ``models --add``; ``segment --vector``: the class raster and its polygons, as Deepness
@@ -117,11 +118,14 @@ def single_pass(raster: str, model: Path) -> np.ndarray:
     import onnxruntime
     from osgeo import gdal
 
-    image = gdal.Open(raster).ReadAsArray()[:3].astype(np.float32) / 255
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    mean, std = (np.array(json.loads(meta[f"standardization_{k}"]), np.float32).reshape(3, 1, 1)
+                 for k in ("mean", "std"))  # fmt: skip
+    image = (gdal.Open(raster).ReadAsArray()[:3].astype(np.float32) / 255 - mean) / std
     h, w = image.shape[1:]
     padded = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
     padded[0, :, :h, :w] = image
-    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return session.run(None, {"image": padded})[0][0, :, :h, :w].argmax(0)
 
 
@@ -148,8 +152,8 @@ def main() -> None:
     env = dict(os.environ, SEGMENT_PLUGIN_MODELS=str(WORK / "models"))
     model = WORK / "landcover.onnx"
     cli = [str(ENGINE), "-m", "segment_plugin.engine"]
-    subprocess.run([*cli, "export-onnx", "landcover", "--output", str(model), "--overwrite"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run([*cli, "export-onnx", "landcover", "--output", str(model), "--overwrite",
+                    "--stretch-of", str(DEMO)], check=True, capture_output=True)  # fmt: skip
     subprocess.run([*cli, "models", "--add", str(model), "--name", "landcover-onnx",
                     "--overwrite"], check=True, capture_output=True, env=env)  # fmt: skip
     mosaic = subprocess.run(
@@ -160,7 +164,8 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "model": "bundled landcover, export-onnx (the same file in both)",
         "settings": f"tile {TILE}, batch {BATCH}, overlap: ours 192 px (Hann blend), "
-        f"Deepness {OVERLAP_PERCENT} % (tiles pasted), native resolution, no threshold or filter",
+        f"Deepness {OVERLAP_PERCENT} % (tiles pasted), native resolution (25 cm), no threshold or "
+        "filter",
         "rasters": {},
     }
     runs = {}
@@ -173,7 +178,7 @@ def main() -> None:
         classes, polygons = WORK / f"ours_{Path(raster).stem}.tif", WORK / "ours.gpkg"
         ours, _ = run_measured(
             [*cli, "segment", raster, "--model", "landcover-onnx", "--output", str(classes),
-             "--vector", str(polygons), "--overwrite"], env=env,
+             "--vector", str(polygons), "--overwrite", "--resolution", "0.25"], env=env,
         )  # fmt: skip
         runs[name] = (raster, npy, classes, theirs, ours, details)
     # compared only now: this process's peak RSS would have been its children's starting point
