@@ -258,7 +258,7 @@ compare-class-weights: setup
 # stage's .training). Stages 1-2, the Dubai base (make train-dubai-base): 40 epochs from the
 # ImageNet start on Dubai tiles 1-7 + NAIP at their own scale, then 40 more from stage 1's best at
 # a lower learning rate (a warm restart). Stages 3-4, every source at 0.5 m with partial labels,
-# each raster's contrast stretched (make train-multisource, below). Then the result is copied in
+# the last one with each image's contrast stretched (make train-multisource, below). Then the result is copied in
 # with the card's hand-written text (training/landcover_card.json: name, description, and the
 # limitations, written after looking at its maps: make compare-models) and model.onnx; make
 # card-bundled adds the measured figures.
@@ -309,15 +309,15 @@ train-bundled: train-multisource
 # roads and forest sets), each resampled to TRAIN_RESOLUTION, with its share of the patches and
 # its held-out images, continued from the Dubai base (TRAIN_MS_BASE; trained first when missing)
 # with its class weights, keeping its odds on the partial sets' *other* pixels (distillation),
-# batch normalisation frozen at the base's statistics throughout, every image's contrast
-# stretched as segment stretches each raster's (TRAIN_MS_ARGS; the second stage inherits it).
+# batch normalisation frozen at the base's statistics throughout.
 # Two stages: TRAIN_MS_EPOCHS, then TRAIN_MS_CONT_EPOCHS from stage 1's best at a lower learning
-# rate, once per seed of TRAIN_MS_CONT_SEEDS (TRAIN_MS_DIR-continued-s<seed>), whose weights are
-# then averaged (segment-plugin average): chance moves one run by about 0.01, the average scores
-# as the best seed. docs/multisource-candidate.md has the measurements behind each choice.
-# make compare-models (its NEW_MODEL default) and tile-agreement TILE_MODEL=... look at the
-# result; evaluate --sources measures it. A variant without the stretch, kept apart:
-# make train-multisource TRAIN_MS_DIR=build/train-multisource TRAIN_MS_ARGS=
+# rate with every image's contrast stretched as segment stretches each raster's
+# (TRAIN_MS_CONT_ARGS), once per seed of TRAIN_MS_CONT_SEEDS (TRAIN_MS_DIR-continued-s<seed>),
+# whose weights are then averaged (segment-plugin average): chance moves one run by about 0.01,
+# the average scores as the best seed. Stretching stage 1 too (TRAIN_MS_ARGS=--stretch) scored
+# no better. docs/multisource-candidate.md has the measurements behind each choice.
+# make compare-models and tile-agreement TILE_MODEL=... look at the result; evaluate --sources
+# measures it.
 TRAIN_MS_DIR  ?= build/train-bundled/multisource
 TRAIN_MS_CONT_DIR := $(TRAIN_MS_DIR)-continued
 TRAIN_MS_BASE := $(TRAIN_CONT_DIR)
@@ -329,8 +329,8 @@ TRAIN_MS_CONT_SEEDS ?= 45 46
 TRAIN_MS_STEPS ?= 150
 TRAIN_RESOLUTION ?= 0.5
 TRAIN_SOURCES := training/landcover_sources.json
-TRAIN_MS_ARGS ?= --stretch# more train flags, e.g. --patch-sizes 192,256,384,512 (context jitter)
-TRAIN_MS_CONT_ARGS ?=# more flags for stage 2, e.g. --consistency 1.0 or --contrast 0.4,1.2
+TRAIN_MS_ARGS ?=# more train flags, e.g. --patch-sizes 192,256,384,512 (context jitter)
+TRAIN_MS_CONT_ARGS ?= --stretch# and more flags for stage 2, e.g. --consistency 1.0
 MS_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on \
     Dubai, NAIP/Chesapeake, DroneDeploy (buildings, trees, water), Massachusetts Roads and \
