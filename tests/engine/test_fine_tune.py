@@ -2,8 +2,9 @@
 
 The region is the Chesapeake NAIP tile in ../shared/data/rasters (West Virginia, resampled to
 about 24 m pixels, with its land-cover raster): a scale and landscape the bundled model (trained
-at 0.5 m; it sees this tile upsampled to 6 m) has not seen. Its left part trains, the right part (split by area)
-validates, and the base model is measured on the same validation area before fine-tuning.
+at 0.5 m; it sees this tile upsampled to 6 m) has not seen. Its left part trains, the right part
+(split by area) validates, and the base model is measured on the same validation area before
+fine-tuning.
 """
 
 from __future__ import annotations

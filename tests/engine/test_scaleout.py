@@ -110,6 +110,14 @@ def test_local_cluster_gives_the_single_process_rasters(single, tmp_path):
                                                           "p.tif"]  # fmt: skip
 
 
+def _address(info: Path) -> str | None:
+    """The scheduler's address once its file is written whole (it appears empty first)."""
+    try:
+        return json.loads(info.read_text())["address"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @contextmanager
 def dask_cluster(tmp_path: Path, workers: int = 1):
     """``dask scheduler`` and ``dask worker`` (each worker under its nanny) as separate
@@ -122,9 +130,8 @@ def dask_cluster(tmp_path: Path, workers: int = 1):
     ]  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not info.exists() and time.monotonic() < deadline:
+        while (address := _address(info)) is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        address = json.loads(info.read_text())["address"]
         procs.append(
             subprocess.Popen([str(DASK), "worker", address, "--nworkers", str(workers),
                               "--nthreads", "1", "--no-dashboard"],

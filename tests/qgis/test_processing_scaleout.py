@@ -100,6 +100,14 @@ def test_vectorize_batch_of_layers_on_a_local_dask_cluster(registry, tmp_path):
     assert dask == one
 
 
+def _address(info: Path) -> str | None:
+    """The scheduler's address once its file is written whole (it appears empty first)."""
+    try:
+        return json.loads(info.read_text())["address"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def test_engine_dialog_shows_the_dask_scheduler(qgis_app, engine_python, tmp_path):
     """The scheduler setting is checked with the engine: workers when it answers, the reason
     in red when it does not."""
@@ -113,8 +121,8 @@ def test_engine_dialog_shows_the_dask_scheduler(qgis_app, engine_python, tmp_pat
     settings = PluginSettings.load()
     previous = settings.dask_scheduler
     try:
-        wait_until(info.exists, timeout=60)
-        address = json.loads(info.read_text())["address"]
+        wait_until(lambda: _address(info), timeout=60)
+        address = _address(info)
         worker = [str(dask), "worker", address, "--nthreads", "1", "--no-dashboard"]
         procs.append(subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         cases = [(address, "connected: 1 workers", "connected"),
