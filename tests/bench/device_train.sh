@@ -6,7 +6,8 @@
 #            the next call (the wheels and the data do not fit in one call's 64 MiB together)
 #   probe    (multi-source kit) one short epoch on the sources already carried: the patches a
 #            second it trains, kept in build/device-probe/steps_per_s for train's STEPS
-#   train    continues the bundled model on the kit's data and patches (the flags in
+#   train    continues the Dubai base (tests/models/landcover-dubai: the bundled model's first two
+#            stages, make train-dubai-base) on the kit's data and patches (the flags in
 #            $KIT/train_args; KIT is .device/data, make device-kit, or .device/msdata,
 #            make device-kit-multisource) under Keras on BACKEND, JAX by default (the machine has
 #            torch and JAX, no TensorFlow; make check-backends proves both) for EPOCHS × STEPS batches
@@ -15,8 +16,8 @@
 #            it early, keeping the best epoch so far; its state (build/device-train, too large to
 #            come back) stays on the warm machine, and RESUME=1 continues it in the next call.
 #            Batch normalisation stays frozen, as in make train-multisource. STAGE=2 runs its
-#            second stage instead: from stage 1's best on the warm machine, LR 1e-4 and 3 epochs
-#            unless given.
+#            second stage instead: from stage 1's best on the warm machine, each image's contrast
+#            stretched, LR 1e-4 and 3 epochs unless given.
 # PYTHON (default python3) and DEVICE (default gpu) let it be tried on a CPU machine; BACKEND
 # (torch or jax) picks the Keras backend.
 set -euo pipefail
@@ -48,7 +49,7 @@ PY
     read -ra data_args <"$DATA/train_args"
     started=$(date +%s)
     PYTHONPATH="$PWD/.device/site:$PWD" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
-        --sources "$PROBE/sources.json" --base-model resources/models/landcover --name probe \
+        --sources "$PROBE/sources.json" --base-model tests/models/landcover-dubai --name probe \
         --epochs 1 --steps-per-epoch "${STEPS:-40}" --batch "${BATCH:-32}" \
         --workers "${WORKERS:-12}" --device "${DEVICE:-gpu}" --seed 1 \
         --output "$PROBE/model" --overwrite --progress json >"$OUT/probe.log" 2>&1 || {
@@ -75,10 +76,10 @@ train)
     test -f "$DATA/train_args" || { echo "$DATA is missing: carry it (make device-kit)"; exit 1; }
     read -ra data_args <"$DATA/train_args"
     mkdir -p "$OUT"
-    base=resources/models/landcover output=build/device-train/landcover
+    base=tests/models/landcover-dubai output=build/device-train/landcover stage_args=()
     if [ "${STAGE:-1}" = 2 ]; then
         test -f "$output/model.keras" || { echo "no stage 1 here: run train first"; exit 1; }
-        base=$output output=build/device-train/continued
+        base=$output output=build/device-train/continued stage_args=(--stretch)
         EPOCHS=${EPOCHS:-3} LR=${LR:-1e-4}
     fi
     if [ -z "${STEPS:-}" ] && [ -f "$PROBE/steps_per_s" ]; then
@@ -90,7 +91,7 @@ print(max(10, int(r * (${LIMIT:-480} - 90) * 2 / 3 / ${EPOCHS:-60})))")
     status=0
     PYTHONPATH="$PWD/.device/site:$PWD" PYTHONUNBUFFERED=1 \
         timeout -s TERM "${LIMIT:-480}" "$PYTHON" -m segment_plugin.engine train "${data_args[@]}" \
-        --base-model "$base" --name landcover \
+        --base-model "$base" --name landcover "${stage_args[@]}" \
         --epochs "${EPOCHS:-60}" --steps-per-epoch "${STEPS:-100}" --batch "${BATCH:-32}" \
         --workers "${WORKERS:-12}" --learning-rate "${LR:-2e-4}" \
         --patience 1000 --seed "${SEED:-47}" --device "${DEVICE:-gpu}" \
