@@ -240,8 +240,7 @@ device-kit: setup
 # chips at TRAIN_RESOLUTION, PNG as JPEG, every 2nd DeepGlobe training tile) that travels in
 # three calls with the wheels (docs/training.md, "Training on a lent GPU machine").
 MS_KIT_ARGS = --sources $(DEVICE_KIT)/msdata/sources.json --data-root $(DEVICE_KIT)/msdata \
-    --resolution $(TRAIN_RESOLUTION) $(TRAIN_PATCHES) --class-weights base --distill 1 \
-    $(TRAIN_MS_ARGS)
+    --resolution $(TRAIN_RESOLUTION) $(TRAIN_PATCHES) --class-weights base --distill 1
 device-kit-multisource: device-kit
 	$(ENGINE_PY) tests/bench/device_kit_sources.py --sources $(TRAIN_SOURCES) --data-root $(DATA) \
 	    --resolution $(TRAIN_RESOLUTION) --output $(DEVICE_KIT)/msdata --thin deepglobe_forest=2
@@ -258,10 +257,10 @@ compare-class-weights: setup
 # stage's .training). Stages 1-2, the Dubai base (make train-dubai-base): 40 epochs from the
 # ImageNet start on Dubai tiles 1-7 + NAIP at their own scale, then 40 more from stage 1's best at
 # a lower learning rate (a warm restart). Stages 3-4, every source at 0.5 m with partial labels,
-# the last one with each image's contrast stretched (make train-multisource, below). Then the result is copied in
-# with the card's hand-written text (training/landcover_card.json: name, description, and the
-# limitations, written after looking at its maps: make compare-models) and model.onnx; make
-# card-bundled adds the measured figures.
+# the last one with each image's contrast stretched (make train-multisource, below). Then the
+# result is copied in with the card's hand-written text (training/landcover_card.json: name,
+# description, and the limitations, written after looking at its maps: make compare-models) and
+# model.onnx; make card-bundled adds the measured figures.
 DATA          := ../shared/data/landcover
 BUNDLED       := resources/models/landcover
 BUNDLED_TEXT  := training/landcover_card.json
