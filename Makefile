@@ -380,9 +380,9 @@ compare-models: setup
 	    --new $(NEW_MODEL) --output-dir build/compare $(COMPARE_RASTERS) | tee build/compare/areas.json
 
 # How much a model's class map depends on the tile size (TILE_SIZES against one whole-image
-# pass) on the demo, Manila and a Dubai tile-8 image: build/tiles/agreement.json.
+# pass) on the demo, Manila, Dubai tile 8 and the held-out road tiles: build/tiles/agreement.json.
 TILE_MODEL ?= landcover
-TILE_SIZES ?= 256,512
+TILE_SIZES ?= 256,512,768
 tile-agreement: setup
 	@mkdir -p build/tiles
 	set -o pipefail; $(ENGINE_PY) tests/bench/tile_agreement.py --model $(TILE_MODEL) \

@@ -363,7 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--resolution", type=float, help="work at this many metres per pixel")
     seg.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     seg.add_argument("--overlap", type=int, help="tile overlap in px (default: 3/8 of the tile)")
-    seg.add_argument("--batch", type=int, default=4, help="tiles per model call (default 4)")
+    seg.add_argument(
+        "--batch", type=int,
+        help="tiles per model call (default: 4 of up to 512 px, fewer of larger tiles; 2 of 768)",
+    )  # fmt: skip
     seg.add_argument("--device", choices=DEVICES, default="auto")
     seg.add_argument(
         "--runtime",

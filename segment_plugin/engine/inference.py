@@ -39,6 +39,7 @@ from segment_plugin.engine.tiling import (
     RollingAccumulator,
     TileGrid,
     blend_window,
+    default_batch,
     default_overlap,
     fitted_tile,
     pad_to_tile,
@@ -89,7 +90,7 @@ def check_memory(width: int, tile: int, overlap: int, classes: int, bands: int, 
         raise InputError(
             f"tile {tile} with batch {batch} on a {width:,}-pixel-wide grid would hold about "
             f"{need / 2**30:,.1f} GB of tiles and blended probabilities, more than half of this "
-            f"machine's {total / 2**30:.0f} GB: lower --tile or --batch"
+            f"machine's {total / 2**30:.0f} GB: lower --batch, then --tile"
         )
 
 
@@ -688,7 +689,8 @@ def plan_segment(
     fitted = fitted_tile(tile, wgrid.height, wgrid.width, card.input_multiple)
     if fitted < tile:  # one tile holds the whole grid: its overlap is moot
         tile, overlap = fitted, min(overlap, fitted // 2)
-    check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), params.batch)
+    batch = params.batch or default_batch(tile)
+    check_memory(wgrid.width, tile, overlap, len(card.classes), len(bands), batch)
     norm = card.normalization
     stats = raster_stats(src, bands, norm.low, norm.high)
     warning = Normalizer(card, stats, src.dtypes[bands[0] - 1]).warning
@@ -718,7 +720,7 @@ def plan_segment(
         wgrid=wgrid,
         stats=stats,
         dtype=src.dtypes[bands[0] - 1],
-        batch=params.batch,
+        batch=batch,
         tta=params.tta,
         class_weights=None if params.keep_class_weights else card.class_weights,
         profile=profile,

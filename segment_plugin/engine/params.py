@@ -90,7 +90,7 @@ class SegmentParams(JobParams):
     resolution: float | None = None  # metres per pixel to work at; None: the model's
     tile: int | None = None  # None: the model card's tile size
     overlap: int | None = None  # None: 3/8 of the tile (tiling.default_overlap)
-    batch: int = 4
+    batch: int | None = None  # tiles per model call; None: tiling.default_batch of the tile
     device: str = "auto"
     runtime: str = "auto"  # keras, onnx, or auto: ONNX Runtime where the model has a model.onnx
     # Dask: "local" (a LocalCluster of `workers` processes) or a scheduler's tcp://host:port;
@@ -119,7 +119,7 @@ class SegmentParams(JobParams):
         _check_device(self.device)
         _check_runtime(self.runtime)
         _check_scheduler(self.scheduler, self.workers)
-        if self.batch < 1:
+        if self.batch is not None and self.batch < 1:
             raise InputError(f"batch must be at least 1, got {self.batch}")
         if self.tile is not None and self.tile < 16:
             raise InputError(f"tile must be at least 16 pixels, got {self.tile}")

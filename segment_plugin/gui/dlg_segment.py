@@ -168,6 +168,10 @@ class SegmentDialog(AlgorithmDialog):
         self.tile_spin.setRange(0, 4096)
         self.tile_spin.setSingleStep(32)
         self.tile_spin.setSpecialValueText("model default")
+        self.tile_spin.setToolTip(
+            "Pixels per side of each piece the model sees. A smaller tile uses less memory but "
+            "gives each pixel less context, which changes a few percent of the map."
+        )
         self.overlap_spin = QSpinBox()
         self.overlap_spin.setRange(0, 2048)
         self.overlap_spin.setSpecialValueText("3/8 of the tile")

@@ -3,7 +3,7 @@
 (a) overhead = end-to-end ``segment`` wall ÷ model-only ``predict_on_batch`` wall on the same tiles
 (warmed up; and again with the model's loading and first call counted on both sides);
 (b) peak RSS of a whole ``segment-plugin segment`` process on a 5k×5k and a 20k×20k RGB raster;
-(c) Mpx/s, all at segment's defaults (tile 512, overlap 3/8 of it); (d) seams: agreement with
+(c) Mpx/s, all at segment's defaults (the card's tile, overlap 3/8 of it); (d) seams: agreement with
 a single-pass prediction for Hann blending at three tile sizes and two overlaps, plain averaging
 and no overlap, and how much more often the class changes across tile border lines than it does
 in the single pass. Big rasters are made from real imagery: the 1000×1000
@@ -29,7 +29,6 @@ from rasterio.windows import Window
 ROOT = Path(__file__).resolve().parents[2]
 WORK = ROOT / "build" / "bench"
 DEMO = ROOT.parent / "shared" / "data" / "rasters" / "demo_nl_gorinchem_rgb_25cm.tif"
-TILE, BATCH = 512, 4  # segment's defaults with the bundled model (its card's tile)
 
 from segment_plugin.engine.inference import segment, undo_class_weights  # noqa: E402
 from segment_plugin.engine.models.architectures import build_model, input_multiple  # noqa: E402
@@ -41,9 +40,14 @@ from segment_plugin.engine.tiling import (  # noqa: E402
     RollingAccumulator,
     TileGrid,
     blend_window,
+    default_batch,
     default_overlap,
 )
 
+BUNDLED_CARD = bundled_models_dir() / "landcover" / "model.json"
+# segment's defaults with the bundled model: its card's tile
+TILE = json.loads(BUNDLED_CARD.read_text())["tile_size"] if BUNDLED_CARD.exists() else 512
+BATCH = default_batch(TILE)
 OVERLAP = default_overlap(TILE)
 
 

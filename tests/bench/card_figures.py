@@ -6,7 +6,7 @@ training source's held-out images, per source), ``make bench``'s CPU speeds, the
 ``model.keras``; and ``evaluate`` on the training tiles themselves, which tells underfitting
 (they score no better than tile 8) from poor transfer (they score far better).
 ``--text`` alone (make train-bundled) writes the card's hand-written fields instead: its name,
-description and limitations, kept in the repository beside the training sources.
+description, limitations and inference tile, kept in the repository beside the training sources.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(args: argparse.Namespace) -> None:
     card = json.loads(card_path.read_text())
     if args.text:
         text = json.loads(args.text.read_text())
-        card.update({key: text[key] for key in ("name", "description", "limitations")})
+        card.update({k: text[k] for k in ("name", "description", "limitations", "tile_size")})
     if args.evaluate:
         measured(card, args)
     partial = card_path.with_suffix(".json.partial")

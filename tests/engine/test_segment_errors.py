@@ -41,7 +41,7 @@ def test_not_a_raster(capsys, tmp_path, tiny_model):
     "args,expected",
     [
         (["--tile", "100000"], "GB of tiles and blended probabilities, more than half"),
-        (["--tile", "4096", "--batch", "64"], "lower --tile or --batch"),
+        (["--tile", "4096", "--batch", "64"], "lower --batch, then --tile"),
         (["--resolution", "0.001"], "250× finer"),
     ],
 )

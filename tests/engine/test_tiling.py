@@ -10,6 +10,7 @@ from segment_plugin.engine.tiling import (
     RollingAccumulator,
     TileGrid,
     blend_window,
+    default_batch,
     fitted_tile,
     tile_origins,
 )
@@ -41,6 +42,14 @@ def test_tile_origins(length, tile, stride, expected):
 )
 def test_fitted_tile(tile, height, width, multiple, expected):
     assert fitted_tile(tile, height, width, multiple) == expected
+
+
+@pytest.mark.parametrize(
+    ("tile", "expected"), [(64, 4), (256, 4), (512, 4), (640, 3), (768, 2), (1024, 1), (4096, 1)]
+)
+def test_default_batch_holds_about_four_512_px_tiles(tile, expected):
+    """Fewer tiles of a larger tile, never more than 4 of a smaller one (memory must fall)."""
+    assert default_batch(tile) == expected
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (37, 91), (64, 64), (200, 33)])
