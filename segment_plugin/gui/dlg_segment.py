@@ -184,7 +184,9 @@ class SegmentDialog(AlgorithmDialog):
             "The model's loss weighted classes by their rarity in its training data, which biases "
             "its outputs towards rare classes; by default that bias is undone (more accurate on "
             "scenes like the training data). Keep it for scenes whose classes are mixed "
-            "differently: on the Dutch demo the bundled model then finds 4.3× the woodland."
+            "differently: on the Dutch demo the bundled model then finds 3× the road and 1.3× "
+            "the woodland, but also more building than there is; on its held-out test images it "
+            "scores lower (mean IoU 0.62 against 0.64)."
         )
         run_form.addRow("Tile size:", self.tile_spin)
         run_form.addRow("Overlap:", self.overlap_spin)
