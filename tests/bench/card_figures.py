@@ -69,7 +69,8 @@ def measured(card: dict, args: argparse.Namespace) -> None:
             "model_only_mpx_per_s": speed["mpx_per_s_model_only"],
             "end_to_end_mpx_per_s": speed["mpx_per_s_end_to_end"],
             "measured": f"make bench: {speed['machine']['cpus']}-core "
-            f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}",
+            f"{speed['machine']['platform']}, tile {speed['tile']}, overlap {speed['overlap']}, "
+            f"batch {speed['batch']}, per pixel of a {speed['resolution_m']} m grid",
         }
     metrics["size_mb"] = round((BUNDLED / "model.keras").stat().st_size / 1e6, 1)
     if args.fit:
