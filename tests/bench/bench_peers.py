@@ -176,9 +176,11 @@ def main() -> None:
         )
         details = json.loads(out.strip().splitlines()[-1])
         classes, polygons = WORK / f"ours_{Path(raster).stem}.tif", WORK / "ours.gpkg"
+        # at Deepness' tile and batch, not the card's
         ours, _ = run_measured(
             [*cli, "segment", raster, "--model", "landcover-onnx", "--output", str(classes),
-             "--vector", str(polygons), "--overwrite", "--resolution", "0.25"], env=env,
+             "--vector", str(polygons), "--overwrite", "--resolution", "0.25",
+             "--tile", str(TILE), "--batch", str(BATCH)], env=env,
         )  # fmt: skip
         runs[name] = (raster, npy, classes, theirs, ours, details)
     # compared only now: this process's peak RSS would have been its children's starting point
