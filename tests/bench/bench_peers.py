@@ -36,8 +36,12 @@ ENGINE = ROOT / ".venv" / "bin" / "python"
 TILE, BATCH, OVERLAP_PERCENT = 512, 4, 38  # ours: 3/8 of 512 = 192 px; Deepness: 38 % → 194 px
 
 
-def deepness_child(raster: str, model: str, out: str) -> None:
-    """In its own process: Deepness segments ``raster`` with ``model``; classes saved to ``out``."""
+def deepness_child(raster: str, model: str, out: str, resolution_cm: str | None = None) -> None:
+    """In its own process: Deepness segments ``raster`` with ``model``; classes saved to ``out``.
+
+    ``resolution_cm``: Deepness' processing resolution (its GUI's, from the model's
+    ``resolution`` key); by default the raster's own, as the bench runs it.
+    """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     sys.path.insert(0, str(WORK))  # the unzipped plugin: import deepness
     from unittest.mock import MagicMock
@@ -65,7 +69,7 @@ def deepness_child(raster: str, model: str, out: str) -> None:
     mapping.set_number_of_model_inputs(3)
     mapping.set_number_of_model_output_channels(segmentor.get_number_of_output_channels()[0])
     params = SegmentationParameters(
-        resolution_cm_per_px=layer.rasterUnitsPerPixelX() * 100,
+        resolution_cm_per_px=float(resolution_cm or layer.rasterUnitsPerPixelX() * 100),
         tile_size_px=TILE,
         processed_area_type=ProcessedAreaType.ENTIRE_LAYER,
         batch_size=BATCH,
@@ -210,7 +214,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "deepness":
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "deepness":
         deepness_child(*sys.argv[2:])
     else:
         main()
