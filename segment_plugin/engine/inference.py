@@ -486,16 +486,17 @@ def predict_array(
     image: np.ndarray,
     tile: int,
     overlap: int,
-    batch: int = 4,
+    batch: int | None = None,
     tta: bool = False,
     class_weights: Sequence[float] | None = None,
     cancel: CancelToken | None = None,
 ) -> np.ndarray:
     """Channel indices (h, w) for an in-memory image (bands, h, w).
 
-    The same tiling, blending, test-time augmentation and class-weight correction as
+    The same tiling, batches, blending, test-time augmentation and class-weight correction as
     :func:`segment`, for evaluation and validation. ``cancel`` is checked between batches.
     """
+    batch = batch or default_batch(tile)
     height, width = image.shape[1:]
     grid = TileGrid(height, width, tile, overlap)
     classes = model.outputs[0].shape[-1]
