@@ -44,9 +44,9 @@ from segment_plugin.engine.tiling import (  # noqa: E402
     default_overlap,
 )
 
-BUNDLED_CARD = bundled_models_dir() / "landcover" / "model.json"
+BUNDLED = bundled_models_dir() / "landcover"
 # segment's defaults with the bundled model: its card's tile
-TILE = json.loads(BUNDLED_CARD.read_text())["tile_size"] if BUNDLED_CARD.exists() else 512
+TILE = ModelPackage.open(BUNDLED).card.tile_size if (BUNDLED / "model.json").exists() else 512
 BATCH = default_batch(TILE)
 OVERLAP = default_overlap(TILE)
 # the mosaics' own 25 cm, not the card's resolution: model-only and end-to-end runs must see the
@@ -56,9 +56,8 @@ GRID_M = 0.25
 
 def bench_model() -> tuple[Path, str]:
     """The bundled model when there is one, else the default architecture with random weights."""
-    bundled = bundled_models_dir() / "landcover"
-    if (bundled / "model.json").exists():
-        return bundled, "bundled landcover model"
+    if (BUNDLED / "model.json").exists():
+        return BUNDLED, "bundled landcover model"
     folder = WORK / "model"
     if not (folder / "model.json").exists():
         import keras

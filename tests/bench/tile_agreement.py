@@ -94,11 +94,12 @@ def main() -> None:
     for raster in [*args.rasters, *held_out]:
         maps = {}
         whole = whole_tile(raster, args.model)
-        for tile in (*args.tiles, whole):
+        larger = whole > max(args.tiles)  # larger than every tile compared: it tests them all
+        for tile in dict.fromkeys((*args.tiles, whole)):  # a tile that is the whole image once
             out = args.work_dir / f"{raster.stem}_tile{tile}.tif"
             start = time.perf_counter()
             segment(SegmentParams(raster, out, model=args.model, tile=tile, overwrite=True))
-            if tile in seconds and whole > max(args.tiles):
+            if larger and tile != whole:
                 seconds[tile] += time.perf_counter() - start
             with rasterio.open(out) as src:
                 maps[tile] = src.read(1)
@@ -108,15 +109,15 @@ def main() -> None:
             "whole_image_tile": whole,
             **{f"agreement_tile_{t}": round(agree[t] / valid.sum(), 4) for t in args.tiles},
         }
-        if whole > max(args.tiles):  # larger than every tile compared: it tests them all
+        if larger:
             pooled += int(valid.sum())
             for tile in args.tiles:
                 same[tile] += agree[tile]
-    larger = {
+    pooled_report = {
         **{f"agreement_tile_{t}": round(same[t] / pooled, 4) for t in args.tiles if pooled},
         **{f"seconds_tile_{t}": round(seconds[t], 1) for t in args.tiles if pooled},
     }
-    report = {"model": args.model, "rasters": report, "larger_than_a_tile": larger}
+    report = {"model": args.model, "rasters": report, "larger_than_a_tile": pooled_report}
     print(json.dumps(report, indent=2))
 
 
