@@ -168,7 +168,7 @@ def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
 def _stretch_of(args: argparse.Namespace, card: Any) -> Any:
     """The statistics ``segment`` would stretch ``--stretch-of`` by, for Deepness' keys."""
     from segment_plugin.engine import raster_io
-    from segment_plugin.engine.normalize import raster_stats
+    from segment_plugin.engine.normalize import gain_limited, raster_stats
 
     if args.no_deepness:
         raise InputError("--stretch-of goes into Deepness' keys: not with --no-deepness")
@@ -179,7 +179,9 @@ def _stretch_of(args: argparse.Namespace, card: Any) -> Any:
         )
     with raster_io.open_input(args.stretch_of) as src:
         bands = raster_io.resolve_bands(src, card, None)
-        return raster_stats(src, bands, card.normalization.low, card.normalization.high)
+        stats = raster_stats(src, bands, card.normalization.low, card.normalization.high)
+        same_dtype = src.dtypes[bands[0] - 1] == card.input_dtype
+    return gain_limited(stats, card.normalization, card.input_dtype) if same_dtype else stats
 
 
 def _cmd_average(args: argparse.Namespace, reporter: Reporter) -> None:
@@ -521,6 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="stretch each image's 2-98 %% band percentiles to the full range before the model, "
         "in training and (the card says so) in segment: for imagery whose contrast varies",
+    )
+    tr.add_argument(
+        "--stretch-max-gain",
+        type=float,
+        metavar="GAIN",
+        help="with --stretch: widen no band's range by more than GAIN (e.g. 2), so that a "
+        "raster of one land cover, a forest, is not blown up to full contrast",
     )
     tr.add_argument("--val-fraction", type=float, default=0.2)
     tr.add_argument("--max-ignore", type=float, default=0.5, help="drop patches with more ignore")

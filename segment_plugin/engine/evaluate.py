@@ -112,7 +112,7 @@ def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any
         held = held_out(source, card.class_codes, len(card.bands))
         reporter.log(f"{source.name}: {len(held)} held-out images")
         if norm.stretch:  # the images of one scene together, as training stretched them
-            held = stretched_scenes(held, scene_groups(held, [source]), norm.low, norm.high)
+            held = stretched_scenes(held, scene_groups(held, [source]), norm)
         per_source[source.name] = _scenes_report(
             package, model, held, params, reporter, norm.stretch
         )

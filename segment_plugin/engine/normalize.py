@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from segment_plugin.engine.errors import InputError
-from segment_plugin.engine.models.package import ModelCard
+from segment_plugin.engine.models.package import ModelCard, Normalization
 
 STATS_MAX_SIDE = 1024  # the decimated read for statistics is at most this many pixels a side
 #: Value range of the dtype a model was trained on (what its normalisation expects).
@@ -83,6 +83,8 @@ class Normalizer:
             )
         n = len(card.bands)
         self._fill = stats.mean.astype(np.float32).reshape(n, 1, 1)
+        if norm.stretch and not mismatch:
+            stats = gain_limited(stats, norm, card.input_dtype)
         self._low = stats.low.astype(np.float32).reshape(n, 1, 1)
         self._span = stats.span.astype(np.float32).reshape(n, 1, 1)
 
@@ -107,6 +109,20 @@ class Normalizer:
                 std = np.asarray(norm.std, np.float32).reshape(n, 1, 1)
                 x = (x - mean) / std
         return np.ascontiguousarray(np.moveaxis(x, 0, -1))
+
+
+def gain_limited(stats: BandStats, norm: Normalization, dtype: str) -> BandStats:
+    """``stats`` for a stretch of ``dtype`` values that widens no band by more than max_gain.
+
+    A band narrower than the dtype's range / ``norm.max_gain`` has its low..high widened to
+    that, about its middle.
+    """
+    if norm.max_gain is None:
+        return stats
+    lo, hi = DTYPE_RANGE.get(dtype, (0.0, 1.0))
+    span = np.maximum(stats.high - stats.low, (hi - lo) / norm.max_gain)
+    middle = (stats.high + stats.low) / 2
+    return replace(stats, low=middle - span / 2, high=middle + span / 2)
 
 
 def _stretched(

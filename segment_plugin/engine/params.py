@@ -237,6 +237,8 @@ class TrainParams(JobParams):
     # stretch each image's band percentiles to the full range before the model, in training
     # and (the card says so) at inference, for imagery whose contrast is unlike the training's
     stretch: bool = False
+    # with stretch: widen no band's range by more than this (None: the base's limit, or none)
+    stretch_max_gain: float | None = None
     augment: bool = True
     contrast: tuple[float, float] = CONTRAST  # the contrast jitter's range (augment.photometric)
     val_fraction: float = 0.2
@@ -283,6 +285,9 @@ class TrainParams(JobParams):
                 "--consistency needs batch normalisation in inference mode: a fine-tune "
                 "(--base-model) without --train-batchnorm"
             )
+        if self.stretch_max_gain is not None and not (self.stretch and self.stretch_max_gain >= 1):
+            gain = self.stretch_max_gain
+            raise InputError(f"stretch-max-gain goes with --stretch and is 1 or more, got {gain}")
         if not self.learning_rate > 0:
             raise InputError(f"learning-rate must be positive, got {self.learning_rate}")
         if self.raster is not None and self.labels is None:

@@ -72,6 +72,8 @@ def test_card_must_match_the_network(tmp_path):
             "stretch is for scale or meanstd",
         ),
         ({"normalization": {"stretch": True, "low": 98, "high": 2}}, "0 <= low < high <= 100"),
+        ({"normalization": {"max_gain": 2.0}}, "max_gain is a stretch's limit"),
+        ({"normalization": {"stretch": True, "max_gain": 0.5}}, "max_gain is a stretch's limit"),
         ({"bands": None}, "malformed"),
         ({"class_weights": [1.0, 2.0]}, "class_weights needs one positive number per class"),
         ({"class_weights": [1.0, 1.0, 0.0, 1.0, 1.0]}, "one positive number per class"),

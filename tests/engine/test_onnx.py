@@ -156,7 +156,11 @@ def test_exported_model_added_and_segmented_equals_keras(exported, tmp_path, mon
 
 @pytest.mark.parametrize(
     "normalization",
-    [Normalization("percentile", low=2, high=98), Normalization("scale", stretch=True)],
+    [
+        Normalization("percentile", low=2, high=98),
+        Normalization("scale", stretch=True),
+        Normalization("scale", stretch=True, max_gain=1.5),
+    ],
 )
 def test_whole_raster_stretches_go_to_deepness_only_as_one_rasters(tmp_path, normalization):
     """A whole-raster stretch has no general form in Deepness' keys: refused, unless asked

@@ -14,6 +14,7 @@ import pytest
 import rasterio
 
 from segment_plugin.engine.errors import InputError
+from segment_plugin.engine.models.package import Normalization
 from segment_plugin.engine.training import metrics
 from segment_plugin.engine.training.chips import (
     PatchSampler,
@@ -349,9 +350,15 @@ def test_a_stretching_models_images_of_one_scene_are_stretched_together(tmp_path
     ]
     groups = scene_groups(scenes, [Source("forest", tmp_path, 1.0, scene=r"^(s\d)_")])
     assert groups == ["forest/s1", "forest/s1", "forest/s2", "#3"]
-    dark, bright, alone, other = (s.image for s in stretched_scenes(scenes, groups, 2, 98))
+    norm = Normalization(stretch=True)
+    dark, bright, alone, other = (s.image for s in stretched_scenes(scenes, groups, norm))
     assert dark.min() == 0 and dark.max() < 100 and bright.min() > 155 and bright.max() == 255
     assert alone.min() == other.min() == 0 and alone.max() == other.max() == 255
+    # limited to a gain of 2, scene s1 (values 100..150, middle 125) maps x to 2 (x - 61.25):
+    # 100 -> 77.5, 110 -> 97.5, 140 -> 157.5, 150 -> 177.5, rounded half to even
+    limited = stretched_scenes(scenes, groups, replace(norm, max_gain=2.0))
+    dark, bright = limited[0].image, limited[1].image
+    assert (dark.min(), dark.max(), bright.min(), bright.max()) == (78, 98, 158, 178)
     assert scene_groups(scenes, [Source("forest", tmp_path, 1.0)]) == ["#0", "#1", "#2", "#3"]
     spec = {"sources": [{"name": "f", "folder": "f", "weight": 1}]}
     for pattern, message in (("(s)(1)", "one group"), ("(", "missing")):

@@ -395,6 +395,40 @@ def test_stretch_spreads_a_low_contrast_raster_as_training_stretches_each_image(
     assert np.abs(trained - x).max() <= 0.5 / 255 + 1e-6
 
 
+def test_a_stretch_limited_in_gain_widens_a_narrow_band_about_its_middle():
+    """``max_gain``: a band spanning 48 of 255 (a gain of 5.3) is stretched 2× about its middle,
+    in segment as in training; a uint16 raster into a uint8 model is still stretched in full."""
+    from conftest import tiny_card
+
+    from segment_plugin.engine.models.package import Normalization
+    from segment_plugin.engine.normalize import (
+        Normalizer,
+        band_stats,
+        gain_limited,
+        stretched_image,
+    )
+
+    ramp = np.tile(np.linspace(100, 150, 101), (3, 20, 1))
+    image = np.rint(ramp).astype(np.uint8)
+    stats = band_stats(image.reshape(3, -1), 2, 98)  # 101 .. 149, middle 125
+    norm = Normalization(stretch=True, max_gain=2.0)
+    limited = Normalizer(tiny_card(normalization=norm), stats, "uint8")
+    x = limited(image)
+    assert x[0, 50, 0] == pytest.approx(0.5) and x[0, 74, 0] == pytest.approx(
+        2 * (137 - 125) / 255 + 0.5
+    )
+    assert x[0, 0, 0] == pytest.approx(2 * (100 - 125) / 255 + 0.5)  # not clipped: inside the range
+    trained = Normalizer(tiny_card(), stats, "uint8")(
+        stretched_image(image, gain_limited(stats, norm, "uint8"))
+    )
+    assert np.abs(trained - x).max() <= 0.5 / 255 + 1e-6
+    wide = (ramp * 200).astype(np.uint16)
+    full = Normalizer(
+        tiny_card(normalization=norm), band_stats(wide.reshape(3, -1), 2, 98), "uint16"
+    )
+    assert full(wide)[0, 0, 0] == 0.0 and full(wide)[0, -1, 0] == 1.0
+
+
 def test_preview_shows_image_and_classes_side_by_side(tmp_path, tiny_model):
     from segment_plugin.engine.preview import GAP, write_preview
 

@@ -863,6 +863,9 @@ def test_context_consistency_trains_each_patch_beside_its_centre(
     for wrong in (dict(), dict(base_model="landcover", train_batchnorm=True)):
         with pytest.raises(InputError, match="consistency needs batch normalisation in inference"):
             quick(dubai_chips, tmp_path, consistency=1.0, **wrong)
+    for stretch, gain in ((False, 2.0), (True, 0.5)):
+        with pytest.raises(InputError, match="stretch-max-gain goes with --stretch"):
+            quick(dubai_chips, tmp_path, stretch=stretch, stretch_max_gain=gain)
     with pytest.raises(InputError, match="too small"):
         train(quick(dubai_chips, tmp_path, consistency=1.0, base_model=str(tmp_path / "model"),
                     patch_sizes=(32, 64), output=tmp_path / "small"))  # fmt: skip

@@ -52,7 +52,9 @@ class Normalization:
     per-band stretch of the ``low``..``high`` percentiles of the **whole raster** to 0..1.
     ``stretch`` (``scale`` and ``meanstd``): first stretch those percentiles of the whole raster
     to the range of ``input_dtype``, so that a low-contrast orthophoto reaches the model with the
-    contrast it was trained on (training stretches each image the same way).
+    contrast it was trained on (training stretches each image the same way). ``max_gain``: that
+    stretch widens a band's range by at most this factor (None: no limit), so that a raster of
+    one land cover, a forest whose bands span a third of the range, keeps its own look.
     """
 
     method: str = "scale"
@@ -63,6 +65,7 @@ class Normalization:
     low: float = 2.0
     high: float = 98.0
     stretch: bool = False
+    max_gain: float | None = None
 
     @property
     def per_raster(self) -> bool:
@@ -168,6 +171,8 @@ class ModelCard:
             raise ModelError(f"{source}: a percentile stretch needs 0 <= low < high <= 100")
         if norm.method == "percentile" and norm.stretch:
             raise ModelError(f"{source}: stretch is for scale or meanstd (percentile stretches)")
+        if norm.max_gain is not None and not (norm.stretch and norm.max_gain >= 1):
+            raise ModelError(f"{source}: max_gain is a stretch's limit, a number >= 1")
         weights = self.class_weights
         if weights is not None and (
             len(weights) != len(codes) or not all(0 < w < float("inf") for w in weights)

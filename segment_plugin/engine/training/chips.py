@@ -29,7 +29,8 @@ import numpy as np
 
 from segment_plugin.engine import outputs
 from segment_plugin.engine.errors import InputError
-from segment_plugin.engine.normalize import BandStats, band_stats, stretched_image
+from segment_plugin.engine.models.package import Normalization
+from segment_plugin.engine.normalize import BandStats, band_stats, gain_limited, stretched_image
 from segment_plugin.engine.params import CONTRAST, OTHER_LABEL
 from segment_plugin.engine.raster_io import (
     RESAMPLE_TOLERANCE,
@@ -148,9 +149,9 @@ def pooled_stats(scenes: Sequence[Scene], low: float, high: float) -> BandStats:
 
 
 def stretched_scenes(
-    scenes: Sequence[Scene], groups: Sequence[str], low: float, high: float
+    scenes: Sequence[Scene], groups: Sequence[str], norm: Normalization
 ) -> list[Scene]:
-    """Each scene stretched as ``segment`` stretches a raster.
+    """Each scene stretched as ``segment`` stretches a raster, as ``norm`` says.
 
     By the band percentiles of its group pooled: the images cut from one larger scene are
     stretched as ``segment`` would stretch that scene, an image of its own group by its own.
@@ -158,7 +159,10 @@ def stretched_scenes(
     members: dict[str, list[Scene]] = {}
     for scene, group in zip(scenes, groups):
         members.setdefault(group, []).append(scene)
-    stats = {group: pooled_stats(m, low, high) for group, m in members.items()}
+    stats = {
+        group: gain_limited(pooled_stats(m, norm.low, norm.high), norm, str(m[0].image.dtype))
+        for group, m in members.items()
+    }
     return [
         replace(scene, image=stretched_image(scene.image, stats[group]))
         for scene, group in zip(scenes, groups)

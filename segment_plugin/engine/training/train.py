@@ -483,11 +483,13 @@ def _train(params: TrainParams, reporter: Reporter, device: str) -> dict[str, An
     if params.stretch and card.normalization.method == "percentile":
         whose = f"the base model {base_card.name!r}" if base_card else "a new non-uint8 model"
         raise InputError(f"--stretch: {whose} stretches each raster already (percentile)")
-    norm = replace(card.normalization, stretch=card.normalization.stretch or params.stretch)
+    norm = card.normalization
+    if params.stretch:
+        norm = replace(norm, stretch=True, max_gain=params.stretch_max_gain or norm.max_gain)
     card = replace(card, normalization=norm)
     if norm.stretch:  # once, as segment stretches a raster: an image, or one scene's images
         train_scenes, val_scenes = (
-            stretched_scenes(scenes, scene_groups(scenes, sources), norm.low, norm.high)
+            stretched_scenes(scenes, scene_groups(scenes, sources), norm)
             for scenes in (train_scenes, val_scenes)
         )
     same_classes = base_card is not None and base_card.class_codes == list(codes)
