@@ -211,7 +211,10 @@ def _cmd_models(args: argparse.Namespace, reporter: Reporter) -> None:
         if isinstance(found, Exception):
             listing.append({"origin": origin, "error": str(found)})
             continue
-        listing.append({"origin": origin, "path": str(found.path), "card": asdict(found.card)})
+        card = asdict(found.card)
+        # what the card's fields imply, so the QGIS side need not derive it again
+        card["normalization"]["per_raster"] = found.card.normalization.per_raster
+        listing.append({"origin": origin, "path": str(found.path), "card": card})
     reporter.result(models=listing, user_dir=str(user_models_dir()))
     if args.progress == "text":
         if not listing:

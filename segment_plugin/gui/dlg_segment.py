@@ -249,7 +249,7 @@ class SegmentDialog(AlgorithmDialog):
         """
         norm = (self.models.get(model) or {}).get("normalization") or {}
         layer = self.layer_combo.currentLayer()
-        if not (norm.get("stretch") or norm.get("method") == "percentile"):
+        if not norm.get("per_raster"):
             return None
         if not isinstance(layer, QgsRasterLayer) or not is_plain_file(layer):
             return None

@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import assert_weights_only, build_tiny_model, tiny_card
+from conftest import assert_weights_only, build_tiny_model, run_cli, tiny_card
 
 from segment_plugin.engine import cli
 from segment_plugin.engine.errors import ModelError
@@ -101,6 +101,13 @@ def test_registry_finds_user_models_by_name(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "mine [user]" in out and "unusable" in out
     assert "  limitations: random weights: every scene" in out
+    run = run_cli("models", "--progress", "json")  # as the plugin lists them
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    listing = next(e["data"]["models"] for e in events if e["event"] == "result")
+    per_raster = {
+        m["card"]["name"]: m["card"]["normalization"]["per_raster"] for m in listing if "card" in m
+    }
+    assert per_raster["mine"] is False and per_raster["landcover"] is True  # the bundled stretches
 
 
 def test_bundled_model_is_what_its_card_and_the_plugin_promise():
