@@ -238,13 +238,15 @@ device-kit: setup
 # The multi-source candidate's kit (make train-multisource's data, patches and flags):
 # .device/msdata, a compact copy of its sources (tests/bench/device_kit_sources.py: the drone
 # chips at TRAIN_RESOLUTION, PNG as JPEG, every 2nd DeepGlobe training tile) that travels in
-# three calls with the wheels (docs/training.md, "Training on a lent GPU machine").
+# three calls with the wheels (docs/training.md, "Training on a lent GPU machine"), and the second
+# stage's own flags (TRAIN_MS_CONT_ARGS) in stage2_args.
 MS_KIT_ARGS = --sources $(DEVICE_KIT)/msdata/sources.json --data-root $(DEVICE_KIT)/msdata \
     --resolution $(TRAIN_RESOLUTION) $(TRAIN_PATCHES) --class-weights base --distill 1
 device-kit-multisource: device-kit
 	$(ENGINE_PY) tests/bench/device_kit_sources.py --sources $(TRAIN_SOURCES) --data-root $(DATA) \
 	    --resolution $(TRAIN_RESOLUTION) --output $(DEVICE_KIT)/msdata --thin deepglobe_forest=2
 	echo '$(MS_KIT_ARGS)' > $(DEVICE_KIT)/msdata/train_args
+	echo '$(TRAIN_MS_CONT_ARGS)' > $(DEVICE_KIT)/msdata/stage2_args
 	@du -sh $(DEVICE_KIT)/msdata/*
 
 compare-class-weights: setup

@@ -16,8 +16,9 @@
 #            it early, keeping the best epoch so far; its state (build/device-train, too large to
 #            come back) stays on the warm machine, and RESUME=1 continues it in the next call.
 #            Batch normalisation stays frozen, as in make train-multisource. STAGE=2 runs its
-#            second stage instead: from stage 1's best on the warm machine, each image's contrast
-#            stretched, LR 1e-4 and 3 epochs unless given.
+#            second stage instead: from stage 1's best on the warm machine, with the flags of
+#            $KIT/stage2_args (make train-multisource's TRAIN_MS_CONT_ARGS: each image's contrast
+#            stretched), LR 1e-4 and 3 epochs unless given.
 # PYTHON (default python3) and DEVICE (default gpu) let it be tried on a CPU machine; BACKEND
 # (torch or jax) picks the Keras backend.
 set -euo pipefail
@@ -79,7 +80,9 @@ train)
     base=tests/models/landcover-dubai output=build/device-train/landcover stage_args=()
     if [ "${STAGE:-1}" = 2 ]; then
         test -f "$output/model.keras" || { echo "no stage 1 here: run train first"; exit 1; }
-        base=$output output=build/device-train/continued stage_args=(--stretch)
+        test -f "$DATA/stage2_args" || { echo "$DATA/stage2_args is missing: make device-kit-multisource"; exit 1; }
+        read -ra stage_args <"$DATA/stage2_args"
+        base=$output output=build/device-train/continued
         EPOCHS=${EPOCHS:-3} LR=${LR:-1e-4}
     fi
     if [ -z "${STEPS:-}" ] && [ -f "$PROBE/steps_per_s" ]; then
