@@ -312,8 +312,8 @@ train-bundled: train-multisource
 # with its class weights, keeping its odds on the partial sets' *other* pixels (distillation),
 # batch normalisation frozen at the base's statistics throughout.
 # Two stages: TRAIN_MS_EPOCHS, then TRAIN_MS_CONT_EPOCHS from stage 1's best at a lower learning
-# rate with every image's contrast stretched as segment stretches each raster's
-# (TRAIN_MS_CONT_ARGS), once per seed of TRAIN_MS_CONT_SEEDS (TRAIN_MS_DIR-continued-s<seed>),
+# rate with every image's contrast stretched as segment stretches each raster's, widening no
+# band by more than 2x (TRAIN_MS_CONT_ARGS), once per seed of TRAIN_MS_CONT_SEEDS (TRAIN_MS_DIR-continued-s<seed>),
 # whose weights are then averaged (segment-plugin average): chance moves one run by about 0.01,
 # the average scores as the best seed. Stretching stage 1 too (TRAIN_MS_ARGS=--stretch) scored
 # no better. docs/multisource-candidate.md has the measurements behind each choice.
@@ -331,7 +331,7 @@ TRAIN_MS_STEPS ?= 150
 TRAIN_RESOLUTION ?= 0.5
 TRAIN_SOURCES := training/landcover_sources.json
 TRAIN_MS_ARGS ?=# more train flags, e.g. --patch-sizes 192,256,384,512 (context jitter)
-TRAIN_MS_CONT_ARGS ?= --stretch# and more flags for stage 2, e.g. --consistency 1.0
+TRAIN_MS_CONT_ARGS ?= --stretch --stretch-max-gain 2# and more flags for stage 2, e.g. --consistency 1.0
 MS_DESCRIPTION := Land cover (background, building, woodland, water, road) from RGB aerial \
     imagery at $(TRAIN_RESOLUTION) m; U-Net on an ImageNet EfficientNet-Lite0 encoder, trained on \
     Dubai, NAIP/Chesapeake, DroneDeploy (buildings, trees, water), Massachusetts Roads and \
