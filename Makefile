@@ -314,8 +314,8 @@ train-bundled: train-multisource
 # Two stages: TRAIN_MS_EPOCHS, then TRAIN_MS_CONT_EPOCHS from stage 1's best at a lower learning
 # rate with every image's contrast stretched as segment stretches each raster's, widening no
 # band by more than 2x (TRAIN_MS_CONT_ARGS), once per seed of TRAIN_MS_CONT_SEEDS
-# (TRAIN_MS_DIR-continued-s<seed>), whose weights are then averaged (segment-plugin average): chance moves one run by about 0.01,
-# the average scores as the best seed. Stretching stage 1 too (TRAIN_MS_ARGS=--stretch) scored
+# (TRAIN_MS_DIR-continued-s<seed>), whose weights are then averaged (segment-plugin average):
+# chance moves one run by about 0.01, the average scores as the best seed. Stretching stage 1 too (TRAIN_MS_ARGS=--stretch) scored
 # no better. docs/multisource-candidate.md has the measurements behind each choice.
 # make compare-models and tile-agreement TILE_MODEL=... look at the result; evaluate --sources
 # measures it.
