@@ -315,8 +315,9 @@ train-bundled: train-multisource
 # rate with every image's contrast stretched as segment stretches each raster's, widening no
 # band by more than 2x (TRAIN_MS_CONT_ARGS), once per seed of TRAIN_MS_CONT_SEEDS
 # (TRAIN_MS_DIR-continued-s<seed>), whose weights are then averaged (segment-plugin average):
-# chance moves one run by about 0.01, the average scores as the best seed. Stretching stage 1 too (TRAIN_MS_ARGS=--stretch) scored
-# no better. docs/multisource-candidate.md has the measurements behind each choice.
+# chance moves one run by about 0.01, the average scores as the best seed. Stretching stage 1
+# too (TRAIN_MS_ARGS=--stretch) scored no better. docs/multisource-candidate.md has the
+# measurements behind each choice.
 # make compare-models and tile-agreement TILE_MODEL=... look at the result; evaluate --sources
 # measures it.
 TRAIN_MS_DIR  ?= build/train-bundled/multisource
