@@ -168,7 +168,7 @@ def _cmd_export_onnx(args: argparse.Namespace, reporter: Reporter) -> None:
 def _stretch_of(args: argparse.Namespace, card: Any) -> Any:
     """The statistics ``segment`` would stretch ``--stretch-of`` by, for Deepness' keys."""
     from segment_plugin.engine import raster_io
-    from segment_plugin.engine.normalize import gain_limited, raster_stats
+    from segment_plugin.engine.normalize import raster_stats, raster_stretch
 
     if args.no_deepness:
         raise InputError("--stretch-of goes into Deepness' keys: not with --no-deepness")
@@ -180,8 +180,7 @@ def _stretch_of(args: argparse.Namespace, card: Any) -> Any:
     with raster_io.open_input(args.stretch_of) as src:
         bands = raster_io.resolve_bands(src, card, None)
         stats = raster_stats(src, bands, card.normalization.low, card.normalization.high)
-        same_dtype = src.dtypes[bands[0] - 1] == card.input_dtype
-    return gain_limited(stats, card.normalization, card.input_dtype) if same_dtype else stats
+        return raster_stretch(card, stats, src.dtypes[bands[0] - 1])
 
 
 def _cmd_average(args: argparse.Namespace, reporter: Reporter) -> None:

@@ -83,8 +83,7 @@ class Normalizer:
             )
         n = len(card.bands)
         self._fill = stats.mean.astype(np.float32).reshape(n, 1, 1)
-        if norm.stretch and not mismatch:
-            stats = gain_limited(stats, norm, card.input_dtype)
+        stats = raster_stretch(card, stats, input_dtype)
         self._low = stats.low.astype(np.float32).reshape(n, 1, 1)
         self._span = stats.span.astype(np.float32).reshape(n, 1, 1)
 
@@ -109,6 +108,17 @@ class Normalizer:
                 std = np.asarray(norm.std, np.float32).reshape(n, 1, 1)
                 x = (x - mean) / std
         return np.ascontiguousarray(np.moveaxis(x, 0, -1))
+
+
+def raster_stretch(card: ModelCard, stats: BandStats, input_dtype: str) -> BandStats:
+    """The statistics a raster of ``input_dtype`` (with ``stats``) is stretched by for ``card``.
+
+    The card's ``max_gain`` limits the stretch of a raster of the model's own dtype; another
+    dtype is stretched in full into the model's range.
+    """
+    if card.normalization.stretch and input_dtype == card.input_dtype:
+        return gain_limited(stats, card.normalization, input_dtype)
+    return stats
 
 
 def gain_limited(stats: BandStats, norm: Normalization, dtype: str) -> BandStats:
