@@ -50,13 +50,16 @@ def _scenes_report(
     params: EvaluateParams,
     reporter: Reporter,
     stretched: bool = False,
+    groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of labelled scenes predicted as segment would (partial: labelled classes only).
 
     Images of known resolution are segmented at the model's and the class map is written back
     on the image's own grid (nearest), as segment does, so that every model is scored against
     the same, unresampled labels. ``stretched``: the scenes are a stretching model's input
-    already (stretched by their scene's statistics).
+    already (stretched by their scene's statistics). ``groups``: the larger scene each image
+    was cut from; each one's mIoU is added as ``per_scene``, so that a pooled score's worst
+    places can be found and looked at.
     """
     from segment_plugin.engine.inference import predict_array
     from segment_plugin.engine.training.augment import resize_nearest
@@ -70,6 +73,7 @@ def _scenes_report(
         )
     tile = params.tile or card.tile_size
     matrix = np.zeros((len(card.classes) + 1, len(card.classes)), np.int64)
+    by_group: dict[str, np.ndarray] = {}
     for k, native in enumerate(scenes):
         reporter.cancel.check()
         scene = native.at_resolution(card.resolution_m)
@@ -90,10 +94,20 @@ def _scenes_report(
             class_weights=None if params.keep_class_weights else card.class_weights,
         )
         predicted = resize_nearest(predicted, native.labels.shape)
-        matrix += metrics.confusion_with_other(native.labels, predicted, len(card.classes))
+        confusion = metrics.confusion_with_other(native.labels, predicted, len(card.classes))
+        matrix += confusion
+        if groups:
+            by_group[groups[k]] = by_group.get(groups[k], 0) + confusion
         reporter.progress((k + 1) / len(scenes), f"{scene.name}")
     labelled = scenes[0].labelled if scenes else None
-    return metrics.report_with_other(matrix, [c.name for c in card.classes], labelled)
+    names = [c.name for c in card.classes]
+    result = metrics.report_with_other(matrix, names, labelled)
+    if by_group:
+        result["per_scene"] = {
+            group: metrics.report_with_other(m, names, labelled)["miou"]
+            for group, m in sorted(by_group.items())
+        }
+    return result
 
 
 def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any]:
@@ -111,10 +125,12 @@ def _sources_result(params: EvaluateParams, reporter: Reporter) -> dict[str, Any
             continue
         held = held_out(source, card.class_codes, len(card.bands))
         reporter.log(f"{source.name}: {len(held)} held-out images")
+        groups = scene_groups(held, [source])
         if norm.stretch:  # the images of one scene together, as training stretched them
-            held = stretched_scenes(held, scene_groups(held, [source]), norm)
+            held = stretched_scenes(held, groups, norm)
+        named = [g.split("/", 1)[-1] for g in groups] if source.scene else None
         per_source[source.name] = _scenes_report(
-            package, model, held, params, reporter, norm.stretch
+            package, model, held, params, reporter, norm.stretch, named
         )
     if not per_source:
         raise InputError(f"{params.sources}: no source holds images out (validation patterns)")

@@ -399,6 +399,32 @@ def test_evaluate_sources_stretches_a_scenes_held_out_images_together(tmp_path, 
         assert seen == expected
 
 
+def test_evaluate_sources_scores_each_scene(tmp_path, tiny_model):
+    """evaluate --sources adds each held-out scene's mIoU (the source's ``scene`` groups): the
+    same as that scene's images evaluated alone; a source without a pattern has none."""
+    from segment_plugin.engine.evaluate import evaluate
+    from segment_plugin.engine.params import EvaluateParams
+
+    folder = tmp_path / "drone"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("aa_1", "aa_2", "bb_1"):
+        image = rng.integers(0, 255, (3, 30, 40), np.uint8)
+        _write_pair(folder, name, image, rng.integers(0, 5, (30, 40)).astype(np.uint8))
+
+    def scored(patterns, scene="^([a-z]+)_"):
+        spec = {"name": "drone", "folder": "drone", "weight": 1, "scene": scene}
+        spec["validation"] = patterns
+        (tmp_path / "s.json").write_text(json.dumps({"sources": [spec]}))
+        params = EvaluateParams(model=str(tiny_model), sources=tmp_path / "s.json")
+        return evaluate(params)["per_source"]["drone"]
+
+    both = scored(["aa_*", "bb_*"])
+    assert both["per_scene"] == {"aa": scored(["aa_*"])["miou"], "bb": scored(["bb_*"])["miou"]}
+    assert both["per_scene"]["aa"] != both["per_scene"]["bb"]
+    assert "per_scene" not in scored(["aa_*", "bb_*"], scene="")
+
+
 def test_evaluate_a_partial_set_and_sources(tmp_path, roads_folder, tiny_model_half_metre):
     """evaluate scores a partial set's labelled classes only, segmented at the model's resolution
     and scored on the labels' own grid, and a sources file's held-out images per source."""
